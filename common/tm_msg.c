@@ -1,0 +1,144 @@
+/*  tm_msg - twinmesh messages on ZeroMQ: [routing] Header body  */
+#include "tm_msg.h"
+#include "tm_log.h"
+
+#include <string.h>
+
+void
+tm_header_init (tm_header_t *hdr, int type, uint64_t request_id, uint64_t epoch)
+{
+    memset (hdr, 0, sizeof *hdr);
+    hdr->version = TM_PROTOCOL_VERSION;
+    hdr->type = type;
+    hdr->request_id = request_id;
+    hdr->epoch = epoch;
+}
+
+zframe_t *
+tm_header_encode (const tm_header_t *hdr)
+{
+    Twinmesh__Header h = TWINMESH__HEADER__INIT;
+    h.version = hdr->version;
+    h.type = (Twinmesh__MsgType) hdr->type;
+    h.seq = hdr->seq;
+    h.request_id = hdr->request_id;
+    h.epoch = hdr->epoch;
+    h.status = (Twinmesh__Status) hdr->status;
+    h.detail = (char *) hdr->detail;
+    return tm_codec_pack (&h.base);
+}
+
+int
+tm_header_decode (const uint8_t *data, size_t size, tm_header_t *hdr)
+{
+    memset (hdr, 0, sizeof *hdr);
+    if (!data || size == 0 || size > 1024)
+        return TM_MSG_E_MALFORMED;
+    Twinmesh__Header *h = TM_UNPACK (Header, header, data, size);
+    if (!h)
+        return TM_MSG_E_MALFORMED;
+    hdr->version = h->version;
+    hdr->type = (int) h->type;
+    hdr->seq = h->seq;
+    hdr->request_id = h->request_id;
+    hdr->epoch = h->epoch;
+    hdr->status = (int) h->status;
+    if (h->detail)
+        snprintf (hdr->detail, sizeof hdr->detail, "%s", h->detail);
+    tm_codec_free (&h);
+    if (hdr->version != TM_PROTOCOL_VERSION)
+        return TM_MSG_E_VERSION;
+    return 0;
+}
+
+int
+tm_msg_recv (zsock_t *sock, bool router, tm_msg_t *msg)
+{
+    memset (msg, 0, sizeof *msg);
+    zmsg_t *zm = zmsg_recv (sock);
+    if (!zm)
+        return -1;
+    if (router)
+        msg->routing = zmsg_pop (zm);
+    zframe_t *head = zmsg_pop (zm);
+    msg->body = zmsg_pop (zm);
+    int rc = 0;
+    if (!head || zmsg_size (zm) != 0 || (router && !msg->routing))
+        rc = TM_MSG_E_MALFORMED;
+    else {
+        msg->role = tm_auth_frame_role (head, msg->peer, sizeof msg->peer);
+        rc = tm_header_decode (zframe_data (head), zframe_size (head), &msg->hdr);
+    }
+    if (!msg->body)
+        msg->body = zframe_new_empty ();
+    zframe_destroy (&head);
+    zmsg_destroy (&zm);
+    return rc;
+}
+
+void
+tm_msg_fini (tm_msg_t *msg)
+{
+    zframe_destroy (&msg->routing);
+    zframe_destroy (&msg->body);
+}
+
+int
+tm_msg_send_frame (zsock_t *sock, zframe_t *routing, const tm_header_t *hdr, zframe_t **body_p)
+{
+    zframe_t *head = tm_header_encode (hdr);
+    if (!head) {
+        zframe_destroy (body_p);
+        return -1;
+    }
+    zmsg_t *zm = zmsg_new ();
+    if (routing)
+        zmsg_append (zm, &(zframe_t *) {zframe_dup (routing)});
+    zmsg_append (zm, &head);
+    if (body_p && *body_p)
+        zmsg_append (zm, body_p);
+    else
+        zmsg_addmem (zm, NULL, 0);
+    int rc = zmsg_send (&zm, sock);
+    if (rc != 0)
+        zmsg_destroy (&zm);
+    return rc;
+}
+
+int
+tm_msg_send (zsock_t *sock, zframe_t *routing, const tm_header_t *hdr, const void *body,
+             size_t body_size)
+{
+    zframe_t *frame = zframe_new (body, body_size);
+    if (!frame)
+        return -1;
+    return tm_msg_send_frame (sock, routing, hdr, &frame);
+}
+
+int
+tm_msg_reply (zsock_t *sock, const tm_msg_t *req, int type, int status, uint64_t epoch,
+              const char *detail, const void *body, size_t body_size)
+{
+    tm_header_t hdr;
+    tm_header_init (&hdr, type, req->hdr.request_id, epoch);
+    hdr.status = status;
+    if (detail)
+        snprintf (hdr.detail, sizeof hdr.detail, "%s", detail);
+    return tm_msg_send (sock, req->routing, &hdr, body, body_size);
+}
+
+const char *
+tm_msg_type_name (int type)
+{
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value (&twinmesh__msg_type__descriptor, type);
+    return v? v->name: "UNKNOWN";
+}
+
+const char *
+tm_status_name (int status)
+{
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value (&twinmesh__status__descriptor, status);
+    return v? v->name: "UNKNOWN";
+}

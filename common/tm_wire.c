@@ -1,0 +1,267 @@
+/*  tm_wire - readings straight from protobuf wire bytes, without allocation  */
+#include "tm_wire.h"
+#include "tm_util.h"
+
+#include <math.h>
+#include <string.h>
+
+//  Read a base-128 varint; returns 0 or -1 if truncated or over 10 bytes.
+static int
+s_varint (const uint8_t **pos, const uint8_t *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    const uint8_t *p = *pos;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (p >= end)
+            return -1;
+        uint8_t b = *p++;
+        v |= (uint64_t) (b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *pos = p;
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+//  Skip one field's value of the given wire type.
+static int
+s_skip (const uint8_t **pos, const uint8_t *end, unsigned wire_type)
+{
+    uint64_t v;
+    switch (wire_type) {
+        case 0:
+            return s_varint (pos, end, &v);
+        case 1:
+            if (end - *pos < 8)
+                return -1;
+            *pos += 8;
+            return 0;
+        case 2:
+            if (s_varint (pos, end, &v) != 0 || v > (uint64_t) (end - *pos))
+                return -1;
+            *pos += v;
+            return 0;
+        case 5:
+            if (end - *pos < 4)
+                return -1;
+            *pos += 4;
+            return 0;
+        default:
+            return -1;     //  groups (3, 4) are not used by proto3
+    }
+}
+
+void
+tm_wire_iter_init (tm_wire_iter_t *it, const uint8_t *data, size_t size)
+{
+    it->pos = data;
+    it->end = data + size;
+    it->index = 0;
+    it->error = NULL;
+}
+
+static int
+s_fail (tm_wire_iter_t *it, const char *why)
+{
+    it->error = why;
+    it->pos = it->end;
+    return -1;
+}
+
+static int
+s_parse_reading (tm_wire_iter_t *it, const uint8_t *p, const uint8_t *end, tm_reading_t *r)
+{
+    memset (r, 0, sizeof *r);
+    bool have_value = false, have_ts = false;
+    while (p < end) {
+        uint64_t key, v;
+        if (s_varint (&p, end, &key) != 0)
+            return s_fail (it, "truncated field key");
+        unsigned field = (unsigned) (key >> 3), wt = (unsigned) (key & 7);
+        if ((field == 1 || field == 2 || field == 5) && wt == 2) {
+            if (s_varint (&p, end, &v) != 0 || v > (uint64_t) (end - p))
+                return s_fail (it, "string runs past the end");
+            if (field == 1) {
+                r->entity = (const char *) p;
+                r->entity_len = (size_t) v;
+            }
+            else
+            if (field == 2) {
+                r->property = (const char *) p;
+                r->property_len = (size_t) v;
+            }
+            else {
+                r->model = (const char *) p;
+                r->model_len = (size_t) v;
+            }
+            p += v;
+        }
+        else
+        if (field == 3 && wt == 1) {
+            if (end - p < 8)
+                return s_fail (it, "truncated value");
+            uint64_t bits = 0;
+            for (int i = 7; i >= 0; i--)
+                bits = bits << 8 | p[i];
+            memcpy (&r->value, &bits, sizeof bits);
+            p += 8;
+            have_value = true;
+        }
+        else
+        if (field == 4 && wt == 0) {
+            if (s_varint (&p, end, &v) != 0)
+                return s_fail (it, "truncated timestamp");
+            r->ts_ms = (int64_t) v;
+            have_ts = true;
+        }
+        else
+        if (field >= 1 && field <= 5)
+            return s_fail (it, "field has the wrong wire type");
+        else
+        if (field == 0 || s_skip (&p, end, wt) != 0)
+            return s_fail (it, "unknown field cannot be skipped");
+    }
+    if (r->entity_len == 0)
+        return s_fail (it, "reading has no entity id");
+    if (r->entity_len > TM_WIRE_MAX_ENTITY)
+        return s_fail (it, "entity id longer than 128 bytes");
+    if (!tm_util_utf8_valid (r->entity, r->entity_len))
+        return s_fail (it, "entity id is not UTF-8");
+    if (r->property_len == 0)
+        return s_fail (it, "reading has no property");
+    if (r->property_len > TM_WIRE_MAX_PROPERTY)
+        return s_fail (it, "property name longer than 64 bytes");
+    if (!tm_util_utf8_valid (r->property, r->property_len))
+        return s_fail (it, "property name is not UTF-8");
+    if (r->model_len > TM_WIRE_MAX_MODEL || (r->model && !tm_util_utf8_valid (r->model, r->model_len)))
+        return s_fail (it, "model name invalid or longer than 64 bytes");
+    if (!have_value || !isfinite (r->value))
+        return s_fail (it, "reading has no finite value");
+    if (!have_ts || r->ts_ms <= 0)
+        return s_fail (it, "reading has no positive timestamp");
+    return 1;
+}
+
+int
+tm_wire_next (tm_wire_iter_t *it, tm_reading_t *r)
+{
+    while (it->pos < it->end) {
+        const uint8_t *start = it->pos;
+        uint64_t key, len;
+        if (s_varint (&it->pos, it->end, &key) != 0)
+            return s_fail (it, "truncated batch field key");
+        unsigned field = (unsigned) (key >> 3), wt = (unsigned) (key & 7);
+        if (field != 1) {
+            if (field == 0 || s_skip (&it->pos, it->end, wt) != 0)
+                return s_fail (it, "unknown batch field cannot be skipped");
+            continue;
+        }
+        if (wt != 2)
+            return s_fail (it, "readings field has the wrong wire type");
+        if (s_varint (&it->pos, it->end, &len) != 0 || len > (uint64_t) (it->end - it->pos))
+            return s_fail (it, "reading runs past the end of the batch");
+        const uint8_t *body = it->pos;
+        it->pos += len;
+        int rc = s_parse_reading (it, body, body + len, r);
+        if (rc < 0)
+            return rc;
+        r->raw = start;
+        r->raw_len = (size_t) (it->pos - start);
+        it->index++;
+        return 1;
+    }
+    return 0;
+}
+
+long
+tm_wire_validate (const uint8_t *data, size_t size, const char **error, size_t *bad_index)
+{
+    tm_wire_iter_t it;
+    tm_reading_t r;
+    tm_wire_iter_init (&it, data, size);
+    int rc;
+    while ((rc = tm_wire_next (&it, &r)) == 1)
+        ;
+    if (rc < 0) {
+        if (error)
+            *error = it.error;
+        if (bad_index)
+            *bad_index = it.index;
+        return -1;
+    }
+    return (long) it.index;
+}
+
+static size_t
+s_put_varint (uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t) (v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t) v;
+    return n;
+}
+
+static size_t
+s_varint_len (uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+size_t
+tm_wire_encoded_max (size_t entity_len, size_t property_len, size_t model_len)
+{
+    //  outer tag + length varint (<=2 for our sizes) + fields
+    return 1 + 2 + (1 + 2 + entity_len) + (1 + 2 + property_len) + 9 + 11
+         + (model_len? 1 + 2 + model_len: 0);
+}
+
+size_t
+tm_wire_encode (uint8_t *buf, size_t cap, const char *entity, const char *property,
+                double value, int64_t ts_ms, const char *model)
+{
+    size_t el = entity? strlen (entity): 0, pl = property? strlen (property): 0;
+    size_t ml = model? strlen (model): 0;
+    if (el == 0 || el > TM_WIRE_MAX_ENTITY || pl == 0 || pl > TM_WIRE_MAX_PROPERTY
+        || ml > TM_WIRE_MAX_MODEL)
+        return 0;
+    size_t inner = 1 + s_varint_len (el) + el + 1 + s_varint_len (pl) + pl + 9 + 1
+                 + s_varint_len ((uint64_t) ts_ms) + (ml? 1 + s_varint_len (ml) + ml: 0);
+    size_t total = 1 + s_varint_len (inner) + inner;
+    if (total > cap)
+        return 0;
+    uint8_t *p = buf;
+    *p++ = 0x0A;
+    p += s_put_varint (p, inner);
+    *p++ = 0x0A;
+    p += s_put_varint (p, el);
+    memcpy (p, entity, el);
+    p += el;
+    *p++ = 0x12;
+    p += s_put_varint (p, pl);
+    memcpy (p, property, pl);
+    p += pl;
+    *p++ = 0x19;
+    uint64_t bits;
+    memcpy (&bits, &value, sizeof bits);
+    for (int i = 0; i < 8; i++)
+        *p++ = (uint8_t) (bits >> (8 * i));
+    *p++ = 0x20;
+    p += s_put_varint (p, (uint64_t) ts_ms);
+    if (ml) {
+        *p++ = 0x2A;
+        p += s_put_varint (p, ml);
+        memcpy (p, model, ml);
+        p += ml;
+    }
+    return (size_t) (p - buf);
+}
