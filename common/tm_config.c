@@ -311,6 +311,19 @@ tm_config_bool (tm_config_t *self, const char *name)
     return b;
 }
 
+char *
+tm_config_path (tm_config_t *self, const char *name, const char *dir_setting, const char *file)
+{
+    const char *v = tm_config_str (self, name);
+    if (v && *v)
+        return strdup (v);
+    const char *dir = tm_config_str (self, dir_setting);
+    char *path = NULL;
+    if (asprintf (&path, "%s/%s", dir && *dir? dir: ".", file) < 0)
+        return NULL;
+    return path;
+}
+
 size_t
 tm_config_argc (tm_config_t *self)
 {

@@ -54,6 +54,11 @@ const char *tm_config_str (tm_config_t *self, const char *name);
 int64_t tm_config_int (tm_config_t *self, const char *name);
 bool tm_config_bool (tm_config_t *self, const char *name);
 
+//  A path setting's value, or when it is unset or empty, the value of
+//  dir_setting joined with file ("<keys>/broker.key"). Caller owns.
+char *tm_config_path (tm_config_t *self, const char *name, const char *dir_setting,
+                      const char *file);
+
 //  Set a value as if from a flag; returns 0, or -1 if it does not parse.
 int tm_config_set (tm_config_t *self, const char *name, const char *value);
 
