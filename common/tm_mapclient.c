@@ -207,6 +207,12 @@ tm_mapclient_fetch (tm_mapclient_t *self, int timeout_ms)
     return self->map;
 }
 
+int
+tm_mapclient_install (tm_mapclient_t *self, tm_shardmap_t **map_p)
+{
+    return s_install (self, map_p);
+}
+
 const tm_shardmap_t *
 tm_mapclient_map (tm_mapclient_t *self)
 {

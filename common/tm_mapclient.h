@@ -47,6 +47,11 @@ void tm_mapclient_tick (tm_mapclient_t *self, const Twinmesh__NodeInfo *hello);
 //  For one-shot clients such as twinctl.
 const tm_shardmap_t *tm_mapclient_fetch (tm_mapclient_t *self, int timeout_ms);
 
+//  Install a map known from elsewhere (e.g. persisted by a worker before a
+//  restart) if it is newer than ours; takes ownership of *map_p. Returns 1
+//  if installed.
+int tm_mapclient_install (tm_mapclient_t *self, tm_shardmap_t **map_p);
+
 //  The current map (NULL before the first); valid until the next handle.
 const tm_shardmap_t *tm_mapclient_map (tm_mapclient_t *self);
 

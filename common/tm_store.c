@@ -198,6 +198,13 @@ tm_store_write (tm_store_t *self, tm_store_batch_t *batch, bool sync)
 tm_store_iter_t *
 tm_store_iter_new (tm_store_t *self, const void *prefix, size_t plen)
 {
+    return tm_store_iter_new_at (self, prefix, plen, prefix, plen);
+}
+
+tm_store_iter_t *
+tm_store_iter_new_at (tm_store_t *self, const void *prefix, size_t plen, const void *start,
+                      size_t slen)
+{
     tm_store_iter_t *it = calloc (1, sizeof *it);
     if (!it)
         return NULL;
@@ -210,7 +217,7 @@ tm_store_iter_new (tm_store_t *self, const void *prefix, size_t plen)
     it->plen = plen;
     it->ropt = rocksdb_readoptions_create ();
     it->it = rocksdb_create_iterator (self->db, it->ropt);
-    rocksdb_iter_seek (it->it, prefix, plen);
+    rocksdb_iter_seek (it->it, start, slen);
     return it;
 }
 

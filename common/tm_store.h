@@ -52,6 +52,11 @@ int tm_store_write (tm_store_t *self, tm_store_batch_t *batch, bool sync);
 //  Iterate keys that start with prefix, in order. The pointers returned by
 //  next are valid until the following call.
 tm_store_iter_t *tm_store_iter_new (tm_store_t *self, const void *prefix, size_t plen);
+
+//  The same, starting at the first key >= start (which should begin with
+//  prefix).
+tm_store_iter_t *tm_store_iter_new_at (tm_store_t *self, const void *prefix, size_t plen,
+                                       const void *start, size_t slen);
 bool tm_store_iter_next (tm_store_iter_t *self, const char **key, size_t *klen,
                          const char **val, size_t *vlen);
 void tm_store_iter_destroy (tm_store_iter_t **self_p);

@@ -1,0 +1,71 @@
+/*  tm_wlog - the worker's durable log and checkpoints in its RocksDB
+
+    Readings are durable before they are acked: each drain of the worker's
+    socket appends every accepted part as one log record, all in one
+    WriteBatch, fsync'd once (group commit). That is one RocksDB write per
+    group, not per reading: Debian's RocksDB is an assert-enabled build and
+    a put per reading capped the whole path near 150k readings/s.
+
+    Twin state is written in the background of that log: every checkpoint
+    writes the twins that changed and the log position they cover in one
+    batch, and deletes the log up to it. Recovery = load the twins + replay
+    the records after that position.
+
+    Key layout (the first byte says what a key is):
+      'S' shard(4, big-endian) 'T' entity   -> TwinState
+      'W' 'L' seq(8, big-endian)             -> log record (IngestBatch bytes)
+      'W' 'M' "applied"                      -> seq(8) covered by the twins
+    So a shard's twin state is one key range (streamed, deleted or ingested
+    whole by a shard move), while the log stays one append-only range for
+    the whole worker, which is what makes group commit one write.
+*/
+#ifndef TM_WLOG_H_INCLUDED
+#define TM_WLOG_H_INCLUDED
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tm_store.h"
+#include "tm_twins.h"
+
+typedef struct _tm_wlog_t tm_wlog_t;
+
+//  Open the log over an open store (borrowed). Reads the log's last
+//  sequence number. NULL on error.
+tm_wlog_t *tm_wlog_new (tm_store_t *store, bool fsync);
+
+//  Destroy; nulls the pointer.
+void tm_wlog_destroy (tm_wlog_t **self_p);
+
+//  Stage one record (the bytes are copied into the pending batch). Returns
+//  the sequence number it will have.
+uint64_t tm_wlog_stage (tm_wlog_t *self, const void *data, size_t size);
+
+//  Write every staged record in one batch (fsync'd if configured). 0 on
+//  success; -1 if the write failed, in which case nothing staged is
+//  durable, the staged records are dropped and their numbers reused.
+int tm_wlog_commit (tm_wlog_t *self);
+
+//  Checkpoint: write every dirty twin, the covered position (the last
+//  committed record), and delete the log up to it, in one batch; then mark
+//  the twins clean. 0 or -1 (twins stay dirty; the log stays).
+int tm_wlog_checkpoint (tm_wlog_t *self, tm_twins_t *twins, const char *worker_id);
+
+//  Called for each record during recovery.
+typedef void (tm_wlog_replay_fn) (void *arg, uint64_t seq, const uint8_t *data, size_t size);
+
+//  Recovery: load every stored twin into twins, then call fn for each log
+//  record after the checkpoint, in order. Returns the number of records
+//  replayed, or -1 on a store error. Twins whose stored state does not
+//  decode are skipped and counted in *bad_twins.
+long tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void *arg,
+                      size_t *bad_twins);
+
+//  Last committed sequence number (0 if none).
+uint64_t tm_wlog_last_seq (tm_wlog_t *self);
+
+//  Sequence number covered by the last checkpoint.
+uint64_t tm_wlog_checkpoint_seq (tm_wlog_t *self);
+
+#endif

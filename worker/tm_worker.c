@@ -1,0 +1,580 @@
+/*  tm_worker - the worker actor: append, group commit, ack, apply
+
+    The loop, per wake-up:
+      1. drain every message waiting on the ROUTER (bounded), answering
+         reads and refusals at once and staging each good APPEND part as a
+         log record;
+      2. commit all staged records in one write (fsync'd by default);
+      3. ack every staged part (or refuse them all with RETRY_LATER if the
+         write failed: nothing unwritten is ever acked);
+      4. apply the parts to the twins.
+    Heartbeats and checkpoints run between drains. The fewer, larger the
+    writes, the less the fsync costs each reading; under load a drain holds
+    many parts, and at low load a part is committed as soon as it arrives.
+*/
+#include "tm_worker.h"
+#include "tm_auth.h"
+#include "tm_log.h"
+#include "tm_mapclient.h"
+#include "tm_msg.h"
+#include "tm_net.h"
+#include "tm_store.h"
+#include "tm_twins.h"
+#include "tm_util.h"
+#include "tm_wire.h"
+#include "tm_wlog.h"
+
+#include <string.h>
+
+#define S_DRAIN_MAX_PARTS 512          //  Parts per group commit at most
+#define S_DRAIN_MAX_BYTES (32 << 20)   //  Bytes per group commit at most
+#define S_MAX_WRONG_SHARDS 64          //  Shards listed in one WRONG_SHARD
+#define S_META_MAP "WMmap"             //  Last shard map seen, for restarts
+
+typedef struct {
+    zframe_t *routing;             //  Gateway to ack, owned
+    uint64_t request_id;           //  Its part id
+    zframe_t *body;                //  The part's readings, owned
+    uint32_t readings;             //  Readings in the part
+} s_staged_t;
+
+typedef struct {
+    uint64_t accepted;             //  Readings durable in the log
+    uint64_t parts;                //  Parts acked
+    uint64_t applied;              //  Readings that became a series' latest
+    uint64_t duplicates;           //  Same series and timestamp as the latest
+    uint64_t late;                 //  Older than the series' latest
+    uint64_t rejected;             //  Over a per-twin or per-worker limit
+    uint64_t refused;              //  Requests refused, any reason
+    uint64_t malformed;            //  Undecodable messages or readings
+    uint64_t wrong_shard;          //  Parts refused for shards not ours
+    uint64_t retry_later;          //  Parts refused for a failed write or no map
+    uint64_t unauthorized;         //  Requests from roles that may not
+    uint64_t commit_failures;      //  Log writes that failed
+} s_stats_t;
+
+struct _tm_worker_t {
+    char *id;                      //  Stable worker name
+    char *endpoint;                //  Advertised append endpoint
+    char *public_key;              //  Our Z85 public key
+    zcert_t *cert;                 //  Borrowed
+    bool fsync;
+    int64_t heartbeat_ms;
+    int64_t checkpoint_ms;
+    int64_t max_batch_bytes;
+    volatile sig_atomic_t *stop;
+    volatile sig_atomic_t *reload;
+    tm_store_t *store;             //  The worker's RocksDB
+    tm_wlog_t *wlog;               //  Log and checkpoints in it
+    tm_twins_t *twins;             //  Twin state in memory
+    zsock_t *router;               //  APPEND and TWIN_GET from clients
+    tm_mapclient_t *mapc;          //  Broker link: HELLO, shard map
+    zpoller_t *poller;
+    uint32_t num_shards;           //  From the map (0 until a map is known)
+    uint8_t shard_key[TM_SHARDMAP_KEY_BYTES];  //  From the map
+    int my_index;                  //  Our index in the map's workers, -1 if absent
+    uint32_t owned;                //  Shards we own at the current epoch
+    s_staged_t *staged;            //  Parts in the current group commit
+    size_t nstaged;
+    s_stats_t stats;
+    int64_t last_warn_ms;          //  Rate limit for refusal warnings
+    uint64_t warns_suppressed;     //  Warnings not logged since the last one
+};
+
+//  Log a refusal at most once a second, saying how many were not logged.
+static void
+s_warn_refusal (tm_worker_t *self, const char *what, const char *detail, const char *peer)
+{
+    int64_t now = tm_util_mono_ms ();
+    if (now - self->last_warn_ms < 1000) {
+        self->warns_suppressed++;
+        return;
+    }
+    tm_warn ("worker: refused %s peer=%s detail=\"%s\" suppressed=%llu", what, peer, detail,
+             (unsigned long long) self->warns_suppressed);
+    self->last_warn_ms = now;
+    self->warns_suppressed = 0;
+}
+
+static void
+s_reply_status (tm_worker_t *self, const tm_msg_t *msg, int type, int status,
+                const char *detail)
+{
+    self->stats.refused++;
+    s_warn_refusal (self, tm_status_name (status), detail, *msg->peer? msg->peer: "?");
+    if (msg->routing)
+        tm_msg_reply (self->router, msg, type, status, tm_mapclient_epoch (self->mapc), detail,
+                      NULL, 0);
+}
+
+//  Recompute what we own after the map changed; persist the map so that
+//  a restart can replay and serve before the broker answers.
+static void
+s_map_changed (tm_worker_t *self, bool persist)
+{
+    const tm_shardmap_t *map = tm_mapclient_map (self->mapc);
+    if (!map)
+        return;
+    self->num_shards = map->num_shards;
+    memcpy (self->shard_key, map->key, TM_SHARDMAP_KEY_BYTES);
+    self->my_index = tm_shardmap_find_worker (map, self->id);
+    self->owned = self->my_index < 0? 0: tm_shardmap_count_owned (map, (uint32_t) self->my_index);
+    tm_info ("worker: shard map epoch=%llu owned_shards=%u", (unsigned long long) map->epoch,
+             self->owned);
+    if (!persist)
+        return;
+    size_t size;
+    uint8_t *buf = tm_shardmap_encode (map, &size);
+    if (!buf || tm_store_put (self->store, S_META_MAP, strlen (S_META_MAP), buf, size, true) != 0)
+        tm_warn ("worker: could not persist shard map epoch=%llu",
+                 (unsigned long long) map->epoch);
+    free (buf);
+}
+
+static void
+s_apply_part (tm_worker_t *self, const uint8_t *data, size_t size)
+{
+    tm_wire_iter_t it;
+    tm_reading_t r;
+    tm_wire_iter_init (&it, data, size);
+    while (tm_wire_next (&it, &r) == 1) {
+        uint32_t shard = tm_shardmap_hash (self->shard_key, self->num_shards, r.entity,
+                                           r.entity_len);
+        switch (tm_twins_apply (self->twins, &r, shard)) {
+            case TM_APPLY_APPLIED:
+                self->stats.applied++;
+                break;
+            case TM_APPLY_DUPLICATE:
+                self->stats.duplicates++;
+                break;
+            case TM_APPLY_LATE:
+                self->stats.late++;
+                break;
+            case TM_APPLY_REJECTED:
+                self->stats.rejected++;
+                break;
+        }
+    }
+}
+
+static void
+s_replay_record (void *arg, uint64_t seq, const uint8_t *data, size_t size)
+{
+    (void) seq;
+    s_apply_part ((tm_worker_t *) arg, data, size);
+}
+
+//  Check a part: every reading valid, every shard ours. Returns 0 with the
+//  count, or a status with detail (and wrong shards listed in ack).
+static int
+s_check_part (tm_worker_t *self, const uint8_t *data, size_t size, uint32_t *count,
+              char *detail, size_t detail_size, uint32_t *wrong, size_t *nwrong)
+{
+    const tm_shardmap_t *map = tm_mapclient_map (self->mapc);
+    *nwrong = 0;
+    tm_wire_iter_t it;
+    tm_reading_t r;
+    tm_wire_iter_init (&it, data, size);
+    int rc;
+    while ((rc = tm_wire_next (&it, &r)) == 1) {
+        uint32_t shard = tm_shardmap_shard_of (map, r.entity, r.entity_len);
+        if (self->my_index < 0 || map->owners[shard] != (uint32_t) self->my_index) {
+            bool listed = false;
+            for (size_t i = 0; i < *nwrong && !listed; i++)
+                listed = wrong[i] == shard;
+            if (!listed && *nwrong < S_MAX_WRONG_SHARDS)
+                wrong[(*nwrong)++] = shard;
+        }
+    }
+    if (rc < 0) {
+        snprintf (detail, detail_size, "reading %zu: %s", it.index, it.error);
+        return TWINMESH__STATUS__MALFORMED;
+    }
+    if (*nwrong) {
+        snprintf (detail, detail_size, "shard %u is not owned by %s at epoch %llu", wrong[0],
+                  self->id, (unsigned long long) map->epoch);
+        return TWINMESH__STATUS__WRONG_SHARD;
+    }
+    *count = (uint32_t) it.index;
+    return 0;
+}
+
+static void
+s_handle_append (tm_worker_t *self, tm_msg_t *msg)
+{
+    int type = TWINMESH__MSG_TYPE__APPEND_ACK;
+    if (msg->role != TM_ROLE_GATEWAY && msg->role != TM_ROLE_WORKER) {
+        self->stats.unauthorized++;
+        s_reply_status (self, msg, type, TWINMESH__STATUS__UNAUTHORIZED,
+                        "only gateways may append");
+        return;
+    }
+    if ((int64_t) zframe_size (msg->body) > self->max_batch_bytes) {
+        s_reply_status (self, msg, type, TWINMESH__STATUS__TOO_LARGE, "part over max_batch_bytes");
+        return;
+    }
+    const tm_shardmap_t *map = tm_mapclient_map (self->mapc);
+    if (msg->hdr.epoch > tm_mapclient_epoch (self->mapc))
+        tm_mapclient_request (self->mapc);
+    if (!map || map->epoch == 0) {
+        self->stats.retry_later++;
+        s_reply_status (self, msg, type, TWINMESH__STATUS__RETRY_LATER, "no shard map yet");
+        return;
+    }
+    uint32_t count = 0, wrong[S_MAX_WRONG_SHARDS];
+    size_t nwrong = 0;
+    char detail[256];
+    int status = s_check_part (self, zframe_data (msg->body), zframe_size (msg->body), &count,
+                               detail, sizeof detail, wrong, &nwrong);
+    if (status == TWINMESH__STATUS__MALFORMED) {
+        self->stats.malformed++;
+        s_reply_status (self, msg, type, status, detail);
+        return;
+    }
+    if (status == TWINMESH__STATUS__WRONG_SHARD) {
+        self->stats.wrong_shard++;
+        self->stats.refused++;
+        s_warn_refusal (self, "WRONG_SHARD", detail, msg->peer);
+        Twinmesh__AppendAck ack = TWINMESH__APPEND_ACK__INIT;
+        ack.n_wrong_shards = nwrong;
+        ack.wrong_shards = wrong;
+        size_t size;
+        uint8_t *buf = tm_codec_pack_buf (&ack.base, &size);
+        tm_msg_reply (self->router, msg, type, status, map->epoch, detail, buf, buf? size: 0);
+        free (buf);
+        return;
+    }
+    //  Staged: ownership of the frames moves into the group.
+    tm_wlog_stage (self->wlog, zframe_data (msg->body), zframe_size (msg->body));
+    s_staged_t *s = &self->staged[self->nstaged++];
+    s->routing = msg->routing;
+    s->body = msg->body;
+    s->request_id = msg->hdr.request_id;
+    s->readings = count;
+    msg->routing = NULL;
+    msg->body = NULL;
+}
+
+static void
+s_handle_twin_get (tm_worker_t *self, tm_msg_t *msg)
+{
+    int type = TWINMESH__MSG_TYPE__TWIN;
+    if (!tm_role_may_read (msg->role)) {
+        self->stats.unauthorized++;
+        s_reply_status (self, msg, type, TWINMESH__STATUS__UNAUTHORIZED,
+                        "this key's role may not read twins");
+        return;
+    }
+    Twinmesh__TwinGet *req =
+        TM_UNPACK (TwinGet, twin_get, zframe_data (msg->body), zframe_size (msg->body));
+    if (!req || !req->entity || !*req->entity) {
+        self->stats.malformed++;
+        tm_codec_free (&req);
+        s_reply_status (self, msg, type, TWINMESH__STATUS__MALFORMED, "TwinGet needs an entity");
+        return;
+    }
+    size_t len = strlen (req->entity);
+    tm_twin_t *twin = tm_twins_find (self->twins, req->entity, len);
+    if (twin) {
+        size_t size;
+        uint8_t *buf = tm_twins_encode (twin, self->id, &size);
+        tm_msg_reply (self->router, msg, type, buf? TWINMESH__STATUS__OK: TWINMESH__STATUS__RETRY_LATER,
+                      tm_mapclient_epoch (self->mapc), NULL, buf, buf? size: 0);
+        free (buf);
+    }
+    else {
+        const tm_shardmap_t *map = tm_mapclient_map (self->mapc);
+        char detail[256];
+        if (map && map->epoch > 0) {
+            uint32_t shard = tm_shardmap_shard_of (map, req->entity, len);
+            bool mine = self->my_index >= 0 && map->owners[shard] == (uint32_t) self->my_index;
+            snprintf (detail, sizeof detail, "%s shard %u on %s",
+                      mine? "no such twin in": "not the owner of", shard, self->id);
+            tm_msg_reply (self->router, msg, type,
+                          mine? TWINMESH__STATUS__NOT_FOUND: TWINMESH__STATUS__WRONG_SHARD,
+                          map->epoch, detail, NULL, 0);
+        }
+        else
+            tm_msg_reply (self->router, msg, type, TWINMESH__STATUS__NOT_FOUND, 0,
+                          "no shard map yet", NULL, 0);
+    }
+    tm_codec_free (&req);
+}
+
+static void
+s_handle (tm_worker_t *self, tm_msg_t *msg, int rc)
+{
+    if (rc == TM_MSG_E_MALFORMED || rc == TM_MSG_E_VERSION) {
+        self->stats.malformed++;
+        s_reply_status (self, msg, TWINMESH__MSG_TYPE__ERROR,
+                        rc == TM_MSG_E_VERSION? TWINMESH__STATUS__BAD_VERSION:
+                                                TWINMESH__STATUS__MALFORMED,
+                        rc == TM_MSG_E_VERSION? "unsupported protocol version":
+                                                "message does not decode");
+        return;
+    }
+    if (msg->hdr.type == TWINMESH__MSG_TYPE__APPEND)
+        s_handle_append (self, msg);
+    else
+    if (msg->hdr.type == TWINMESH__MSG_TYPE__TWIN_GET)
+        s_handle_twin_get (self, msg);
+    else {
+        self->stats.malformed++;
+        char detail[96];
+        snprintf (detail, sizeof detail, "a worker does not serve %s",
+                  tm_msg_type_name (msg->hdr.type));
+        s_reply_status (self, msg, TWINMESH__MSG_TYPE__ERROR, TWINMESH__STATUS__MALFORMED, detail);
+    }
+}
+
+//  Commit the group, ack or refuse every part in it, then apply.
+static void
+s_commit_group (tm_worker_t *self)
+{
+    if (self->nstaged == 0)
+        return;
+    int rc = tm_wlog_commit (self->wlog);
+    if (rc != 0) {
+        self->stats.commit_failures++;
+        tm_error ("worker: log write failed; refusing parts=%zu", self->nstaged);
+    }
+    uint64_t epoch = tm_mapclient_epoch (self->mapc);
+    for (size_t i = 0; i < self->nstaged; i++) {
+        s_staged_t *s = &self->staged[i];
+        tm_header_t hdr;
+        tm_header_init (&hdr, TWINMESH__MSG_TYPE__APPEND_ACK, s->request_id, epoch);
+        if (rc == 0) {
+            Twinmesh__AppendAck ack = TWINMESH__APPEND_ACK__INIT;
+            ack.accepted = s->readings;
+            uint8_t buf[16];
+            size_t size = protobuf_c_message_get_packed_size (&ack.base);
+            protobuf_c_message_pack (&ack.base, buf);
+            tm_msg_send (self->router, s->routing, &hdr, buf, size);
+            self->stats.accepted += s->readings;
+            self->stats.parts++;
+        }
+        else {
+            hdr.status = TWINMESH__STATUS__RETRY_LATER;
+            snprintf (hdr.detail, sizeof hdr.detail, "worker %s could not write its log", self->id);
+            tm_msg_send (self->router, s->routing, &hdr, NULL, 0);
+            self->stats.retry_later++;
+            self->stats.refused++;
+        }
+    }
+    for (size_t i = 0; i < self->nstaged; i++) {
+        s_staged_t *s = &self->staged[i];
+        if (rc == 0)
+            s_apply_part (self, zframe_data (s->body), zframe_size (s->body));
+        zframe_destroy (&s->routing);
+        zframe_destroy (&s->body);
+    }
+    self->nstaged = 0;
+}
+
+static void
+s_drain (tm_worker_t *self)
+{
+    size_t bytes = 0;
+    for (int n = 0; n < S_DRAIN_MAX_PARTS && bytes < S_DRAIN_MAX_BYTES; n++) {
+        if (n > 0 && !(zsock_events (self->router) & ZMQ_POLLIN))
+            break;
+        tm_msg_t msg;
+        int rc = tm_msg_recv (self->router, true, &msg);
+        if (rc < 0) {
+            tm_msg_fini (&msg);
+            break;
+        }
+        bytes += zframe_size (msg.body);
+        s_handle (self, &msg, rc);
+        tm_msg_fini (&msg);
+    }
+    s_commit_group (self);
+}
+
+static void
+s_heartbeat (tm_worker_t *self)
+{
+    Twinmesh__NodeStats st = TWINMESH__NODE_STATS__INIT;
+    st.readings = self->stats.accepted;
+    st.batches = self->stats.parts;
+    st.refused = self->stats.refused;
+    st.malformed = self->stats.malformed;
+    st.wrong_shard = self->stats.wrong_shard;
+    st.retry_later = self->stats.retry_later;
+    st.twins = tm_twins_size (self->twins);
+    st.duplicates = self->stats.duplicates;
+    st.late = self->stats.late;
+    st.shards = self->owned;
+    st.map_epoch = tm_mapclient_epoch (self->mapc);
+    Twinmesh__NodeInfo info = TWINMESH__NODE_INFO__INIT;
+    info.id = self->id;
+    info.role = (char *) "worker";
+    info.endpoint = self->endpoint;
+    info.public_key = self->public_key;
+    info.stats = &st;
+    tm_mapclient_tick (self->mapc, &info);
+}
+
+//  Load the last map we saw, so recovery knows the shard of every entity
+//  and the worker can take writes before the broker answers.
+static void
+s_load_saved_map (tm_worker_t *self)
+{
+    char *val = NULL;
+    size_t vlen = 0;
+    if (tm_store_get (self->store, S_META_MAP, strlen (S_META_MAP), &val, &vlen) != 0)
+        return;
+    tm_shardmap_t *map = tm_shardmap_decode ((const uint8_t *) val, vlen);
+    free (val);
+    if (!map) {
+        tm_warn ("worker: saved shard map does not decode; waiting for the broker's");
+        return;
+    }
+    if (tm_mapclient_install (self->mapc, &map) == 1)
+        s_map_changed (self, false);
+}
+
+tm_worker_t *
+tm_worker_new (const tm_worker_config_t *config)
+{
+    tm_worker_t *self = (tm_worker_t *) zmalloc (sizeof *self);
+    self->id = strdup (config->id);
+    self->cert = config->cert;
+    self->public_key = strdup (zcert_public_txt (config->cert));
+    self->fsync = config->fsync;
+    self->heartbeat_ms = config->heartbeat_ms > 0? config->heartbeat_ms: 1000;
+    self->checkpoint_ms = config->checkpoint_ms > 0? config->checkpoint_ms: 1000;
+    self->max_batch_bytes = config->max_batch_bytes;
+    self->stop = config->stop;
+    self->reload = config->reload;
+    self->my_index = -1;
+    self->staged = calloc (S_DRAIN_MAX_PARTS, sizeof (s_staged_t));
+    self->twins = tm_twins_new ();
+    if (!self->staged || !self->twins)
+        goto fail;
+
+    if (tm_util_mkdir_p (config->data_dir) != 0) {
+        tm_error ("worker: cannot create data_dir=%s", config->data_dir);
+        goto fail;
+    }
+    self->store = tm_store_open (config->data_dir);
+    if (!self->store)
+        goto fail;
+    self->wlog = tm_wlog_new (self->store, config->fsync);
+    if (!self->wlog)
+        goto fail;
+    self->mapc = tm_mapclient_new (config->broker, config->broker_pub, config->broker_key,
+                                   config->cert);
+    if (!self->mapc)
+        goto fail;
+    s_load_saved_map (self);
+
+    int64_t t0 = tm_util_mono_ms ();
+    size_t bad = 0;
+    long replayed = 0;
+    if (self->num_shards == 0 && tm_wlog_last_seq (self->wlog) > tm_wlog_checkpoint_seq (self->wlog)) {
+        tm_error ("worker: log records exist but no shard map was saved; data_dir=%s",
+                  config->data_dir);
+        goto fail;
+    }
+    replayed = tm_wlog_recover (self->wlog, self->twins, s_replay_record, self, &bad);
+    if (replayed < 0)
+        goto fail;
+    //  Replayed readings are now in memory only: write them out at once so
+    //  that the log can be trimmed.
+    if (tm_wlog_checkpoint (self->wlog, self->twins, self->id) != 0)
+        tm_warn ("worker: checkpoint after recovery failed; will retry");
+    tm_info ("worker: recovered twins=%zu log_records=%ld bad_twins=%zu ms=%lld",
+             tm_twins_size (self->twins), replayed, bad, (long long) (tm_util_mono_ms () - t0));
+    memset (&self->stats, 0, sizeof self->stats);
+
+    self->router = tm_net_server (ZMQ_ROUTER, config->bind, config->cert,
+                                  config->max_batch_bytes * 2 + 65536);
+    if (!self->router)
+        goto fail;
+    if (config->advertise && *config->advertise)
+        self->endpoint = strdup (config->advertise);
+    else {
+        self->endpoint = tm_net_bound_endpoint (self->router);
+        if (self->endpoint && (strstr (self->endpoint, "0.0.0.0") || strstr (self->endpoint, "[::]")))
+            tm_warn ("worker: advertising a wildcard address endpoint=%s; set advertise",
+                     self->endpoint);
+    }
+    self->poller = zpoller_new (self->router, tm_mapclient_req_sock (self->mapc), NULL);
+    if (!self->poller || !self->endpoint)
+        goto fail;
+    if (tm_mapclient_sub_sock (self->mapc))
+        zpoller_add (self->poller, tm_mapclient_sub_sock (self->mapc));
+    tm_info ("worker: ready id=%s endpoint=%s fsync=%s", self->id, self->endpoint,
+             self->fsync? "on": "off");
+    return self;
+fail:
+    tm_worker_destroy (&self);
+    return NULL;
+}
+
+void
+tm_worker_destroy (tm_worker_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    tm_worker_t *self = *self_p;
+    if (self->wlog && self->twins) {
+        s_commit_group (self);
+        if (tm_wlog_checkpoint (self->wlog, self->twins, self->id) != 0)
+            tm_warn ("worker: final checkpoint failed; the log will replay at start");
+    }
+    if (self->staged)
+        for (size_t i = 0; i < self->nstaged; i++) {
+            zframe_destroy (&self->staged[i].routing);
+            zframe_destroy (&self->staged[i].body);
+        }
+    zpoller_destroy (&self->poller);
+    zsock_destroy (&self->router);
+    tm_mapclient_destroy (&self->mapc);
+    tm_wlog_destroy (&self->wlog);
+    tm_store_destroy (&self->store);
+    tm_twins_destroy (&self->twins);
+    free (self->staged);
+    free (self->id);
+    free (self->endpoint);
+    free (self->public_key);
+    free (self);
+    *self_p = NULL;
+}
+
+int
+tm_worker_run (tm_worker_t *self)
+{
+    int64_t next_heartbeat = 0;
+    int64_t next_checkpoint = tm_util_mono_ms () + self->checkpoint_ms;
+    zsock_t *req = tm_mapclient_req_sock (self->mapc);
+    zsock_t *sub = tm_mapclient_sub_sock (self->mapc);
+    while (!*self->stop) {
+        if (self->reload && *self->reload)
+            return 1;
+        int64_t now = tm_util_mono_ms ();
+        if (now >= next_heartbeat) {
+            s_heartbeat (self);
+            next_heartbeat = now + self->heartbeat_ms;
+        }
+        if (now >= next_checkpoint) {
+            if (tm_wlog_checkpoint (self->wlog, self->twins, self->id) != 0)
+                tm_warn ("worker: checkpoint failed; retrying next interval");
+            next_checkpoint = tm_util_mono_ms () + self->checkpoint_ms;
+        }
+        int64_t wait = (next_heartbeat < next_checkpoint? next_heartbeat: next_checkpoint)
+                     - tm_util_mono_ms ();
+        void *which = zpoller_wait (self->poller, (int) (wait < 0? 0: wait > 1000? 1000: wait));
+        if (which == self->router)
+            s_drain (self);
+        else
+        if (which && (which == req || which == sub)) {
+            if (tm_mapclient_handle (self->mapc, (zsock_t *) which) == 1)
+                s_map_changed (self, true);
+        }
+    }
+    tm_info ("worker: stopping id=%s accepted=%llu applied=%llu", self->id,
+             (unsigned long long) self->stats.accepted, (unsigned long long) self->stats.applied);
+    return 0;
+}
