@@ -1,0 +1,198 @@
+/*  test_twins - the worker's twin table: apply semantics and growth
+
+    Checked against a naive reference (a plain array of series) so that the
+    open-addressing table, interning and dirty tracking cannot drift from
+    the rule: newer applies, same timestamp is a duplicate, older is late.
+*/
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tm_twins.h"
+#include "tm_wire.h"
+
+static tm_reading_t
+s_reading (const char *entity, const char *prop, double value, int64_t ts)
+{
+    tm_reading_t r = {0};
+    r.entity = entity;
+    r.entity_len = strlen (entity);
+    r.property = prop;
+    r.property_len = strlen (prop);
+    r.value = value;
+    r.ts_ms = ts;
+    return r;
+}
+
+static void
+test_apply_rules (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    assert_non_null (twins);
+    tm_reading_t r = s_reading ("milan/air-1", "pm25", 10.0, 1000);
+    assert_int_equal (tm_twins_apply (twins, &r, 7), TM_APPLY_APPLIED);
+    r.value = 99.0;
+    assert_int_equal (tm_twins_apply (twins, &r, 7), TM_APPLY_DUPLICATE);
+    r.ts_ms = 999;
+    assert_int_equal (tm_twins_apply (twins, &r, 7), TM_APPLY_LATE);
+    r.ts_ms = 1001;
+    r.value = 11.0;
+    assert_int_equal (tm_twins_apply (twins, &r, 7), TM_APPLY_APPLIED);
+
+    tm_twin_t *t = tm_twins_find (twins, "milan/air-1", 11);
+    assert_non_null (t);
+    assert_int_equal (t->shard, 7);
+    assert_int_equal (t->nprops, 1);
+    assert_string_equal (t->props[0].name, "pm25");
+    assert_true (t->props[0].value == 11.0);
+    assert_int_equal (t->props[0].ts_ms, 1001);
+    assert_int_equal (t->props[0].count, 2);
+    assert_null (tm_twins_find (twins, "milan/air-2", 11));
+    assert_null (tm_twins_find (twins, "milan/air-", 10));
+    tm_twins_destroy (&twins);
+    assert_null (twins);
+}
+
+static void
+test_prop_limit (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    char name[16];
+    for (int i = 0; i < TM_TWINS_MAX_PROPS; i++) {
+        snprintf (name, sizeof name, "p%d", i);
+        tm_reading_t r = s_reading ("e", name, 1, 1);
+        assert_int_equal (tm_twins_apply (twins, &r, 0), TM_APPLY_APPLIED);
+    }
+    tm_reading_t r = s_reading ("e", "one-too-many", 1, 1);
+    assert_int_equal (tm_twins_apply (twins, &r, 0), TM_APPLY_REJECTED);
+    tm_twins_destroy (&twins);
+}
+
+//  Many twins and properties in a random order against a naive reference.
+static void
+test_against_reference (void **state)
+{
+    (void) state;
+    enum { N_ENT = 5000, N_PROP = 3, N_OPS = 200000 };
+    static int64_t ref_ts[N_ENT][N_PROP];
+    static double ref_val[N_ENT][N_PROP];
+    static uint64_t ref_count[N_ENT][N_PROP];
+    memset (ref_ts, 0, sizeof ref_ts);
+    memset (ref_count, 0, sizeof ref_count);
+    static const char *props[N_PROP] = {"pm25", "no2", "temperature"};
+    tm_twins_t *twins = tm_twins_new ();
+    srand (42);
+    uint64_t applied = 0, dup = 0, late = 0;
+    for (int op = 0; op < N_OPS; op++) {
+        int e = rand () % N_ENT, p = rand () % N_PROP;
+        int64_t ts = 1 + rand () % 50;
+        double v = rand () / 1000.0;
+        char ent[32];
+        snprintf (ent, sizeof ent, "city/e-%06d", e);
+        tm_reading_t r = s_reading (ent, props[p], v, ts);
+        tm_apply_t got = tm_twins_apply (twins, &r, (uint32_t) e % 1024);
+        tm_apply_t want;
+        if (ref_count[e][p] && ts == ref_ts[e][p])
+            want = TM_APPLY_DUPLICATE;
+        else
+        if (ref_count[e][p] && ts < ref_ts[e][p])
+            want = TM_APPLY_LATE;
+        else {
+            want = TM_APPLY_APPLIED;
+            ref_ts[e][p] = ts;
+            ref_val[e][p] = v;
+            ref_count[e][p]++;
+        }
+        assert_int_equal (got, want);
+        applied += want == TM_APPLY_APPLIED;
+        dup += want == TM_APPLY_DUPLICATE;
+        late += want == TM_APPLY_LATE;
+    }
+    assert_true (applied > 0 && dup > 0 && late > 0);
+    for (int e = 0; e < N_ENT; e++) {
+        char ent[32];
+        snprintf (ent, sizeof ent, "city/e-%06d", e);
+        tm_twin_t *t = tm_twins_find (twins, ent, strlen (ent));
+        assert_non_null (t);
+        for (int p = 0; p < N_PROP; p++) {
+            tm_prop_t *found = NULL;
+            for (int i = 0; i < t->nprops; i++)
+                if (strcmp (t->props[i].name, props[p]) == 0)
+                    found = &t->props[i];
+            if (!ref_count[e][p]) {
+                assert_null (found);
+                continue;
+            }
+            assert_non_null (found);
+            assert_int_equal (found->ts_ms, ref_ts[e][p]);
+            assert_true (found->value == ref_val[e][p]);
+            assert_int_equal (found->count, ref_count[e][p]);
+        }
+    }
+    assert_int_equal (tm_twins_size (twins), N_ENT);
+    tm_twins_destroy (&twins);
+}
+
+static void
+test_dirty_and_roundtrip (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    tm_reading_t r = s_reading ("milan/bay-9", "occupied", 1, 5000);
+    r.model = "parking_bay";
+    r.model_len = strlen (r.model);
+    tm_twins_apply (twins, &r, 12);
+    r = s_reading ("milan/bay-9", "battery", 3.3, 5000);
+    tm_twins_apply (twins, &r, 12);
+    size_t n;
+    tm_twin_t **dirty = tm_twins_dirty (twins, &n);
+    assert_int_equal (n, 1);
+    assert_string_equal (dirty[0]->entity, "milan/bay-9");
+    size_t size;
+    uint8_t *buf = tm_twins_encode (dirty[0], "worker-3", &size);
+    assert_non_null (buf);
+    tm_twins_clear_dirty (twins);
+    tm_twins_dirty (twins, &n);
+    assert_int_equal (n, 0);
+    //  Same reading again: a duplicate must not make the twin dirty.
+    tm_twins_apply (twins, &r, 12);
+    tm_twins_dirty (twins, &n);
+    assert_int_equal (n, 0);
+
+    tm_twins_t *copy = tm_twins_new ();
+    assert_int_equal (tm_twins_restore (copy, buf, size, 12), 0);
+    assert_int_equal (tm_twins_restore (copy, buf, size, 12), -1);   //  already there
+    tm_twin_t *t = tm_twins_find (copy, "milan/bay-9", 11);
+    assert_non_null (t);
+    assert_string_equal (t->model, "parking_bay");
+    assert_int_equal (t->nprops, 2);
+    assert_int_equal (t->shard, 12);
+    assert_int_equal (t->version, tm_twins_find (twins, "milan/bay-9", 11)->version);
+    //  Restored state keeps idempotency: the same reading is a duplicate.
+    assert_int_equal (tm_twins_apply (copy, &r, 12), TM_APPLY_DUPLICATE);
+    uint8_t junk[] = {0x0a, 0xff, 0x01};
+    assert_int_equal (tm_twins_restore (copy, junk, sizeof junk, 0), -1);
+    free (buf);
+    tm_twins_destroy (&copy);
+    tm_twins_destroy (&twins);
+}
+
+int
+main (void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test (test_apply_rules),
+        cmocka_unit_test (test_prop_limit),
+        cmocka_unit_test (test_against_reference),
+        cmocka_unit_test (test_dirty_and_roundtrip),
+    };
+    return cmocka_run_group_tests (tests, NULL, NULL);
+}

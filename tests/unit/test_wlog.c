@@ -1,0 +1,149 @@
+/*  test_wlog - the worker's log: commit, checkpoint, recovery, failures
+
+    The invariant under test is the one acks rely on: a record is durable
+    once commit returns 0, a failed commit leaves nothing behind, and
+    recovery = stored twins + exactly the records after the checkpoint.
+*/
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tm_store.h"
+#include "tm_twins.h"
+#include "tm_util.h"
+#include "tm_wire.h"
+#include "tm_wlog.h"
+
+typedef struct {
+    tm_twins_t *twins;
+    uint64_t seqs[64];
+    size_t nseqs;
+} s_replay_t;
+
+static void
+s_apply_batch (tm_twins_t *twins, const uint8_t *data, size_t size)
+{
+    tm_wire_iter_t it;
+    tm_reading_t r;
+    tm_wire_iter_init (&it, data, size);
+    while (tm_wire_next (&it, &r) == 1)
+        tm_twins_apply (twins, &r, 3);
+}
+
+static void
+s_on_record (void *arg, uint64_t seq, const uint8_t *data, size_t size)
+{
+    s_replay_t *rp = (s_replay_t *) arg;
+    if (rp->nseqs < 64)
+        rp->seqs[rp->nseqs++] = seq;
+    s_apply_batch (rp->twins, data, size);
+}
+
+static size_t
+s_batch (uint8_t *buf, size_t cap, const char *entity, int64_t ts)
+{
+    size_t n = tm_wire_encode (buf, cap, entity, "pm25", (double) ts / 10, ts, NULL);
+    n += tm_wire_encode (buf + n, cap - n, entity, "no2", 1.5, ts, NULL);
+    return n;
+}
+
+static void
+test_commit_checkpoint_recover (void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/tm-test-wlog-XXXXXX";
+    assert_non_null (mkdtemp (dir));
+    tm_store_t *store = tm_store_open (dir);
+    assert_non_null (store);
+    tm_wlog_t *wlog = tm_wlog_new (store, true);
+    tm_twins_t *twins = tm_twins_new ();
+    uint8_t buf[512];
+
+    //  Three records, checkpoint, two more records, then "crash".
+    for (int i = 1; i <= 3; i++) {
+        size_t n = s_batch (buf, sizeof buf, "e-1", i * 1000);
+        assert_int_equal (tm_wlog_stage (wlog, buf, n), (uint64_t) i);
+    }
+    assert_int_equal (tm_wlog_commit (wlog), 0);
+    assert_int_equal (tm_wlog_last_seq (wlog), 3);
+    for (int i = 1; i <= 3; i++) {
+        size_t n = s_batch (buf, sizeof buf, "e-1", i * 1000);
+        s_apply_batch (twins, buf, n);
+    }
+    assert_int_equal (tm_wlog_checkpoint (wlog, twins, "w"), 0);
+    assert_int_equal (tm_wlog_checkpoint_seq (wlog), 3);
+    for (int i = 4; i <= 5; i++) {
+        size_t n = s_batch (buf, sizeof buf, "e-2", i * 1000);
+        tm_wlog_stage (wlog, buf, n);
+    }
+    assert_int_equal (tm_wlog_commit (wlog), 0);
+    //  A commit that fails must leave nothing: numbers are reused.
+    tm_store_fail_after (store, 1);
+    size_t n = s_batch (buf, sizeof buf, "e-3", 9000);
+    assert_int_equal (tm_wlog_stage (wlog, buf, n), 6);
+    assert_int_equal (tm_wlog_commit (wlog), -1);
+    assert_int_equal (tm_wlog_last_seq (wlog), 5);
+    tm_store_fail_after (store, 0);
+    tm_wlog_destroy (&wlog);
+    tm_twins_destroy (&twins);
+    tm_store_destroy (&store);
+
+    //  Recovery: e-1 from the checkpoint, e-2 from records 4 and 5 only.
+    store = tm_store_open (dir);
+    wlog = tm_wlog_new (store, true);
+    assert_non_null (wlog);
+    assert_int_equal (tm_wlog_last_seq (wlog), 5);
+    assert_int_equal (tm_wlog_checkpoint_seq (wlog), 3);
+    s_replay_t rp = {.twins = tm_twins_new ()};
+    size_t bad = 99;
+    assert_int_equal (tm_wlog_recover (wlog, rp.twins, s_on_record, &rp, &bad), 2);
+    assert_int_equal (bad, 0);
+    assert_int_equal (rp.nseqs, 2);
+    assert_int_equal (rp.seqs[0], 4);
+    assert_int_equal (rp.seqs[1], 5);
+    tm_twin_t *e1 = tm_twins_find (rp.twins, "e-1", 3);
+    tm_twin_t *e2 = tm_twins_find (rp.twins, "e-2", 3);
+    assert_non_null (e1);
+    assert_non_null (e2);
+    assert_null (tm_twins_find (rp.twins, "e-3", 3));
+    assert_int_equal (e1->props[0].count, 3);
+    assert_int_equal (e1->props[0].ts_ms, 3000);
+    assert_int_equal (e2->props[0].count, 2);
+    //  Numbering continues after the last record.
+    n = s_batch (buf, sizeof buf, "e-4", 10000);
+    assert_int_equal (tm_wlog_stage (wlog, buf, n), 6);
+    assert_int_equal (tm_wlog_commit (wlog), 0);
+    //  A checkpoint trims the log: a second recovery replays nothing.
+    s_apply_batch (rp.twins, buf, n);
+    assert_int_equal (tm_wlog_checkpoint (wlog, rp.twins, "w"), 0);
+    tm_wlog_destroy (&wlog);
+    tm_twins_destroy (&rp.twins);
+    tm_store_destroy (&store);
+
+    store = tm_store_open (dir);
+    wlog = tm_wlog_new (store, true);
+    s_replay_t rp2 = {.twins = tm_twins_new ()};
+    assert_int_equal (tm_wlog_recover (wlog, rp2.twins, s_on_record, &rp2, &bad), 0);
+    assert_int_equal (tm_twins_size (rp2.twins), 3);
+    assert_int_equal (tm_wlog_last_seq (wlog), 6);
+    tm_wlog_destroy (&wlog);
+    tm_twins_destroy (&rp2.twins);
+    tm_store_destroy (&store);
+    assert_int_equal (tm_util_rm_rf (dir), 0);
+}
+
+int
+main (void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test (test_commit_checkpoint_recover),
+    };
+    return cmocka_run_group_tests (tests, NULL, NULL);
+}
