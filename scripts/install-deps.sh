@@ -5,7 +5,7 @@ set -euo pipefail
 
 BUILD_PKGS="build-essential pkg-config meson ninja-build protobuf-c-compiler
   libprotobuf-c-dev libzmq3-dev libczmq-dev librocksdb-dev libsodium-dev"
-TEST_PKGS="libcmocka-dev python3 iproute2 procps"
+TEST_PKGS="libcmocka-dev python3 python3-zmq iproute2 procps"
 BENCH_PKGS="redis-server"
 
 want="$BUILD_PKGS"
