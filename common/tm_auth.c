@@ -3,6 +3,7 @@
 #include "tm_log.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -107,8 +108,16 @@ s_zap_actor (zsock_t *pipe, void *args)
     zpoller_t *poller = zpoller_new (pipe, rep, NULL);
     while (true) {
         zsock_t *which = (zsock_t *) zpoller_wait (poller, -1);
-        if (which == pipe || !which)
-            break;      //  $TERM or interrupted: either way we stop
+        if (!which) {
+            //  A signal delivered to this thread interrupts the poll; only a
+            //  terminated context ends the handler, else every later
+            //  handshake in the process would be refused.
+            if (zmq_errno () == ETERM)
+                break;
+            continue;
+        }
+        if (which == pipe)
+            break;      //  $TERM
         //  ZAP request (RFC 27): version, request id, domain, address,
         //  routing id, mechanism, credentials...
         zmsg_t *req = zmsg_recv (rep);

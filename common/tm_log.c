@@ -44,7 +44,7 @@ tm_log_write (tm_log_level_t level, const char *fmt, ...)
     clock_gettime (CLOCK_REALTIME, &ts);
     struct tm tmv;
     gmtime_r (&ts.tv_sec, &tmv);
-    int n = snprintf (line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ",
+    int n = snprintf (line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s [%s] ",
                       tmv.tm_year + 1900, tmv.tm_mon + 1, tmv.tm_mday, tmv.tm_hour,
                       tmv.tm_min, tmv.tm_sec, ts.tv_nsec / 1000000,
                       s_level_name[level], s_component);

@@ -69,7 +69,7 @@ main (int argc, char **argv)
         return 2;
     }
     const char *id = tm_config_str (cfg, "id");
-    tm_log_init ("worker", (tm_log_level_t) level);
+    tm_log_init (id, (tm_log_level_t) level);
     //  czmq would install its own SIGINT handler; we drain on our own.
     zsys_handler_set (NULL);
     struct sigaction sa = {.sa_handler = s_on_stop};
