@@ -165,7 +165,9 @@ tm_util_parse_duration_ms (const char *text, int64_t *out_ms)
     char *end;
     errno = 0;
     double v = strtod (text, &end);
-    if (errno || end == text || v < 0)
+    //  !(v >= 0) also refuses NaN ("nan" parses), whose conversion to an
+    //  integer below would be undefined.
+    if (errno || end == text || !(v >= 0))
         return -1;
     double mult;
     if (*end == 0 || strcmp (end, "ms") == 0)
