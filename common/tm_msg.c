@@ -87,21 +87,34 @@ int
 tm_msg_send_frame (zsock_t *sock, zframe_t *routing, const tm_header_t *hdr, zframe_t **body_p)
 {
     zframe_t *head = tm_header_encode (hdr);
-    if (!head) {
-        zframe_destroy (body_p);
+    zframe_t *body = body_p && *body_p? *body_p: zframe_new_empty ();
+    if (body_p)
+        *body_p = NULL;
+    if (!head || !body) {
+        zframe_destroy (&head);
+        zframe_destroy (&body);
         return -1;
     }
-    zmsg_t *zm = zmsg_new ();
-    if (routing)
-        zmsg_append (zm, &(zframe_t *) {zframe_dup (routing)});
-    zmsg_append (zm, &head);
-    if (body_p && *body_p)
-        zmsg_append (zm, body_p);
-    else
-        zmsg_addmem (zm, NULL, 0);
-    int rc = zmsg_send (&zm, sock);
-    if (rc != 0)
-        zmsg_destroy (&zm);
+    //  A reply from a ROUTER never waits: with ROUTER_MANDATORY a peer whose
+    //  queue is full would otherwise block the whole server. The reply is
+    //  lost to that peer only, which is what it asked for by not reading;
+    //  the caller counts the failure. Once the first frame is queued,
+    //  ZeroMQ takes the rest of a multipart message atomically.
+    int more = routing? ZFRAME_MORE | ZFRAME_DONTWAIT: ZFRAME_MORE;
+    int rc = 0;
+    if (routing) {
+        zframe_t *r = zframe_dup (routing);
+        if (!r || zframe_send (&r, sock, more) != 0) {
+            zframe_destroy (&r);
+            rc = -1;
+        }
+    }
+    if (rc == 0 && zframe_send (&head, sock, ZFRAME_MORE) != 0)
+        rc = -1;
+    if (rc == 0 && zframe_send (&body, sock, 0) != 0)
+        rc = -1;
+    zframe_destroy (&head);
+    zframe_destroy (&body);
     return rc;
 }
 

@@ -50,7 +50,8 @@ void tm_msg_fini (tm_msg_t *msg);
 
 //  Send [routing] header [body]. routing is borrowed (NULL for DEALER);
 //  body may be NULL (empty frame). Returns 0 or -1 (peer gone, with
-//  ROUTER_MANDATORY: EHOSTUNREACH).
+//  ROUTER_MANDATORY: EHOSTUNREACH; or, on a ROUTER, the peer's queue is
+//  full: replies never block a server).
 int tm_msg_send (zsock_t *sock, zframe_t *routing, const tm_header_t *hdr,
                  const void *body, size_t body_size);
 
