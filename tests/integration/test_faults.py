@@ -1,11 +1,17 @@
 """Faults: nothing acked is lost, nothing is counted twice.
 
-A simulated city is sent while a worker is SIGKILLed and restarted, while a worker is
-SIGSTOPped, and while the broker is down. The simulator resends whatever was not
-acked (RETRY_LATER or timeout); afterwards the count of readings applied across all
-twins must equal what was acked exactly: a lost acked reading makes it smaller, a
-reading applied twice makes it larger. Every simulated reading is distinct (each
-series' timestamps strictly increase), so the equality is exact.
+Three simulated cities are sent at once, while a worker is SIGKILLed and restarted,
+while a worker is SIGSTOPped, and while the broker is down. The simulators resend
+whatever was not acked (RETRY_LATER or timeout); afterwards the count of readings
+applied across all twins must equal what was acked exactly: a lost acked reading
+makes it smaller, a reading applied twice makes it larger. Every simulated reading
+is distinct (each series' timestamps strictly increase), so the equality is exact.
+
+Each simulator keeps one batch in flight (window 1): with more, a batch resent after
+a failure can arrive behind a newer batch of the same series, and its readings are
+then *late* (durable in the log, counted as late, not the latest value), which would
+make the count smaller for a reason that is not a loss. Three producers at once
+still give the worker several parts per group commit.
 """
 import signal
 import threading
@@ -17,10 +23,12 @@ from tmtest import cluster, main
 TWINS = 200
 
 
-def twin_ids(c, n):
-    r = c.twinctl("sim", "--list-twins", str(n), "--twins", str(n))
-    ids = [line.split()[0] for line in r.stdout.splitlines()
-           if line.strip() and not line.startswith(("#", "id", "ID"))]
+CITIES = ("north", "south", "east")
+
+
+def twin_ids(c, n, city):
+    r = c.twinctl("sim", "--list-twins", str(n), "--twins", str(n), "--city", city)
+    ids = [line.split(",")[0] for line in r.stdout.splitlines()[1:] if line.strip()]
     assert len(ids) == n, r.stdout[:500]
     return ids
 
@@ -35,81 +43,90 @@ def applied_total(c, ids):
 
 
 class Background:
-    """Run c.sim(**kw) in a thread; .result is its JSON summary."""
+    """Run one c.sim(city=X, **kw) per city in threads; join() gives the summaries."""
 
     def __init__(self, c, **kw):
-        self.result = self.error = None
+        self.results = {}
+        self.errors = []
 
-        def run():
+        def run(city):
             try:
-                self.result = c.sim(timeout=180, check=False, **kw)
+                self.results[city] = c.sim(timeout=180, check=False, city=city, **kw)
             except Exception as e:      # reported by join()
-                self.error = e
-        self.t = threading.Thread(target=run)
-        self.t.start()
+                self.errors.append(e)
+        self.threads = [threading.Thread(target=run, args=(city,)) for city in CITIES]
+        for t in self.threads:
+            t.start()
 
     def join(self):
-        self.t.join(200)
-        if self.error:
-            raise self.error
-        return self.result
+        for t in self.threads:
+            t.join(200)
+        if self.errors:
+            raise self.errors[0]
+        return [self.results.get(city) for city in CITIES]
 
 
 class FaultTest(unittest.TestCase):
     def setUp(self):
         self.c = cluster(workers=2, extra_args={"gateway": {"ack_timeout": "2s"}})
-        self.ids = twin_ids(self.c, TWINS)
+        self.ids = [e for city in CITIES for e in twin_ids(self.c, TWINS, city)]
 
     def tearDown(self):
         self.c.stop_all()
 
-    def check_exact(self, summary):
-        self.assertIsNotNone(summary)
-        self.assertEqual(summary.get("failed", 0), 0, summary)
-        self.assertEqual(summary.get("refused", 0), 0, summary)
-        self.assertEqual(summary["readings_acked"], summary["readings_sent"], summary)
-        self.assertGreater(summary["readings_acked"], 0)
-        self.assertEqual(applied_total(self.c, self.ids), summary["readings_acked"])
+    def check_exact(self, summaries):
+        acked = 0
+        for s in summaries:
+            self.assertIsNotNone(s)
+            self.assertEqual(s.get("failed", 0), 0, s)
+            self.assertEqual(s.get("refused", 0), 0, s)
+            self.assertEqual(s["readings_acked"], s["readings_sent"], s)
+            self.assertGreater(s["readings_acked"], 0)
+            acked += s["readings_acked"]
+        self.assertEqual(applied_total(self.c, self.ids), acked)
 
     def test_worker_sigkill_and_restart(self):
-        bg = Background(self.c, twins=TWINS, duration=6, batch=200, window=4, rate=20000)
+        # No rate limit: parts are always in flight when the kill lands.
+        bg = Background(self.c, twins=TWINS, duration=5, batch=200, window=1)
         time.sleep(2)
         self.c.kill("worker-1", signal.SIGKILL)
         time.sleep(1)
         self.c.start("worker-1")
-        s = bg.join()
-        self.assertGreater(s.get("retries", 0), 0, "the kill was not noticed: %s" % s)
+        ss = bg.join()
+        # The outage was felt: batches were resent or waited for the restart.
+        self.assertTrue(any(s.get("retries", 0) > 0 or s["max_ms"] > 500 for s in ss),
+                        "the kill was not noticed: %s" % ss)
         self.c.wait_ready()
-        self.check_exact(s)
+        self.check_exact(ss)
         self.assertIn("recovered", self.c.log("worker-1"))
 
     def test_worker_sigstop(self):
-        bg = Background(self.c, twins=TWINS, duration=6, batch=200, window=4, rate=20000)
+        bg = Background(self.c, twins=TWINS, duration=5, batch=200, window=1)
         time.sleep(1.5)
         self.c.pause("worker-0")
         time.sleep(3)
         self.c.resume("worker-0")
-        s = bg.join()
-        self.check_exact(s)
+        self.check_exact(bg.join())
 
     def test_broker_down_data_plane_goes_on(self):
         epoch = self.c.status()["epoch"]
         self.c.kill("broker", signal.SIGKILL)
-        s = self.c.sim(twins=TWINS, duration=2, batch=200, window=4)
-        self.check_exact(s)
+        ss = Background(self.c, twins=TWINS, duration=2, batch=200, window=1).join()
+        # Reading twins back needs the map, so the broker comes back first.
         self.c.start("broker")
         self.c.wait_ready()
         self.assertEqual(self.c.status()["epoch"], epoch)
+        self.check_exact(ss)
 
     def test_worker_restart_keeps_state(self):
-        s = self.c.sim(twins=TWINS, duration=1, batch=200, window=4)
+        ss = Background(self.c, twins=TWINS, duration=1, batch=200, window=1).join()
         before = applied_total(self.c, self.ids)
         for w in ("worker-0", "worker-1"):
             self.c.kill(w, signal.SIGKILL)
             self.c.start(w)
         self.c.wait_ready()
         self.assertEqual(applied_total(self.c, self.ids), before)
-        self.assertEqual(before, s["readings_acked"])
+        self.assertEqual(before, sum(s["readings_acked"] for s in ss))
 
 
 if __name__ == "__main__":
