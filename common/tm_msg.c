@@ -63,14 +63,14 @@ tm_msg_recv (zsock_t *sock, bool router, tm_msg_t *msg)
     zframe_t *head = zmsg_pop (zm);
     msg->body = zmsg_pop (zm);
     int rc = 0;
+    if (head)
+        msg->role = tm_auth_frame_role (head, msg->peer, sizeof msg->peer);
     //  Exactly [routing] header body: a missing body frame is as malformed
     //  as an extra one (an empty body is an empty frame).
     if (!head || !msg->body || zmsg_size (zm) != 0 || (router && !msg->routing))
         rc = TM_MSG_E_MALFORMED;
-    else {
-        msg->role = tm_auth_frame_role (head, msg->peer, sizeof msg->peer);
+    else
         rc = tm_header_decode (zframe_data (head), zframe_size (head), &msg->hdr);
-    }
     if (!msg->body)
         msg->body = zframe_new_empty ();
     zframe_destroy (&head);
