@@ -441,10 +441,18 @@ s_handle_hello (tm_broker_t *self, const tm_msg_t *msg)
         tm_codec_free (&info);
         return;
     }
-    if (msg->role != role) {
-        char detail[128];
-        snprintf (detail, sizeof detail, "key role %s may not register as %s",
-                  tm_role_name (msg->role), tm_role_name (role));
+    //  A worker's id names the shards it owns, so only the key of that name
+    //  may speak for it: another worker key could otherwise re-register the
+    //  id with its own endpoint and take the shards (one writer per shard).
+    bool wrong_name = role == TM_ROLE_WORKER && strcmp (info->id, msg->peer) != 0;
+    if (msg->role != role || wrong_name) {
+        char detail[200];
+        if (wrong_name)
+            snprintf (detail, sizeof detail, "worker id %.64s must match its key's name %.64s",
+                      info->id, msg->peer);
+        else
+            snprintf (detail, sizeof detail, "key role %s may not register as %s",
+                      tm_role_name (msg->role), tm_role_name (role));
         tm_warn ("broker: refused HELLO peer=%s reason=%s", msg->peer, detail);
         s_reply (self, msg, ack, TWINMESH__STATUS__UNAUTHORIZED, detail, NULL, 0);
         tm_codec_free (&info);

@@ -30,6 +30,21 @@ static const tm_setting_t s_settings[] = {
     {"max_batch_bytes", TM_CFG_INT, "16777216", "largest append part accepted"},
 };
 
+static const char s_usage[] =
+    "twinmesh-worker [options]\n"
+    "\n"
+    "Hosts the twins of the shards the broker assigns to it. Takes APPEND parts\n"
+    "from gateways (role gateway) only for shards it owns at its newest map epoch,\n"
+    "writes every waiting part to its log in one RocksDB batch (fsync'd unless\n"
+    "--fsync false), acks, then applies them; answers TWIN_GET (analyst, operator,\n"
+    "admin, components). State is checkpointed every checkpoint_interval; after a\n"
+    "crash the worker reloads it and replays its log. Keep id and data_dir\n"
+    "across restarts: the shards belong to the id, their data to the directory.\n"
+    "\n"
+    "Signals: SIGTERM or SIGINT checkpoint and stop (exit 0); SIGHUP re-reads the\n"
+    "allow-list. Exit status 1: missing keys, unreadable data_dir, bind failed;\n"
+    "2: bad settings.";
+
 static volatile sig_atomic_t s_stop;
 static volatile sig_atomic_t s_reload;
 
@@ -50,7 +65,7 @@ s_on_hup (int sig)
 int
 main (int argc, char **argv)
 {
-    tm_config_t *cfg = tm_config_new ("twinmesh-worker", "twinmesh-worker [options]", s_settings,
+    tm_config_t *cfg = tm_config_new ("twinmesh-worker", s_usage, s_settings,
                                       sizeof s_settings / sizeof s_settings[0]);
     if (!cfg)
         return 1;

@@ -54,6 +54,11 @@ class SecurityTest(unittest.TestCase):
             ("worker-0", "producer", tm_proto.APPEND, tm_proto.batch(GOOD)),
             ("worker-0", "admin", tm_proto.APPEND, tm_proto.batch(GOOD)),
             ("gateway-0", "analyst", tm_proto.INGEST, tm_proto.batch(GOOD)),
+            # a worker key may only speak for the worker id of its own name
+            ("broker", "worker-0", tm_proto.HELLO,
+             tm_proto.field_bytes(1, "worker-9") + tm_proto.field_bytes(2, "worker")
+             + tm_proto.field_bytes(3, "tcp://127.0.0.1:1")
+             + tm_proto.field_bytes(4, "0" * 40)),
             ("broker", "producer", tm_proto.HELLO,
              tm_proto.field_bytes(1, "worker-9") + tm_proto.field_bytes(2, "worker")
              + tm_proto.field_bytes(3, "tcp://127.0.0.1:1")
