@@ -84,8 +84,14 @@ s_load_dir (const char *dir)
             zcert_destroy (&cert);
             continue;
         }
+        //  A truncated name could collide with another key's: refuse it.
         char entry[256];
-        snprintf (entry, sizeof entry, "%s:%s", role, name? name: e->d_name);
+        int n = snprintf (entry, sizeof entry, "%s:%s", role, name? name: e->d_name);
+        if (n < 0 || (size_t) n >= sizeof entry) {
+            tm_warn ("auth: skipping certificate with a name over 240 bytes file=%s", path);
+            zcert_destroy (&cert);
+            continue;
+        }
         zhashx_update (keys, zcert_public_txt (cert), entry);
         zcert_destroy (&cert);
     }

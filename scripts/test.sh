@@ -48,7 +48,8 @@ run_suite() {
 }
 
 echo "== build (debugoptimized)"
-if bash scripts/build.sh build; then
+# Warnings are errors here: a new warning fails the suite.
+if bash scripts/build.sh build -Dwerror=true; then
     run_suite build
 else
     echo "build failed"
@@ -62,7 +63,7 @@ if [ -z "${TM_TEST_QUICK:-}" ]; then
     export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
     export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
     if bash scripts/build.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
-            -Dbuildtype=debug; then
+            -Dbuildtype=debug -Dwerror=true; then
         run_suite build-asan --timeout-multiplier 3
     else
         echo "sanitizer build failed"
