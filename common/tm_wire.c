@@ -60,6 +60,14 @@ tm_wire_iter_init (tm_wire_iter_t *it, const uint8_t *data, size_t size)
     it->end = data + size;
     it->index = 0;
     it->error = NULL;
+    it->trusted = false;
+}
+
+void
+tm_wire_iter_init_trusted (tm_wire_iter_t *it, const uint8_t *data, size_t size)
+{
+    tm_wire_iter_init (it, data, size);
+    it->trusted = true;
 }
 
 static int
@@ -127,15 +135,16 @@ s_parse_reading (tm_wire_iter_t *it, const uint8_t *p, const uint8_t *end, tm_re
         return s_fail (it, "reading has no entity id");
     if (r->entity_len > TM_WIRE_MAX_ENTITY)
         return s_fail (it, "entity id longer than 128 bytes");
-    if (!tm_util_utf8_valid (r->entity, r->entity_len))
+    if (!it->trusted && !tm_util_utf8_valid (r->entity, r->entity_len))
         return s_fail (it, "entity id is not UTF-8");
     if (r->property_len == 0)
         return s_fail (it, "reading has no property");
     if (r->property_len > TM_WIRE_MAX_PROPERTY)
         return s_fail (it, "property name longer than 64 bytes");
-    if (!tm_util_utf8_valid (r->property, r->property_len))
+    if (!it->trusted && !tm_util_utf8_valid (r->property, r->property_len))
         return s_fail (it, "property name is not UTF-8");
-    if (r->model_len > TM_WIRE_MAX_MODEL || (r->model && !tm_util_utf8_valid (r->model, r->model_len)))
+    if (r->model_len > TM_WIRE_MAX_MODEL
+        || (r->model && !it->trusted && !tm_util_utf8_valid (r->model, r->model_len)))
         return s_fail (it, "model name invalid or longer than 64 bytes");
     if (!have_value || !isfinite (r->value))
         return s_fail (it, "reading has no finite value");

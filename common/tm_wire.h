@@ -40,10 +40,16 @@ typedef struct {
     const uint8_t *end;            //  One past the last byte
     size_t index;                  //  Readings returned so far
     const char *error;             //  Why the last call returned -1 (static text)
+    bool trusted;                  //  Bytes validated before: skip UTF-8 checks
 } tm_wire_iter_t;
 
 //  Start iterating over an encoded IngestBatch (borrowed).
 void tm_wire_iter_init (tm_wire_iter_t *it, const uint8_t *data, size_t size);
+
+//  The same for bytes this process has already validated with
+//  tm_wire_next (e.g. a worker applying a part it checked and logged):
+//  structure is still checked, the UTF-8 scans are skipped.
+void tm_wire_iter_init_trusted (tm_wire_iter_t *it, const uint8_t *data, size_t size);
 
 //  Next reading: 1 with *r filled, 0 at the end, -1 if malformed or
 //  invalid (it->error says why; stop iterating). Fields of the batch other

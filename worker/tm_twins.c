@@ -25,22 +25,29 @@ struct _tm_twins_t {
     size_t dirty_cap;
 };
 
-//  FNV-1a, 64-bit: short keys, no allocation, good enough spread for a
-//  table whose keys are not chosen to collide (the shard hash is keyed).
+//  A table hash, not a keyed one: the shard hash that spreads entities
+//  across workers is keyed, so no producer can pick colliding ids for a
+//  worker it cannot aim at. Eight bytes per step with a multiply-xorshift
+//  mix: the byte-at-a-time FNV-1a this replaced was most of the lookup.
 static uint64_t
 s_hash (const void *data, size_t len)
 {
     const uint8_t *p = (const uint8_t *) data;
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (len * 0xff51afd7ed558ccdULL);
+    while (len >= 8) {
+        uint64_t w;
+        memcpy (&w, p, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 31;
+        p += 8;
+        len -= 8;
     }
-    //  Final mix so that the low bits used as the slot index depend on all
-    //  input bytes.
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
+    uint64_t w = 0;
+    memcpy (&w, p, len);
+    h = (h ^ w) * 0x94d049bb133111ebULL;
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 32;
     return h;
 }
 
@@ -244,10 +251,12 @@ s_prop (tm_twins_t *self, tm_twin_t *t, const char *name, size_t len, bool creat
 }
 
 tm_apply_t
-tm_twins_apply (tm_twins_t *self, const tm_reading_t *r, uint32_t shard)
+tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
+                const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards)
 {
     tm_twin_t *t = tm_twins_find (self, r->entity, r->entity_len);
     if (!t) {
+        uint32_t shard = tm_shardmap_hash (key, num_shards, r->entity, r->entity_len);
         t = s_insert (self, r->entity, r->entity_len, shard);
         if (!t)
             return TM_APPLY_REJECTED;

@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tm_shardmap.h"
 #include "tm_wire.h"
 
 //  Limits that keep hostile input from growing memory without bound.
@@ -63,8 +64,11 @@ tm_twins_t *tm_twins_new (void);
 //  Destroy, freeing every twin; nulls the pointer.
 void tm_twins_destroy (tm_twins_t **self_p);
 
-//  Apply one reading to the twin of its entity (created if new, in shard).
-tm_apply_t tm_twins_apply (tm_twins_t *self, const tm_reading_t *r, uint32_t shard);
+//  Apply one reading to the twin of its entity. A new twin is created in
+//  the entity's shard under the cluster's key: the siphash is computed
+//  only then, not for every reading.
+tm_apply_t tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
+                           const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards);
 
 //  Find a twin by entity id; NULL if absent. Borrowed.
 tm_twin_t *tm_twins_find (tm_twins_t *self, const char *entity, size_t len);

@@ -17,6 +17,8 @@
 #include "tm_twins.h"
 #include "tm_wire.h"
 
+static const uint8_t s_key[TM_SHARDMAP_KEY_BYTES] = "0123456789abcdef";
+
 static tm_reading_t
 s_reading (const char *entity, const char *prop, double value, int64_t ts)
 {
@@ -37,18 +39,19 @@ test_apply_rules (void **state)
     tm_twins_t *twins = tm_twins_new ();
     assert_non_null (twins);
     tm_reading_t r = s_reading ("milan/air-1", "pm25", 10.0, 1000);
-    assert_int_equal (tm_twins_apply (twins, &r, 7), TM_APPLY_APPLIED);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_APPLIED);
     r.value = 99.0;
-    assert_int_equal (tm_twins_apply (twins, &r, 7), TM_APPLY_DUPLICATE);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_DUPLICATE);
     r.ts_ms = 999;
-    assert_int_equal (tm_twins_apply (twins, &r, 7), TM_APPLY_LATE);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_LATE);
     r.ts_ms = 1001;
     r.value = 11.0;
-    assert_int_equal (tm_twins_apply (twins, &r, 7), TM_APPLY_APPLIED);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_APPLIED);
 
     tm_twin_t *t = tm_twins_find (twins, "milan/air-1", 11);
     assert_non_null (t);
-    assert_int_equal (t->shard, 7);
+    //  The twin lives in its entity's shard under the cluster key.
+    assert_int_equal (t->shard, tm_shardmap_hash (s_key, 1024, "milan/air-1", 11));
     assert_int_equal (t->nprops, 1);
     assert_string_equal (t->props[0].name, "pm25");
     assert_true (t->props[0].value == 11.0);
@@ -69,10 +72,10 @@ test_prop_limit (void **state)
     for (int i = 0; i < TM_TWINS_MAX_PROPS; i++) {
         snprintf (name, sizeof name, "p%d", i);
         tm_reading_t r = s_reading ("e", name, 1, 1);
-        assert_int_equal (tm_twins_apply (twins, &r, 0), TM_APPLY_APPLIED);
+        assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_APPLIED);
     }
     tm_reading_t r = s_reading ("e", "one-too-many", 1, 1);
-    assert_int_equal (tm_twins_apply (twins, &r, 0), TM_APPLY_REJECTED);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_REJECTED);
     tm_twins_destroy (&twins);
 }
 
@@ -98,7 +101,7 @@ test_against_reference (void **state)
         char ent[32];
         snprintf (ent, sizeof ent, "city/e-%06d", e);
         tm_reading_t r = s_reading (ent, props[p], v, ts);
-        tm_apply_t got = tm_twins_apply (twins, &r, (uint32_t) e % 1024);
+        tm_apply_t got = tm_twins_apply (twins, &r, s_key, 1024);
         tm_apply_t want;
         if (ref_count[e][p] && ts == ref_ts[e][p])
             want = TM_APPLY_DUPLICATE;
@@ -149,9 +152,9 @@ test_dirty_and_roundtrip (void **state)
     tm_reading_t r = s_reading ("milan/bay-9", "occupied", 1, 5000);
     r.model = "parking_bay";
     r.model_len = strlen (r.model);
-    tm_twins_apply (twins, &r, 12);
+    tm_twins_apply (twins, &r, s_key, 1024);
     r = s_reading ("milan/bay-9", "battery", 3.3, 5000);
-    tm_twins_apply (twins, &r, 12);
+    tm_twins_apply (twins, &r, s_key, 1024);
     size_t n;
     tm_twin_t **dirty = tm_twins_dirty (twins, &n);
     assert_int_equal (n, 1);
@@ -163,7 +166,7 @@ test_dirty_and_roundtrip (void **state)
     tm_twins_dirty (twins, &n);
     assert_int_equal (n, 0);
     //  Same reading again: a duplicate must not make the twin dirty.
-    tm_twins_apply (twins, &r, 12);
+    tm_twins_apply (twins, &r, s_key, 1024);
     tm_twins_dirty (twins, &n);
     assert_int_equal (n, 0);
 
@@ -177,7 +180,7 @@ test_dirty_and_roundtrip (void **state)
     assert_int_equal (t->shard, 12);
     assert_int_equal (t->version, tm_twins_find (twins, "milan/bay-9", 11)->version);
     //  Restored state keeps idempotency: the same reading is a duplicate.
-    assert_int_equal (tm_twins_apply (copy, &r, 12), TM_APPLY_DUPLICATE);
+    assert_int_equal (tm_twins_apply (copy, &r, s_key, 1024), TM_APPLY_DUPLICATE);
     uint8_t junk[] = {0x0a, 0xff, 0x01};
     assert_int_equal (tm_twins_restore (copy, junk, sizeof junk, 0), -1);
     free (buf);

@@ -618,6 +618,35 @@ test_framing_errors (void **state)
     s_expect_error (&b, "unknown field cannot be skipped", 0);
 }
 
+//  The trusted iterator (for bytes validated before) skips only the UTF-8
+//  scans: structure and limits are still checked.
+static void
+test_trusted_iterator (void **state)
+{
+    (void) state;
+    buf_t r, batch;
+    s_reading_body (&r, "\xc3\x28", 2);
+    memset (&batch, 0, sizeof batch);
+    s_wrap (&batch, &r);
+    s_expect_error (&batch, "entity id is not UTF-8", 0);
+    tm_wire_iter_t it;
+    tm_reading_t rd;
+    tm_wire_iter_init_trusted (&it, batch.data, batch.len);
+    assert_int_equal (tm_wire_next (&it, &rd), 1);
+    assert_int_equal (rd.entity_len, 2);
+    assert_int_equal (tm_wire_next (&it, &rd), 0);
+    //  Still refuses what is structurally wrong.
+    tm_wire_iter_init_trusted (&it, batch.data, batch.len - 1);
+    assert_int_equal (tm_wire_next (&it, &rd), -1);
+    char big[TM_WIRE_MAX_ENTITY + 1];
+    memset (big, 'x', sizeof big);
+    s_reading_body (&r, big, sizeof big);
+    memset (&batch, 0, sizeof batch);
+    s_wrap (&batch, &r);
+    tm_wire_iter_init_trusted (&it, batch.data, batch.len);
+    assert_int_equal (tm_wire_next (&it, &rd), -1);
+}
+
 static void
 test_wire_type_errors (void **state)
 {
@@ -707,6 +736,7 @@ main (void)
         cmocka_unit_test (test_value_and_timestamp_errors),
         cmocka_unit_test (test_framing_errors),
         cmocka_unit_test (test_wire_type_errors),
+        cmocka_unit_test (test_trusted_iterator),
         cmocka_unit_test (test_error_is_sticky),
     };
     return cmocka_run_group_tests (tests, NULL, NULL);

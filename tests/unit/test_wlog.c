@@ -21,6 +21,8 @@
 #include "tm_wire.h"
 #include "tm_wlog.h"
 
+static const uint8_t s_key[TM_SHARDMAP_KEY_BYTES] = "0123456789abcdef";
+
 typedef struct {
     tm_twins_t *twins;
     uint64_t seqs[64];
@@ -34,7 +36,7 @@ s_apply_batch (tm_twins_t *twins, const uint8_t *data, size_t size)
     tm_reading_t r;
     tm_wire_iter_init (&it, data, size);
     while (tm_wire_next (&it, &r) == 1)
-        tm_twins_apply (twins, &r, 3);
+        tm_twins_apply (twins, &r, s_key, 64);
 }
 
 static void
