@@ -100,6 +100,7 @@ ctl sim --twins "$twins" --rate "$rate" --duration "$duration"
 sim_rc=$?
 set -e
 kill "$status_pid" 2>/dev/null || true
+sleep 1.5      # node figures travel with the 1 s heartbeats
 echo
 ctl status
 echo
