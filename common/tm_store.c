@@ -46,7 +46,10 @@ tm_store_open (const char *path)
     rocksdb_options_set_write_buffer_size (self->options, 16 << 20);
     rocksdb_options_set_max_total_wal_size (self->options, 64 << 20);
     rocksdb_options_set_recycle_log_file_num (self->options, 4);
-    rocksdb_options_set_compression (self->options, rocksdb_lz4_compression);
+    //  No compression: on two cores, lz4 in flushes and compactions took a
+    //  third of all CPU with a million twins being checkpointed (perf), and
+    //  what we write is short-lived (the log) or rewritten often (state).
+    rocksdb_options_set_compression (self->options, rocksdb_no_compression);
     char *err = NULL;
     self->db = rocksdb_open (self->options, path, &err);
     if (!self->db) {

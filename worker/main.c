@@ -26,7 +26,9 @@ static const tm_setting_t s_settings[] = {
     {"advertise", TM_CFG_STR, NULL, "endpoint gateways connect to (default: the bound one)"},
     {"data_dir", TM_CFG_STR, NULL, "RocksDB directory (default ./data/<id>)"},
     {"fsync", TM_CFG_BOOL, "true", "fsync every group commit before acking"},
-    {"checkpoint_interval", TM_CFG_DURATION, "1s", "how often twin state is flushed"},
+    {"checkpoint_interval", TM_CFG_DURATION, "5s",
+     "how often a round writes changed shards' twins and trims the log (longer: less write "
+     "load, more log to replay after a crash)"},
     {"max_batch_bytes", TM_CFG_INT, "16777216", "largest append part accepted"},
 };
 

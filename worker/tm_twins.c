@@ -20,9 +20,10 @@ struct _tm_twins_t {
     s_name_t *names;               //  Interned property names, open addressing
     size_t nnames_slots;           //  Power of two
     size_t nnames;                 //  Names interned
-    tm_twin_t **dirty;             //  Twins changed since the last checkpoint
+    tm_twin_t **shard_heads;       //  Per shard, its twins (TM_SHARDMAP_MAX_SHARDS)
+    uint8_t *shard_dirty;          //  Bitmap: shard changed since take_dirty
+    uint32_t *dirty;               //  The changed shards, in order of first change
     size_t ndirty;
-    size_t dirty_cap;
 };
 
 //  A table hash, not a keyed one: the shard hash that spreads entities
@@ -61,7 +62,13 @@ tm_twins_new (void)
     self->slots = calloc (self->nslots, sizeof (tm_twin_t *));
     self->nnames_slots = 256;
     self->names = calloc (self->nnames_slots, sizeof (s_name_t));
-    if (!self->slots || !self->names) {
+    //  Sized for the largest cluster (512 KiB of heads): a worker learns
+    //  its cluster's shard count only from the map, after the table exists.
+    self->shard_heads = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof (tm_twin_t *));
+    self->shard_dirty = calloc (TM_SHARDMAP_MAX_SHARDS / 8, 1);
+    self->dirty = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof (uint32_t));
+    if (!self->slots || !self->names || !self->shard_heads || !self->shard_dirty
+        || !self->dirty) {
         tm_twins_destroy (&self);
         return NULL;
     }
@@ -89,9 +96,12 @@ tm_twins_destroy (tm_twins_t **self_p)
                 s_twin_free (self->slots[i]);
     if (self->names)
         for (size_t i = 0; i < self->nnames_slots; i++)
-            free (self->names[i].name);
+            if (self->names[i].name)
+                free (self->names[i].name - 1);
     free (self->slots);
     free (self->names);
+    free (self->shard_heads);
+    free (self->shard_dirty);
     free (self->dirty);
     free (self);
     *self_p = NULL;
@@ -155,9 +165,13 @@ s_intern (tm_twins_t *self, const char *name, size_t len)
     }
     if (self->nnames >= TM_TWINS_MAX_NAMES)
         return NULL;
-    char *copy = malloc (len + 1);
-    if (!copy)
+    //  A length byte before the name (names are at most 64 bytes), so that
+    //  encoding a checkpoint never scans a name for its end.
+    char *block = malloc (len + 2);
+    if (!block)
         return NULL;
+    block[0] = (char) len;
+    char *copy = block + 1;
     memcpy (copy, name, len);
     copy[len] = 0;
     self->names[j] = (s_name_t) {.hash = h, .name = copy, .len = (uint32_t) len};
@@ -199,7 +213,9 @@ s_insert (tm_twins_t *self, const char *entity, size_t len, uint32_t shard)
     t->entity[len] = 0;
     t->entity_len = (uint32_t) len;
     t->hash = s_hash (entity, len);
-    t->shard = shard;
+    t->shard = shard % TM_SHARDMAP_MAX_SHARDS;
+    t->next_in_shard = self->shard_heads[t->shard];
+    self->shard_heads[t->shard] = t;
     size_t j = t->hash & (self->nslots - 1);
     while (self->slots[j])
         j = (j + 1) & (self->nslots - 1);
@@ -212,18 +228,18 @@ static void
 s_mark_dirty (tm_twins_t *self, tm_twin_t *t)
 {
     t->version++;
-    if (t->dirty)
+    tm_twins_mark_dirty (self, t->shard);
+}
+
+void
+tm_twins_mark_dirty (tm_twins_t *self, uint32_t shard)
+{
+    shard %= TM_SHARDMAP_MAX_SHARDS;
+    uint8_t bit = (uint8_t) (1u << (shard & 7));
+    if (self->shard_dirty[shard >> 3] & bit)
         return;
-    if (self->ndirty == self->dirty_cap) {
-        size_t cap = self->dirty_cap? self->dirty_cap * 2: 1024;
-        tm_twin_t **grown = realloc (self->dirty, cap * sizeof *grown);
-        if (!grown)
-            return;    //  stays clean in the list; the next change retries
-        self->dirty = grown;
-        self->dirty_cap = cap;
-    }
-    t->dirty = true;
-    self->dirty[self->ndirty++] = t;
+    self->shard_dirty[shard >> 3] |= bit;
+    self->dirty[self->ndirty++] = shard;
 }
 
 static tm_prop_t *
@@ -285,19 +301,183 @@ tm_twins_size (tm_twins_t *self)
     return self->count;
 }
 
-tm_twin_t **
-tm_twins_dirty (tm_twins_t *self, size_t *count)
+uint32_t *
+tm_twins_take_dirty (tm_twins_t *self, size_t *count)
 {
+    *count = 0;
+    if (self->ndirty == 0)
+        return NULL;
+    uint32_t *list = malloc (self->ndirty * sizeof (uint32_t));
+    if (!list)
+        return NULL;
+    memcpy (list, self->dirty, self->ndirty * sizeof (uint32_t));
+    for (size_t i = 0; i < self->ndirty; i++)
+        self->shard_dirty[self->dirty[i] >> 3] &= (uint8_t) ~(1u << (self->dirty[i] & 7));
     *count = self->ndirty;
-    return self->dirty;
+    self->ndirty = 0;
+    return list;
 }
 
-void
-tm_twins_clear_dirty (tm_twins_t *self)
+//  Length of an interned name, from the byte before it.
+static inline size_t
+s_name_len (const char *interned)
 {
-    for (size_t i = 0; i < self->ndirty; i++)
-        self->dirty[i]->dirty = false;
-    self->ndirty = 0;
+    return (unsigned char) interned[-1];
+}
+
+//  The checkpoint format, version 1 (all integers are base-128 varints):
+//    version(1 byte) ntwins { elen entity mlen model twin_version nprops
+//    { nlen name value(8 bytes, little-endian) zigzag(ts_ms) count } }
+#define S_SHARD_FORMAT 1
+
+static bool
+s_reserve (uint8_t **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return true;
+    size_t ncap = *cap? *cap: 4096;
+    while (ncap < need)
+        ncap *= 2;
+    uint8_t *grown = realloc (*buf, ncap);
+    if (!grown)
+        return false;
+    *buf = grown;
+    *cap = ncap;
+    return true;
+}
+
+static size_t
+s_put_varint (uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t) (v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t) v;
+    return n;
+}
+
+static int
+s_get_varint (const uint8_t **p, const uint8_t *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (*p >= end)
+            return -1;
+        uint8_t b = *(*p)++;
+        v |= (uint64_t) (b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+size_t
+tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *cap)
+{
+    shard %= TM_SHARDMAP_MAX_SHARDS;
+    size_t ntwins = 0;
+    for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard)
+        ntwins++;
+    if (!s_reserve (buf, cap, 16))
+        return 0;
+    size_t n = 0;
+    (*buf)[n++] = S_SHARD_FORMAT;
+    n += s_put_varint (*buf + n, ntwins);
+    for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard) {
+        size_t mlen = t->model? strlen (t->model): 0;
+        //  Upper bound of this twin's bytes: 10 per varint.
+        size_t need = n + 40 + t->entity_len + mlen;
+        for (uint16_t i = 0; i < t->nprops; i++)
+            need += 40 + s_name_len (t->props[i].name);
+        if (!s_reserve (buf, cap, need))
+            return 0;
+        uint8_t *p = *buf;
+        n += s_put_varint (p + n, t->entity_len);
+        memcpy (p + n, t->entity, t->entity_len);
+        n += t->entity_len;
+        n += s_put_varint (p + n, mlen);
+        memcpy (p + n, t->model? t->model: "", mlen);
+        n += mlen;
+        n += s_put_varint (p + n, t->version);
+        n += s_put_varint (p + n, t->nprops);
+        for (uint16_t i = 0; i < t->nprops; i++) {
+            const tm_prop_t *pr = &t->props[i];
+            size_t nlen = s_name_len (pr->name);
+            n += s_put_varint (p + n, nlen);
+            memcpy (p + n, pr->name, nlen);
+            n += nlen;
+            uint64_t bits;
+            memcpy (&bits, &pr->value, 8);
+            for (int b = 0; b < 8; b++)
+                p[n++] = (uint8_t) (bits >> (8 * b));
+            uint64_t ts = (uint64_t) pr->ts_ms;
+            n += s_put_varint (p + n, (ts << 1) ^ (uint64_t) (pr->ts_ms >> 63));
+            n += s_put_varint (p + n, pr->count);
+        }
+    }
+    return n;
+}
+
+long
+tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, size_t size)
+{
+    const uint8_t *p = data, *end = data + size;
+    uint64_t ntwins;
+    if (size < 1 || *p++ != S_SHARD_FORMAT || s_get_varint (&p, end, &ntwins) != 0)
+        return -1;
+    long restored = 0;
+    for (uint64_t k = 0; k < ntwins; k++) {
+        uint64_t elen, mlen, version, nprops;
+        if (s_get_varint (&p, end, &elen) != 0 || elen == 0 || elen > TM_WIRE_MAX_ENTITY
+            || elen > (uint64_t) (end - p))
+            return -1;
+        const char *entity = (const char *) p;
+        p += elen;
+        if (s_get_varint (&p, end, &mlen) != 0 || mlen > TM_WIRE_MAX_MODEL
+            || mlen > (uint64_t) (end - p))
+            return -1;
+        const char *model = (const char *) p;
+        p += mlen;
+        if (s_get_varint (&p, end, &version) != 0 || s_get_varint (&p, end, &nprops) != 0
+            || nprops > TM_TWINS_MAX_PROPS)
+            return -1;
+        if (tm_twins_find (self, entity, elen))
+            return -1;     //  the same entity twice: not a blob we wrote
+        tm_twin_t *t = s_insert (self, entity, elen, shard);
+        if (!t)
+            return -1;
+        if (mlen)
+            t->model = strndup (model, mlen);
+        for (uint64_t i = 0; i < nprops; i++) {
+            uint64_t nlen, zts, count;
+            if (s_get_varint (&p, end, &nlen) != 0 || nlen == 0 || nlen > TM_WIRE_MAX_PROPERTY
+                || nlen > (uint64_t) (end - p))
+                return -1;
+            const char *name = (const char *) p;
+            p += nlen;
+            if (end - p < 8)
+                return -1;
+            uint64_t bits = 0;
+            for (int b = 7; b >= 0; b--)
+                bits = bits << 8 | p[b];
+            p += 8;
+            if (s_get_varint (&p, end, &zts) != 0 || s_get_varint (&p, end, &count) != 0)
+                return -1;
+            tm_prop_t *pr = s_prop (self, t, name, nlen, true);
+            if (!pr)
+                return -1;
+            memcpy (&pr->value, &bits, 8);
+            pr->ts_ms = (int64_t) (zts >> 1) ^ -(int64_t) (zts & 1);
+            pr->count = count;
+        }
+        t->version = version;
+        restored++;
+    }
+    return p == end? restored: -1;
 }
 
 uint8_t *
@@ -324,37 +504,3 @@ tm_twins_encode (const tm_twin_t *twin, const char *worker_id, size_t *size)
     return tm_codec_pack_buf (&st.base, size);
 }
 
-int
-tm_twins_restore (tm_twins_t *self, const uint8_t *data, size_t size, uint32_t shard)
-{
-    Twinmesh__TwinState *st = TM_UNPACK (TwinState, twin_state, data, size);
-    if (!st)
-        return -1;
-    int rc = -1;
-    size_t elen = st->entity? strlen (st->entity): 0;
-    if (elen == 0 || elen > TM_WIRE_MAX_ENTITY || st->n_properties > TM_TWINS_MAX_PROPS
-        || tm_twins_find (self, st->entity, elen))
-        goto done;
-    tm_twin_t *t = s_insert (self, st->entity, elen, shard);
-    if (!t)
-        goto done;
-    if (st->model && *st->model)
-        t->model = strdup (st->model);
-    for (size_t i = 0; i < st->n_properties; i++) {
-        Twinmesh__PropertyState *ps = st->properties[i];
-        size_t plen = ps->name? strlen (ps->name): 0;
-        if (plen == 0 || plen > TM_WIRE_MAX_PROPERTY)
-            continue;
-        tm_prop_t *p = s_prop (self, t, ps->name, plen, true);
-        if (!p)
-            continue;
-        p->value = ps->value;
-        p->ts_ms = ps->ts_ms;
-        p->count = ps->count;
-    }
-    t->version = st->version;
-    rc = 0;
-done:
-    tm_codec_free (&st);
-    return rc;
-}

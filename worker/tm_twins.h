@@ -31,12 +31,13 @@
 
 typedef struct {
     const char *name;              //  Interned, NUL-terminated, owned by the table
+                                   //  (its length is in the byte before it)
     double value;                  //  Latest value
     int64_t ts_ms;                 //  Timestamp of the latest value
     uint64_t count;                //  Readings applied to this series
 } tm_prop_t;
 
-typedef struct {
+typedef struct _tm_twin_t {
     char *entity;                  //  NUL-terminated entity id
     uint32_t entity_len;
     uint32_t shard;                //  Shard of the entity (fixed per cluster)
@@ -45,8 +46,8 @@ typedef struct {
     uint64_t version;              //  Bumped on every change
     uint16_t nprops;               //  Properties in use
     uint16_t cap;                  //  Properties allocated
-    bool dirty;                    //  Changed since the last checkpoint
     tm_prop_t *props;              //  Owned array
+    struct _tm_twin_t *next_in_shard;  //  The shard's twins, for checkpoints
 } tm_twin_t;
 
 typedef enum {
@@ -76,19 +77,28 @@ tm_twin_t *tm_twins_find (tm_twins_t *self, const char *entity, size_t len);
 //  Number of twins.
 size_t tm_twins_size (tm_twins_t *self);
 
-//  Twins changed since tm_twins_clear_dirty; the array is borrowed and valid
-//  until the next apply.
-tm_twin_t **tm_twins_dirty (tm_twins_t *self, size_t *count);
+//  The shards whose twins changed since the last call, as a new array
+//  (caller frees with free; NULL with *count 0 when none), and forget them.
+uint32_t *tm_twins_take_dirty (tm_twins_t *self, size_t *count);
 
-//  Mark every twin clean (after a checkpoint wrote them).
-void tm_twins_clear_dirty (tm_twins_t *self);
+//  Mark a shard changed again (its checkpoint write failed).
+void tm_twins_mark_dirty (tm_twins_t *self, uint32_t shard);
 
-//  Encode a twin's state for storage and for TWIN replies (a TwinState
-//  protobuf; caller frees with free). NULL on allocation failure.
+//  Encode every twin of a shard into *buf (grown as needed; caller owns,
+//  reuse it across calls). Returns the encoded size, or 0 on allocation
+//  failure. The encoding is the worker's own checkpoint format: one value
+//  per shard, so a checkpoint is one RocksDB put per shard, not per twin.
+size_t tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *cap);
+
+//  Restore the twins of one shard from tm_twins_encode_shard bytes (which
+//  may come from a damaged disk: every length is checked). Returns the
+//  twins restored, or -1 if the bytes are invalid (twins decoded before the
+//  fault are kept).
+long tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data,
+                             size_t size);
+
+//  Encode a twin's state for TWIN replies (a TwinState protobuf; caller
+//  frees with free). NULL on allocation failure.
 uint8_t *tm_twins_encode (const tm_twin_t *twin, const char *worker_id, size_t *size);
-
-//  Restore a twin from tm_twins_encode bytes (recovery). Returns 0, or -1 if
-//  the bytes are invalid (the caller logs and counts; the twin is skipped).
-int tm_twins_restore (tm_twins_t *self, const uint8_t *data, size_t size, uint32_t shard);
 
 #endif

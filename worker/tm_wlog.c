@@ -2,6 +2,7 @@
 #include "tm_wlog.h"
 #include "tm_log.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +16,13 @@ struct _tm_wlog_t {
     uint64_t last_seq;             //  Last committed record
     uint64_t staged_seq;           //  Last staged record
     uint64_t checkpoint_seq;       //  Covered by the stored twins
+    bool in_round;                 //  A checkpoint round is running
+    uint64_t round_seq;            //  P: the last record the round covers
+    uint32_t *round_shards;        //  Shards the round must write, owned
+    size_t round_count;            //  Entries in round_shards
+    size_t round_next;             //  Next entry to write
+    uint8_t *encode_buf;           //  Reused for encoding shards
+    size_t encode_cap;
 };
 
 static void
@@ -91,6 +99,8 @@ tm_wlog_destroy (tm_wlog_t **self_p)
     if (!self_p || !*self_p)
         return;
     tm_store_batch_destroy (&(*self_p)->pending);
+    free ((*self_p)->round_shards);
+    free ((*self_p)->encode_buf);
     free (*self_p);
     *self_p = NULL;
 }
@@ -119,59 +129,110 @@ tm_wlog_commit (tm_wlog_t *self)
     return 0;
 }
 
-static size_t
-s_twin_key (uint8_t *key, const tm_twin_t *t)
+static void
+s_shard_key (uint8_t key[6], uint32_t shard)
 {
     key[0] = 'S';
-    key[1] = (uint8_t) (t->shard >> 24);
-    key[2] = (uint8_t) (t->shard >> 16);
-    key[3] = (uint8_t) (t->shard >> 8);
-    key[4] = (uint8_t) t->shard;
+    key[1] = (uint8_t) (shard >> 24);
+    key[2] = (uint8_t) (shard >> 16);
+    key[3] = (uint8_t) (shard >> 8);
+    key[4] = (uint8_t) shard;
     key[5] = 'T';
-    memcpy (key + 6, t->entity, t->entity_len);
-    return 6 + t->entity_len;
+}
+
+//  Give the round's unwritten shards back to the changed set.
+static void
+s_abandon_round (tm_wlog_t *self, tm_twins_t *twins, size_t from)
+{
+    for (size_t i = from; i < self->round_count; i++)
+        tm_twins_mark_dirty (twins, self->round_shards[i]);
+    free (self->round_shards);
+    self->round_shards = NULL;
+    self->round_count = self->round_next = 0;
+    self->in_round = false;
 }
 
 int
-tm_wlog_checkpoint (tm_wlog_t *self, tm_twins_t *twins, const char *worker_id)
+tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, bool *done)
 {
-    size_t ndirty;
-    tm_twin_t **dirty = tm_twins_dirty (twins, &ndirty);
-    if (ndirty == 0 && self->checkpoint_seq == self->last_seq)
-        return 0;
+    *done = false;
+    if (!self->in_round) {
+        size_t count;
+        uint32_t *shards = tm_twins_take_dirty (twins, &count);
+        if (count == 0 && self->checkpoint_seq == self->last_seq) {
+            free (shards);
+            *done = true;
+            return 0;
+        }
+        self->in_round = true;
+        self->round_seq = self->last_seq;
+        self->round_shards = shards;
+        self->round_count = count;
+        self->round_next = 0;
+    }
     tm_store_batch_t *batch = tm_store_batch_new ();
     if (!batch)
         return -1;
-    uint8_t key[6 + TM_WIRE_MAX_ENTITY];
-    int rc = 0;
-    for (size_t i = 0; i < ndirty && rc == 0; i++) {
-        size_t size;
-        uint8_t *val = tm_twins_encode (dirty[i], worker_id, &size);
-        if (!val) {
-            rc = -1;
-            break;
+    size_t first = self->round_next;
+    uint8_t key[6];
+    while (self->round_next < self->round_count && self->round_next - first < max_shards) {
+        uint32_t shard = self->round_shards[self->round_next];
+        size_t size = tm_twins_encode_shard (twins, shard, &self->encode_buf, &self->encode_cap);
+        if (size == 0) {
+            tm_store_batch_destroy (&batch);
+            s_abandon_round (self, twins, first);
+            return -1;
         }
-        tm_store_batch_put (batch, key, s_twin_key (key, dirty[i]), val, size);
-        free (val);
+        s_shard_key (key, shard);
+        tm_store_batch_put (batch, key, sizeof key, self->encode_buf, size);
+        self->round_next++;
     }
-    if (rc == 0) {
+    bool last = self->round_next == self->round_count;
+    if (last) {
         uint8_t pos[8], from[10], to[10];
-        s_put_be64 (pos, self->last_seq);
+        s_put_be64 (pos, self->round_seq);
         tm_store_batch_put (batch, S_META_APPLIED, strlen (S_META_APPLIED), pos, 8);
         s_log_key (from, 0);
-        s_log_key (to, self->last_seq + 1);
+        s_log_key (to, self->round_seq + 1);
         tm_store_batch_delete_range (batch, from, sizeof from, to, sizeof to);
-        //  Always fsync'd: losing a checkpoint would be harmless (the log
-        //  replays), but the log deletion must never be durable before the
-        //  twin state that replaces it; one synced batch keeps them together.
-        rc = tm_store_write (self->store, batch, true);
     }
+    //  Only the round's last write is fsync'd: the WAL is sequential, so it
+    //  makes the earlier steps durable too, and nothing depends on them
+    //  before P is recorded.
+    int rc = tm_store_write (self->store, batch, last);
     tm_store_batch_destroy (&batch);
-    if (rc == 0) {
-        self->checkpoint_seq = self->last_seq;
-        tm_twins_clear_dirty (twins);
+    if (rc != 0) {
+        s_abandon_round (self, twins, first);
+        return -1;
     }
-    return rc;
+    if (last) {
+        self->checkpoint_seq = self->round_seq;
+        free (self->round_shards);
+        self->round_shards = NULL;
+        self->round_count = self->round_next = 0;
+        self->in_round = false;
+        *done = true;
+    }
+    return 0;
+}
+
+int
+tm_wlog_checkpoint (tm_wlog_t *self, tm_twins_t *twins)
+{
+    //  Finish a running round, then run a complete one for what changed.
+    for (int rounds = 0; rounds < 2; rounds++) {
+        bool done = false;
+        while (!done)
+            if (tm_wlog_checkpoint_step (self, twins, SIZE_MAX, &done) != 0)
+                return -1;
+    }
+    return 0;
+}
+
+bool
+tm_wlog_checkpointing (tm_wlog_t *self)
+{
+    return self->in_round;
 }
 
 long
@@ -186,17 +247,22 @@ tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void
     size_t kl, vl;
     while (tm_store_iter_next (it, &k, &kl, &v, &vl)) {
         const uint8_t *key = (const uint8_t *) k;
-        if (kl < 7 || key[5] != 'T') {
+        if (kl != 6 || key[5] != 'T') {
             (*bad_twins)++;
             continue;
         }
         uint32_t shard = (uint32_t) key[1] << 24 | (uint32_t) key[2] << 16
                        | (uint32_t) key[3] << 8 | key[4];
-        if (tm_twins_restore (twins, (const uint8_t *) v, vl, shard) != 0)
+        if (tm_twins_restore_shard (twins, shard, (const uint8_t *) v, vl) < 0) {
+            tm_warn ("wlog: stored twins of shard %u do not decode; the log alone restores them",
+                     shard);
             (*bad_twins)++;
+        }
     }
     tm_store_iter_destroy (&it);
-    tm_twins_clear_dirty (twins);
+    //  Loaded state is what is stored: nothing to write back for it.
+    size_t n;
+    free (tm_twins_take_dirty (twins, &n));
 
     uint8_t start[10];
     s_log_key (start, self->checkpoint_seq + 1);

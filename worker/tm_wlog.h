@@ -6,13 +6,20 @@
     group, not per reading: Debian's RocksDB is an assert-enabled build and
     a put per reading capped the whole path near 150k readings/s.
 
-    Twin state is written in the background of that log: every checkpoint
-    writes the twins that changed and the log position they cover in one
-    batch, and deletes the log up to it. Recovery = load the twins + replay
-    the records after that position.
+    Twin state is written in the background of that log, a shard at a
+    time: one value holds all the twins of a shard, so a checkpoint costs a
+    put per changed shard, not per twin (a put per twin, at a million
+    twins, took most of the worker's time). A checkpoint is a *round*: it
+    notes the last committed record P, then writes the shards that changed
+    before P over several steps, interleaved with ingest, and when the last
+    is written it records P and deletes the log up to P. Shards written
+    during the round may already include records after P; replaying those
+    records again changes nothing (a reading is applied only if newer than
+    its series' latest), so the round needs no pause. Recovery = load every
+    shard's twins + replay the records after the last recorded P.
 
     Key layout (the first byte says what a key is):
-      'S' shard(4, big-endian) 'T' entity   -> TwinState
+      'S' shard(4, big-endian) 'T'          -> the shard's twins
       'W' 'L' seq(8, big-endian)             -> log record (IngestBatch bytes)
       'W' 'M' "applied"                      -> seq(8) covered by the twins
     So a shard's twin state is one key range (streamed, deleted or ingested
@@ -47,18 +54,29 @@ uint64_t tm_wlog_stage (tm_wlog_t *self, const void *data, size_t size);
 //  durable, the staged records are dropped and their numbers reused.
 int tm_wlog_commit (tm_wlog_t *self);
 
-//  Checkpoint: write every dirty twin, the covered position (the last
-//  committed record), and delete the log up to it, in one batch; then mark
-//  the twins clean. 0 or -1 (twins stay dirty; the log stays).
-int tm_wlog_checkpoint (tm_wlog_t *self, tm_twins_t *twins, const char *worker_id);
+//  One step of a checkpoint round: starts a round if none is running and
+//  something changed (or the log is not yet trimmed), writes at most
+//  max_shards changed shards, and finishes the round when none are left
+//  (writes P, trims the log, fsync). *done is set when no round is left
+//  running. 0, or -1 if a write failed: the round is abandoned, its shards
+//  are marked changed again and the log stays.
+int tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards,
+                             bool *done);
+
+//  Run a whole checkpoint now (at shutdown, after recovery). 0 or -1.
+int tm_wlog_checkpoint (tm_wlog_t *self, tm_twins_t *twins);
+
+//  True while a round is in progress.
+bool tm_wlog_checkpointing (tm_wlog_t *self);
 
 //  Called for each record during recovery.
 typedef void (tm_wlog_replay_fn) (void *arg, uint64_t seq, const uint8_t *data, size_t size);
 
-//  Recovery: load every stored twin into twins, then call fn for each log
+//  Recovery: load every stored shard's twins, then call fn for each log
 //  record after the checkpoint, in order. Returns the number of records
-//  replayed, or -1 on a store error. Twins whose stored state does not
-//  decode are skipped and counted in *bad_twins.
+//  replayed, or -1 on a store error. Shards whose stored state does not
+//  decode are counted in *bad_twins (their twins decoded before the fault
+//  are kept; the rest come back only from the log).
 long tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void *arg,
                       size_t *bad_twins);
 

@@ -30,6 +30,7 @@
 #define S_DRAIN_MAX_BYTES (32 << 20)   //  Bytes per group commit at most
 #define S_MAX_WRONG_SHARDS 64          //  Shards listed in one WRONG_SHARD
 #define S_META_MAP "WMmap"             //  Last shard map seen, for restarts
+#define S_CHECKPOINT_STEP_MS 20        //  Between the steps of a checkpoint round
 
 typedef struct {
     zframe_t *routing;             //  Gateway to ack, owned
@@ -482,7 +483,7 @@ tm_worker_new (const tm_worker_config_t *config)
         goto fail;
     //  Replayed readings are now in memory only: write them out at once so
     //  that the log can be trimmed.
-    if (tm_wlog_checkpoint (self->wlog, self->twins, self->id) != 0)
+    if (tm_wlog_checkpoint (self->wlog, self->twins) != 0)
         tm_warn ("worker: checkpoint after recovery failed; will retry");
     tm_info ("worker: recovered twins=%zu log_records=%ld bad_twins=%zu ms=%lld",
              tm_twins_size (self->twins), replayed, bad, (long long) (tm_util_mono_ms () - t0));
@@ -521,7 +522,7 @@ tm_worker_destroy (tm_worker_t **self_p)
     tm_worker_t *self = *self_p;
     if (self->wlog && self->twins) {
         s_commit_group (self);
-        if (tm_wlog_checkpoint (self->wlog, self->twins, self->id) != 0)
+        if (tm_wlog_checkpoint (self->wlog, self->twins) != 0)
             tm_warn ("worker: final checkpoint failed; the log will replay at start");
     }
     if (self->staged)
@@ -548,6 +549,7 @@ tm_worker_run (tm_worker_t *self)
 {
     int64_t next_heartbeat = 0;
     int64_t next_checkpoint = tm_util_mono_ms () + self->checkpoint_ms;
+    int64_t round_started = 0;
     zsock_t *req = tm_mapclient_req_sock (self->mapc);
     zsock_t *sub = tm_mapclient_sub_sock (self->mapc);
     while (!*self->stop) {
@@ -559,9 +561,23 @@ tm_worker_run (tm_worker_t *self)
             next_heartbeat = now + self->heartbeat_ms;
         }
         if (now >= next_checkpoint) {
-            if (tm_wlog_checkpoint (self->wlog, self->twins, self->id) != 0)
+            //  A round is spread over steps so that ingest never waits for
+            //  more than a tenth of the shards to be written; rounds start
+            //  at most once per checkpoint interval.
+            if (!tm_wlog_checkpointing (self->wlog))
+                round_started = now;
+            size_t step = self->num_shards / 10 > 16? self->num_shards / 10: 16;
+            bool done = false;
+            if (tm_wlog_checkpoint_step (self->wlog, self->twins, step, &done) != 0) {
                 tm_warn ("worker: checkpoint failed; retrying next interval");
-            next_checkpoint = tm_util_mono_ms () + self->checkpoint_ms;
+                done = true;
+            }
+            if (done)
+                next_checkpoint = round_started + self->checkpoint_ms;
+            else
+                next_checkpoint = tm_util_mono_ms () + S_CHECKPOINT_STEP_MS;
+            if (next_checkpoint < now)
+                next_checkpoint = now;
         }
         int64_t wait = (next_heartbeat < next_checkpoint? next_heartbeat: next_checkpoint)
                      - tm_util_mono_ms ();

@@ -145,7 +145,7 @@ test_against_reference (void **state)
 }
 
 static void
-test_dirty_and_roundtrip (void **state)
+test_dirty_shards_and_roundtrip (void **state)
 {
     (void) state;
     tm_twins_t *twins = tm_twins_new ();
@@ -155,34 +155,58 @@ test_dirty_and_roundtrip (void **state)
     tm_twins_apply (twins, &r, s_key, 1024);
     r = s_reading ("milan/bay-9", "battery", 3.3, 5000);
     tm_twins_apply (twins, &r, s_key, 1024);
-    size_t n;
-    tm_twin_t **dirty = tm_twins_dirty (twins, &n);
-    assert_int_equal (n, 1);
-    assert_string_equal (dirty[0]->entity, "milan/bay-9");
-    size_t size;
-    uint8_t *buf = tm_twins_encode (dirty[0], "worker-3", &size);
-    assert_non_null (buf);
-    tm_twins_clear_dirty (twins);
-    tm_twins_dirty (twins, &n);
-    assert_int_equal (n, 0);
-    //  Same reading again: a duplicate must not make the twin dirty.
+    r = s_reading ("milan/bay-10", "occupied", 0, -7);     //  negative ts survives
     tm_twins_apply (twins, &r, s_key, 1024);
-    tm_twins_dirty (twins, &n);
+    uint32_t s9 = tm_shardmap_hash (s_key, 1024, "milan/bay-9", 11);
+    uint32_t s10 = tm_shardmap_hash (s_key, 1024, "milan/bay-10", 12);
+    size_t n;
+    uint32_t *dirty = tm_twins_take_dirty (twins, &n);
+    assert_int_equal (n, s9 == s10? 1: 2);
+    assert_int_equal (dirty[0], s9);
+    free (dirty);
+    assert_null (tm_twins_take_dirty (twins, &n));
+    assert_int_equal (n, 0);
+    //  A duplicate changes nothing, so no shard becomes dirty.
+    r = s_reading ("milan/bay-9", "battery", 3.3, 5000);
+    tm_twins_apply (twins, &r, s_key, 1024);
+    free (tm_twins_take_dirty (twins, &n));
     assert_int_equal (n, 0);
 
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    size_t size = tm_twins_encode_shard (twins, s9, &buf, &cap);
+    assert_true (size > 0);
     tm_twins_t *copy = tm_twins_new ();
-    assert_int_equal (tm_twins_restore (copy, buf, size, 12), 0);
-    assert_int_equal (tm_twins_restore (copy, buf, size, 12), -1);   //  already there
+    assert_int_equal (tm_twins_restore_shard (copy, s9, buf, size), s9 == s10? 2: 1);
+    //  The same shard twice would duplicate twins: refused.
+    assert_int_equal (tm_twins_restore_shard (copy, s9, buf, size), -1);
     tm_twin_t *t = tm_twins_find (copy, "milan/bay-9", 11);
     assert_non_null (t);
     assert_string_equal (t->model, "parking_bay");
     assert_int_equal (t->nprops, 2);
-    assert_int_equal (t->shard, 12);
+    assert_int_equal (t->shard, s9);
     assert_int_equal (t->version, tm_twins_find (twins, "milan/bay-9", 11)->version);
+    assert_true (t->props[1].value == 3.3);
     //  Restored state keeps idempotency: the same reading is a duplicate.
     assert_int_equal (tm_twins_apply (copy, &r, s_key, 1024), TM_APPLY_DUPLICATE);
-    uint8_t junk[] = {0x0a, 0xff, 0x01};
-    assert_int_equal (tm_twins_restore (copy, junk, sizeof junk, 0), -1);
+    size = tm_twins_encode_shard (twins, s10, &buf, &cap);
+    tm_twins_t *copy2 = tm_twins_new ();
+    assert_true (tm_twins_restore_shard (copy2, s10, buf, size) >= 1);
+    assert_int_equal (tm_twins_find (copy2, "milan/bay-10", 12)->props[0].ts_ms, -7);
+    tm_twins_destroy (&copy2);
+
+    //  Every truncation of a valid blob is refused, never read past.
+    size = tm_twins_encode_shard (twins, s9, &buf, &cap);
+    for (size_t cut = 0; cut < size; cut++) {
+        tm_twins_t *t3 = tm_twins_new ();
+        uint8_t *part = malloc (cut? cut: 1);
+        memcpy (part, buf, cut);
+        assert_int_equal (tm_twins_restore_shard (t3, s9, part, cut), -1);
+        free (part);
+        tm_twins_destroy (&t3);
+    }
+    uint8_t junk[] = {0x01, 0xff, 0xff, 0xff, 0xff, 0x0f};
+    assert_int_equal (tm_twins_restore_shard (copy, 0, junk, sizeof junk), -1);
     free (buf);
     tm_twins_destroy (&copy);
     tm_twins_destroy (&twins);
@@ -195,7 +219,7 @@ main (void)
         cmocka_unit_test (test_apply_rules),
         cmocka_unit_test (test_prop_limit),
         cmocka_unit_test (test_against_reference),
-        cmocka_unit_test (test_dirty_and_roundtrip),
+        cmocka_unit_test (test_dirty_shards_and_roundtrip),
     };
     return cmocka_run_group_tests (tests, NULL, NULL);
 }

@@ -1,0 +1,51 @@
+/*  fuzz_twins_shard - a worker's checkpoint blob decoder over arbitrary bytes
+
+    A shard's twins come back from disk (and, with shard moves, from another
+    worker) through tm_twins_restore_shard. Whatever it accepts must encode
+    again and restore to the same number of twins with the same state.
+*/
+#include "fuzz.h"
+#include "tm_twins.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int
+LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
+{
+    tm_twins_t *twins = tm_twins_new ();
+    if (!twins)
+        return 0;
+    long n = tm_twins_restore_shard (twins, 7, data, size);
+    if (n < -1)
+        abort ();
+    if (n >= 0) {
+        uint8_t *buf = NULL;
+        size_t cap = 0;
+        size_t len = tm_twins_encode_shard (twins, 7, &buf, &cap);
+        tm_twins_t *again = tm_twins_new ();
+        if (!buf || !again || tm_twins_restore_shard (again, 7, buf, len) != n
+            || tm_twins_size (again) != tm_twins_size (twins))
+            abort ();
+        //  Restoring reverses a shard's list order, so two round trips give
+        //  the first encoding back, byte for byte.
+        uint8_t *buf2 = NULL;
+        size_t cap2 = 0;
+        size_t len2 = tm_twins_encode_shard (again, 7, &buf2, &cap2);
+        tm_twins_t *third = tm_twins_new ();
+        if (len2 != len || !third || tm_twins_restore_shard (third, 7, buf2, len2) != n)
+            abort ();
+        uint8_t *buf3 = NULL;
+        size_t cap3 = 0;
+        size_t len3 = tm_twins_encode_shard (third, 7, &buf3, &cap3);
+        if (len3 != len || memcmp (buf, buf3, len) != 0)
+            abort ();
+        free (buf3);
+        tm_twins_destroy (&third);
+        free (buf);
+        free (buf2);
+        tm_twins_destroy (&again);
+    }
+    tm_twins_destroy (&twins);
+    return 0;
+}

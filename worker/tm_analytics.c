@@ -1,0 +1,466 @@
+/*  tm_analytics - per-property analytics and per-twin sync status
+
+    The formulas and the choices behind them are in tm_analytics.h. This
+    file is on the ingest hot path: tm_analytics_update and
+    tm_analytics_sync_reading run for every accepted reading, so they do a
+    fixed amount of arithmetic and no calls beyond sqrt.
+
+    The twin's sync status is this state machine. Rows are states, columns
+    the classified events; each cell is the next state. READING events are
+    classified in order: FAULT if any property of the twin is in fault after
+    this reading, SUSPECT if the reading is out of range, WARMING if fewer
+    than TM_ANALYTICS_SYNC_GOOD good readings came in a row, else OK. TICK
+    events are OVERDUE when the twin has been silent for longer than its
+    window, else FRESH.
+
+                    READING_OK    READING_WARMING READING_SUSPECT READING_FAULT TICK_FRESH    TICK_OVERDUE
+    initializing    synchronized  initializing    initializing    error         initializing  stale
+    synchronized    synchronized  synchronized    synchronized    error         synchronized  stale
+    stale           synchronized  initializing    initializing    error         stale         stale
+    error           synchronized  error           error           error         error         stale
+
+    Why these cells: a synchronized twin tolerates an odd out-of-range
+    reading (SUSPECT) until the streak makes it a fault. Leaving error needs
+    every faulty property to have read good again and then a run of good
+    readings (hysteresis, so a sensor flickering at the edge of its range
+    does not flap the status). A stale twin that speaks again is
+    synchronized at once if its recent readings were good, else it starts
+    over as initializing. Silence wins over everything: a twin in error that
+    goes quiet is stale, since its data is no longer current.
+*/
+#include "tm_analytics.h"
+
+#include <assert.h>
+#include <float.h>
+#include <math.h>
+#include <stddef.h>
+
+#define S_INIT  TM_SYNC_INITIALIZING
+#define S_SYNC  TM_SYNC_SYNCHRONIZED
+#define S_STALE TM_SYNC_STALE
+#define S_ERROR TM_SYNC_ERROR
+
+static const uint8_t s_next[TM_SYNC_NSTATES][TM_SYNC_NEVENTS] = {
+    //                OK      WARMING  SUSPECT  FAULT    FRESH    OVERDUE
+    [S_INIT]  = {S_SYNC, S_INIT,  S_INIT,  S_ERROR, S_INIT,  S_STALE},
+    [S_SYNC]  = {S_SYNC, S_SYNC,  S_SYNC,  S_ERROR, S_SYNC,  S_STALE},
+    [S_STALE] = {S_SYNC, S_INIT,  S_INIT,  S_ERROR, S_STALE, S_STALE},
+    [S_ERROR] = {S_SYNC, S_ERROR, S_ERROR, S_ERROR, S_ERROR, S_STALE},
+};
+
+static const char *s_state_name[] = {
+    [S_INIT] = "initializing",
+    [S_SYNC] = "synchronized",
+    [S_STALE] = "stale",
+    [S_ERROR] = "error",
+};
+
+static const char *s_event_name[] = {
+    [TM_SYNC_READING_OK] = "READING_OK",
+    [TM_SYNC_READING_WARMING] = "READING_WARMING",
+    [TM_SYNC_READING_SUSPECT] = "READING_SUSPECT",
+    [TM_SYNC_READING_FAULT] = "READING_FAULT",
+    [TM_SYNC_TICK_FRESH] = "TICK_FRESH",
+    [TM_SYNC_TICK_OVERDUE] = "TICK_OVERDUE",
+};
+
+//  How much a state lets the data be trusted, for the confidence score.
+static const double s_state_weight[] = {
+    [S_INIT] = 0.5,
+    [S_SYNC] = 1.0,
+    [S_STALE] = 0.0,
+    [S_ERROR] = 0.5,
+};
+
+_Static_assert (sizeof s_state_name / sizeof s_state_name[0] == TM_SYNC_NSTATES,
+                "a name per state");
+_Static_assert (sizeof s_event_name / sizeof s_event_name[0] == TM_SYNC_NEVENTS,
+                "a name per event");
+_Static_assert (sizeof s_state_weight / sizeof s_state_weight[0] == TM_SYNC_NSTATES,
+                "a weight per state");
+//  The memory budget (1 KiB per twin of 8 properties) was planned with these.
+_Static_assert (sizeof (tm_analytics_t) == 80, "per-property state is 80 bytes");
+_Static_assert (sizeof (tm_analytics_sync_t) == 32, "per-twin sync state is 32 bytes");
+
+//  Readings whose goodness the confidence's quality averages over.
+#define S_QUALITY_WINDOW 16
+
+//  Largest stored anomaly score, in hundredths of a sigma.
+#define S_SCORE_MAX_CS 32767
+
+void
+tm_analytics_settings_defaults (tm_analytics_settings_t *settings)
+{
+    assert (settings);
+    *settings = (tm_analytics_settings_t) {
+        .valid_min = -INFINITY,
+        .valid_max = INFINITY,
+        .limit_lower = -INFINITY,
+        .limit_upper = INFINITY,
+        .ewma_alpha = 0.1,
+        .holt_alpha = 0.3,
+        .holt_beta = 0.1,
+        .anomaly_sigmas = 4.0,
+        .stale_factor = 3.0,
+        .interval_ms = 60000,
+        .horizon_ms = 24 * 3600 * 1000LL,
+        .warmup = 20,
+        .stuck_run = 0,
+        .oor_streak = 3,
+    };
+}
+
+int
+tm_analytics_settings_check (const tm_analytics_settings_t *s)
+{
+    //  Written so that NaN fails every test.
+    bool ok = s->valid_min <= s->valid_max && !isnan (s->limit_lower)
+              && !isnan (s->limit_upper) && s->ewma_alpha > 0 && s->ewma_alpha <= 1
+              && s->holt_alpha > 0 && s->holt_alpha <= 1 && s->holt_beta >= 0
+              && s->holt_beta <= 1 && s->anomaly_sigmas > 0 && s->stale_factor >= 1
+              && s->stale_factor <= 1e6 && s->interval_ms > 0
+              && s->interval_ms <= UINT32_MAX && s->horizon_ms >= 0 && s->warmup >= 1
+              && s->stuck_run != 1;
+    return ok? 0: TM_ANALYTICS_E_INVALID;
+}
+
+void
+tm_analytics_init (tm_analytics_t *self)
+{
+    assert (self);
+    *self = (tm_analytics_t) {.ts_ms = INT64_MIN};
+}
+
+//  Milliseconds from a to b (b >= a) as a double, without the signed
+//  overflow that b - a could hit for timestamps far apart.
+static inline double
+s_ms_between (int64_t a, int64_t b)
+{
+    return (double) ((uint64_t) b - (uint64_t) a);
+}
+
+static inline uint8_t
+s_inc8 (uint8_t n)
+{
+    return n < UINT8_MAX? (uint8_t) (n + 1): n;
+}
+
+static inline bool
+s_is_stuck (const tm_analytics_t *self, const tm_analytics_settings_t *s)
+{
+    return s->stuck_run >= 2 && self->same_run >= s->stuck_run;
+}
+
+static inline bool
+s_is_anomalous (const tm_analytics_t *self, const tm_analytics_settings_t *s)
+{
+    //  The score of the n-th reading is judged against n - 3 earlier
+    //  residuals (readings 1 and 2 only initialise the model).
+    return self->count >= 3 && self->count - 2 > s->warmup
+           && fabs (self->score_cs * 0.01) > s->anomaly_sigmas;
+}
+
+static inline unsigned
+s_flags (const tm_analytics_t *self, const tm_analytics_settings_t *s)
+{
+    unsigned flags = 0;
+    bool stuck = s_is_stuck (self, s);
+    if (self->oor_run)
+        flags |= TM_ANALYTICS_OUT_OF_RANGE;
+    else
+    if (s_is_anomalous (self, s))
+        flags |= TM_ANALYTICS_ANOMALOUS;
+    if (stuck)
+        flags |= TM_ANALYTICS_STUCK;
+    if (stuck || (s->oor_streak && self->oor_run >= s->oor_streak))
+        flags |= TM_ANALYTICS_FAULT;
+    return flags;
+}
+
+//  Holt's update for the third and later in-range readings, with the
+//  residual scale and the anomaly score (see the header for the formulas).
+static inline void
+s_holt_update (tm_analytics_t *self, const tm_analytics_settings_t *s, double dt, double x)
+{
+    double trend = self->trend;
+    double forecast = self->level + trend * dt;
+    double resid = x - forecast;
+
+    //  Residuals below the rounding of the forecast itself (a few ulps of a
+    //  double, and of the float trend times the step) are not evidence.
+    double noise = 4 * DBL_EPSILON * fabs (forecast) + 2 * FLT_EPSILON * fabs (trend * dt)
+                   + DBL_MIN;
+    double sd = fmax (self->resid_sd, noise);
+    uint32_t nres = self->count - 2;
+    //  The first residual has no scale to be judged against.
+    double score = nres > 1? resid / sd * 100.0: 0;
+    score = fmin (fmax (score, -S_SCORE_MAX_CS), S_SCORE_MAX_CS);
+    self->score_cs = (int16_t) (score < 0? score - 0.5: score + 0.5);
+
+    //  Past warm-up the model learns from the residual clipped at
+    //  anomaly_sigmas (Huber's psi, as in Gelper, Fried and Croux's robust
+    //  Holt-Winters): a spike neither drags the forecast nor inflates the
+    //  scale, so the readings after it are not flagged as its echo.
+    double weight, clipped = resid;
+    if (nres <= s->warmup)
+        weight = 1.0 / nres;
+    else {
+        weight = 1.0 / s->warmup;
+        double cap = s->anomaly_sigmas * sd;
+        clipped = fmin (fmax (resid, -cap), cap);
+    }
+    //  After a gap the past is worth less: its weight decays per expected
+    //  interval elapsed, not per reading. Without this, a trend learnt over
+    //  short steps and extrapolated over a long gap feeds its error back
+    //  into the level and the two diverge (seen with mixed 1 ms and 60 s
+    //  steps). exp() only runs on gaps, so the regular path stays cheap.
+    double interval = (double) s->interval_ms;
+    double alpha = s->holt_alpha;
+    if (dt > interval)
+        alpha = 1 - exp (dt / interval * log1p (-alpha));
+    self->level = forecast + alpha * clipped;
+    self->trend = (float) (trend + s->holt_beta * alpha * clipped / fmax (dt, interval));
+    double var = (double) self->resid_sd * self->resid_sd;
+    var += weight * (clipped * clipped - var);
+    self->resid_sd = (float) fmin (sqrt (var), FLT_MAX);
+}
+
+unsigned
+tm_analytics_update (tm_analytics_t *self, const tm_analytics_settings_t *s, int64_t ts_ms,
+                     double x)
+{
+    assert (self && s);
+    bool first = self->ts_ms == INT64_MIN;
+    assert (first || ts_ms > self->ts_ms);     //  the caller filters duplicates and late
+    double dt = first? 0: s_ms_between (self->ts_ms, ts_ms);
+
+    self->same_run = !first && x == self->value? s_inc8 (self->same_run): 1;
+    self->value = x;
+    self->ts_ms = ts_ms;
+
+    //  Written so that NaN is out of range; infinities fail isfinite.
+    if (!(isfinite (x) && x >= s->valid_min && x <= s->valid_max)) {
+        self->oor_run = s_inc8 (self->oor_run);
+        //  Keep the invariant "level is the level at ts_ms" without
+        //  letting the bad value correct the model.
+        self->level += self->trend * dt;
+        return s_flags (self, s);
+    }
+    self->oor_run = 0;
+    if (self->count < UINT32_MAX)
+        self->count++;
+    uint32_t n = self->count;
+
+    double delta = x - self->mean;
+    self->mean += delta / n;
+    self->m2 += delta * (x - self->mean);
+
+    if (n == 1) {
+        self->min = self->max = self->ewma = self->level = x;
+        self->trend = 0;
+        self->resid_sd = 0;
+        self->score_cs = 0;
+        return s_flags (self, s);
+    }
+    self->min = fmin (self->min, x);
+    self->max = fmax (self->max, x);
+    self->ewma += s->ewma_alpha * (x - self->ewma);
+
+    if (n == 2) {
+        //  Two points give the first slope, so a linear series is exact from
+        //  here on; two points a millisecond apart are mostly noise, so the
+        //  step is at least the expected interval, as in the trend update.
+        self->trend = (float) ((x - self->level) / fmax (dt, (double) s->interval_ms));
+        self->level = x;
+        self->score_cs = 0;
+    }
+    else
+        s_holt_update (self, s, dt, x);
+    return s_flags (self, s);
+}
+
+unsigned
+tm_analytics_flags (const tm_analytics_t *self, const tm_analytics_settings_t *settings)
+{
+    assert (self && settings);
+    if (self->ts_ms == INT64_MIN)
+        return 0;
+    return s_flags (self, settings);
+}
+
+double
+tm_analytics_variance (const tm_analytics_t *self)
+{
+    assert (self);
+    return self->count >= 2? self->m2 / (self->count - 1): 0;
+}
+
+double
+tm_analytics_stddev (const tm_analytics_t *self)
+{
+    return sqrt (tm_analytics_variance (self));
+}
+
+double
+tm_analytics_score (const tm_analytics_t *self)
+{
+    assert (self);
+    return self->score_cs * 0.01;
+}
+
+int
+tm_analytics_forecast (const tm_analytics_t *self, const tm_analytics_settings_t *s,
+                       int64_t at_ms, double *value, double *stddev)
+{
+    assert (self && s && value);
+    if (self->count == 0)
+        return TM_ANALYTICS_E_NO_DATA;
+    double ahead = at_ms >= self->ts_ms? s_ms_between (self->ts_ms, at_ms)
+                                       : -s_ms_between (at_ms, self->ts_ms);
+    *value = self->level + self->trend * ahead;
+    if (stddev) {
+        //  ETS(A,A,N) h-step variance: sd^2 (1 + a^2 sum_{j=1..h-1} (1 + b j)^2).
+        double steps = ceil (ahead / (double) s->interval_ms);
+        double m = steps > 1? steps - 1: 0;
+        double a = s->holt_alpha, b = s->holt_beta;
+        double sum = m + b * m * (m + 1) + b * b * m * (m + 1) * (2 * m + 1) / 6;
+        *stddev = self->resid_sd * sqrt (1 + a * a * sum);
+    }
+    return 0;
+}
+
+int
+tm_analytics_time_to_limit (const tm_analytics_t *self, const tm_analytics_settings_t *s,
+                            int64_t now_ms, int64_t *ms, double *limit)
+{
+    assert (self && s && ms);
+    if (self->count < 2)
+        return TM_ANALYTICS_E_NO_DATA;
+    double now_value;
+    tm_analytics_forecast (self, s, now_ms, &now_value, NULL);
+    double trend = self->trend;
+    double target;
+    if (now_value >= s->limit_upper || now_value <= s->limit_lower) {
+        target = now_value >= s->limit_upper? s->limit_upper: s->limit_lower;
+        *ms = 0;
+        if (limit)
+            *limit = target;
+        return 0;
+    }
+    if (trend > 0 && isfinite (s->limit_upper))
+        target = s->limit_upper;
+    else
+    if (trend < 0 && isfinite (s->limit_lower))
+        target = s->limit_lower;
+    else
+        return TM_ANALYTICS_E_NEVER;
+    //  Round up: "reaches it in about" should not promise it early.
+    double wait = ceil ((target - now_value) / trend);
+    if (limit)
+        *limit = target;
+    if (!(wait <= (double) s->horizon_ms)) {
+        *ms = wait < 9.0e18? (int64_t) wait: INT64_MAX;
+        return TM_ANALYTICS_E_HORIZON;
+    }
+    *ms = (int64_t) wait;
+    return 0;
+}
+
+void
+tm_analytics_sync_init (tm_analytics_sync_t *self)
+{
+    assert (self);
+    *self = (tm_analytics_sync_t) {
+        .heard_ms = INT64_MIN,
+        .window_ms = UINT32_MAX,
+        .interval_ms = UINT32_MAX,
+        .state = TM_SYNC_INITIALIZING,
+    };
+}
+
+tm_sync_event_t
+tm_analytics_sync_reading (tm_analytics_sync_t *self, const tm_analytics_settings_t *s,
+                           unsigned prop_index, unsigned flags, int64_t now_ms)
+{
+    assert (self && s && prop_index < TM_ANALYTICS_SYNC_MAX_PROPS);
+    if (now_ms > self->heard_ms)
+        self->heard_ms = now_ms;
+
+    //  The fastest property sets the window (see the header for why).
+    double window = fmin ((double) s->interval_ms * s->stale_factor, (double) UINT32_MAX);
+    if (window < self->window_ms) {
+        self->window_ms = (uint32_t) window;
+        self->interval_ms = (uint32_t) fmin ((double) s->interval_ms, window);
+    }
+
+    uint64_t bit = (uint64_t) 1 << prop_index;
+    bool bad = flags & (TM_ANALYTICS_OUT_OF_RANGE | TM_ANALYTICS_STUCK | TM_ANALYTICS_FAULT);
+    if (flags & TM_ANALYTICS_FAULT)
+        self->faults |= bit;
+    else
+    if (!bad)
+        self->faults &= ~bit;
+    //  A lone out-of-range reading of a faulty property keeps its fault.
+    self->good_run = bad? 0: s_inc8 (self->good_run);
+
+    double goodness = bad? 0: (flags & TM_ANALYTICS_ANOMALOUS)? 0.5: 1;
+    if (self->nquality < S_QUALITY_WINDOW)
+        self->nquality++;
+    self->quality += (float) ((goodness - self->quality) / self->nquality);
+
+    tm_sync_event_t event;
+    if (self->faults)
+        event = TM_SYNC_READING_FAULT;
+    else
+    if (bad)
+        event = TM_SYNC_READING_SUSPECT;
+    else
+    if (self->good_run < TM_ANALYTICS_SYNC_GOOD)
+        event = TM_SYNC_READING_WARMING;
+    else
+        event = TM_SYNC_READING_OK;
+    self->state = s_next[self->state][event];
+    return event;
+}
+
+tm_sync_event_t
+tm_analytics_sync_tick (tm_analytics_sync_t *self, int64_t now_ms)
+{
+    assert (self);
+    bool overdue = self->heard_ms != INT64_MIN && now_ms > self->heard_ms
+                   && s_ms_between (self->heard_ms, now_ms) > self->window_ms;
+    tm_sync_event_t event = overdue? TM_SYNC_TICK_OVERDUE: TM_SYNC_TICK_FRESH;
+    self->state = s_next[self->state][event];
+    return event;
+}
+
+double
+tm_analytics_sync_confidence (const tm_analytics_sync_t *self, int64_t now_ms)
+{
+    assert (self && self->state < TM_SYNC_NSTATES);
+    if (self->heard_ms == INT64_MIN)
+        return 0;
+    double age = now_ms > self->heard_ms? s_ms_between (self->heard_ms, now_ms): 0;
+    double fresh;
+    if (age <= self->interval_ms)
+        fresh = 1;
+    else
+    if (age >= self->window_ms)
+        fresh = 0;
+    else
+        fresh = (self->window_ms - age) / ((double) self->window_ms - self->interval_ms);
+    double confidence = self->quality * fresh * s_state_weight[self->state];
+    return fmin (fmax (confidence, 0), 1);
+}
+
+const char *
+tm_analytics_sync_state_name (int state)
+{
+    return state >= 0 && state < TM_SYNC_NSTATES? s_state_name[state]: "?";
+}
+
+const char *
+tm_analytics_sync_event_name (int event)
+{
+    return event >= 0 && event < TM_SYNC_NEVENTS? s_event_name[event]: "?";
+}
