@@ -3,7 +3,8 @@
     The formulas and the choices behind them are in tm_analytics.h. This
     file is on the ingest hot path: tm_analytics_update and
     tm_analytics_sync_reading run for every accepted reading, so they do a
-    fixed amount of arithmetic and no calls beyond sqrt.
+    fixed amount of arithmetic: no calls but sqrt, plus exp and log1p
+    after a gap.
 
     The twin's sync status is this state machine. Rows are states, columns
     the classified events; each cell is the next state. READING events are
@@ -131,12 +132,35 @@ tm_analytics_init (tm_analytics_t *self)
     *self = (tm_analytics_t) {.ts_ms = INT64_MIN};
 }
 
+//  fmin/fmax are library calls at -O2 (they must order NaNs); these are
+//  one instruction each. s_clamp sends NaN to lo, so a NaN never reaches an
+//  integer conversion.
+static inline double
+s_min (double a, double b)
+{
+    return a < b? a: b;
+}
+
+static inline double
+s_max (double a, double b)
+{
+    return a > b? a: b;
+}
+
+static inline double
+s_clamp (double v, double lo, double hi)
+{
+    return v > lo? (v < hi? v: hi): lo;
+}
+
 //  Milliseconds from a to b (b >= a) as a double, without the signed
 //  overflow that b - a could hit for timestamps far apart.
 static inline double
 s_ms_between (int64_t a, int64_t b)
 {
-    return (double) ((uint64_t) b - (uint64_t) a);
+    uint64_t ms = (uint64_t) b - (uint64_t) a;
+    //  A signed conversion is one instruction, an unsigned one a sequence.
+    return ms <= INT64_MAX? (double) (int64_t) ms: (double) ms;
 }
 
 static inline uint8_t
@@ -177,6 +201,17 @@ s_flags (const tm_analytics_t *self, const tm_analytics_settings_t *s)
     return flags;
 }
 
+//  How much wider the residual of a forecast `steps` intervals ahead is
+//  than a one-step residual: the ETS(A,A,N) h-step variance ratio,
+//  1 + alpha^2 sum_{j=1..h-1} (1 + beta j)^2 in closed form, h rounded up.
+static double
+s_horizon_factor (double steps, double alpha, double beta)
+{
+    double m = steps > 1? ceil (steps) - 1: 0;
+    double sum = m + beta * m * (m + 1) + beta * beta * m * (m + 1) * (2 * m + 1) / 6;
+    return sqrt (1 + alpha * alpha * sum);
+}
+
 //  Holt's update for the third and later in-range readings, with the
 //  residual scale and the anomaly score (see the header for the formulas).
 static inline void
@@ -185,44 +220,50 @@ s_holt_update (tm_analytics_t *self, const tm_analytics_settings_t *s, double dt
     double trend = self->trend;
     double forecast = self->level + trend * dt;
     double resid = x - forecast;
+    double interval = (double) s->interval_ms;
+    double alpha = s->holt_alpha;
 
     //  Residuals below the rounding of the forecast itself (a few ulps of a
     //  double, and of the float trend times the step) are not evidence.
     double noise = 4 * DBL_EPSILON * fabs (forecast) + 2 * FLT_EPSILON * fabs (trend * dt)
                    + DBL_MIN;
-    double sd = fmax (self->resid_sd, noise);
+    double sd = s_max (self->resid_sd, noise);
+    double widen = 1;
+    if (dt > interval) {
+        //  After a gap the forecast is many steps ahead and its residual is
+        //  judged against the wider h-step scale, else every gap would be
+        //  an "anomaly" and clipped. The past is also worth less: its
+        //  weight decays per interval elapsed, not per reading. Both only
+        //  on gaps, so the regular path has no exp() or extra sqrt().
+        widen = s_horizon_factor (dt / interval, alpha, s->holt_beta);
+        alpha = 1 - exp (dt / interval * log1p (-alpha));
+    }
     uint32_t nres = self->count - 2;
     //  The first residual has no scale to be judged against.
-    double score = nres > 1? resid / sd * 100.0: 0;
-    score = fmin (fmax (score, -S_SCORE_MAX_CS), S_SCORE_MAX_CS);
+    double score = nres > 1? resid / (sd * widen) * 100.0: 0;
+    score = s_clamp (score, -S_SCORE_MAX_CS, S_SCORE_MAX_CS);
     self->score_cs = (int16_t) (score < 0? score - 0.5: score + 0.5);
 
     //  Past warm-up the model learns from the residual clipped at
     //  anomaly_sigmas (Huber's psi, as in Gelper, Fried and Croux's robust
     //  Holt-Winters): a spike neither drags the forecast nor inflates the
     //  scale, so the readings after it are not flagged as its echo.
-    double weight, clipped = resid;
-    if (nres <= s->warmup)
-        weight = 1.0 / nres;
-    else {
-        weight = 1.0 / s->warmup;
-        double cap = s->anomaly_sigmas * sd;
-        clipped = fmin (fmax (resid, -cap), cap);
+    double clipped = resid;
+    uint32_t window = nres;
+    if (nres > s->warmup) {
+        window = s->warmup;
+        double cap = s->anomaly_sigmas * sd * widen;
+        clipped = s_clamp (resid, -cap, cap);
     }
-    //  After a gap the past is worth less: its weight decays per expected
-    //  interval elapsed, not per reading. Without this, a trend learnt over
-    //  short steps and extrapolated over a long gap feeds its error back
-    //  into the level and the two diverge (seen with mixed 1 ms and 60 s
-    //  steps). exp() only runs on gaps, so the regular path stays cheap.
-    double interval = (double) s->interval_ms;
-    double alpha = s->holt_alpha;
-    if (dt > interval)
-        alpha = 1 - exp (dt / interval * log1p (-alpha));
     self->level = forecast + alpha * clipped;
-    self->trend = (float) (trend + s->holt_beta * alpha * clipped / fmax (dt, interval));
+    self->trend = (float) (trend + s->holt_beta * alpha * clipped / s_max (dt, interval));
+
+    //  The scale stays a one-step scale: a gap's residual enters it
+    //  standardised back to one step.
+    double one_step = clipped / widen;
     double var = (double) self->resid_sd * self->resid_sd;
-    var += weight * (clipped * clipped - var);
-    self->resid_sd = (float) fmin (sqrt (var), FLT_MAX);
+    var += (one_step * one_step - var) / window;
+    self->resid_sd = (float) s_min (sqrt (var), FLT_MAX);
 }
 
 unsigned
@@ -262,15 +303,15 @@ tm_analytics_update (tm_analytics_t *self, const tm_analytics_settings_t *s, int
         self->score_cs = 0;
         return s_flags (self, s);
     }
-    self->min = fmin (self->min, x);
-    self->max = fmax (self->max, x);
+    self->min = s_min (self->min, x);
+    self->max = s_max (self->max, x);
     self->ewma += s->ewma_alpha * (x - self->ewma);
 
     if (n == 2) {
         //  Two points give the first slope, so a linear series is exact from
         //  here on; two points a millisecond apart are mostly noise, so the
         //  step is at least the expected interval, as in the trend update.
-        self->trend = (float) ((x - self->level) / fmax (dt, (double) s->interval_ms));
+        self->trend = (float) ((x - self->level) / s_max (dt, (double) s->interval_ms));
         self->level = x;
         self->score_cs = 0;
     }
@@ -318,14 +359,10 @@ tm_analytics_forecast (const tm_analytics_t *self, const tm_analytics_settings_t
     double ahead = at_ms >= self->ts_ms? s_ms_between (self->ts_ms, at_ms)
                                        : -s_ms_between (at_ms, self->ts_ms);
     *value = self->level + self->trend * ahead;
-    if (stddev) {
-        //  ETS(A,A,N) h-step variance: sd^2 (1 + a^2 sum_{j=1..h-1} (1 + b j)^2).
-        double steps = ceil (ahead / (double) s->interval_ms);
-        double m = steps > 1? steps - 1: 0;
-        double a = s->holt_alpha, b = s->holt_beta;
-        double sum = m + b * m * (m + 1) + b * b * m * (m + 1) * (2 * m + 1) / 6;
-        *stddev = self->resid_sd * sqrt (1 + a * a * sum);
-    }
+    if (stddev)
+        *stddev = self->resid_sd
+                  * s_horizon_factor (ahead / (double) s->interval_ms, s->holt_alpha,
+                                      s->holt_beta);
     return 0;
 }
 
@@ -387,10 +424,10 @@ tm_analytics_sync_reading (tm_analytics_sync_t *self, const tm_analytics_setting
         self->heard_ms = now_ms;
 
     //  The fastest property sets the window (see the header for why).
-    double window = fmin ((double) s->interval_ms * s->stale_factor, (double) UINT32_MAX);
+    double window = s_min ((double) s->interval_ms * s->stale_factor, (double) UINT32_MAX);
     if (window < self->window_ms) {
         self->window_ms = (uint32_t) window;
-        self->interval_ms = (uint32_t) fmin ((double) s->interval_ms, window);
+        self->interval_ms = (uint32_t) s_min ((double) s->interval_ms, window);
     }
 
     uint64_t bit = (uint64_t) 1 << prop_index;
@@ -404,9 +441,14 @@ tm_analytics_sync_reading (tm_analytics_sync_t *self, const tm_analytics_setting
     self->good_run = bad? 0: s_inc8 (self->good_run);
 
     double goodness = bad? 0: (flags & TM_ANALYTICS_ANOMALOUS)? 0.5: 1;
-    if (self->nquality < S_QUALITY_WINDOW)
+    //  A mean over the first readings, then exponential over the window;
+    //  the window is a power of two, so the steady state needs no division.
+    if (self->nquality < S_QUALITY_WINDOW) {
         self->nquality++;
-    self->quality += (float) ((goodness - self->quality) / self->nquality);
+        self->quality += (float) ((goodness - self->quality) / self->nquality);
+    }
+    else
+        self->quality += (float) ((goodness - self->quality) * (1.0 / S_QUALITY_WINDOW));
 
     tm_sync_event_t event;
     if (self->faults)
@@ -450,7 +492,7 @@ tm_analytics_sync_confidence (const tm_analytics_sync_t *self, int64_t now_ms)
     else
         fresh = (self->window_ms - age) / ((double) self->window_ms - self->interval_ms);
     double confidence = self->quality * fresh * s_state_weight[self->state];
-    return fmin (fmax (confidence, 0), 1);
+    return s_clamp (confidence, 0, 1);
 }
 
 const char *

@@ -66,7 +66,10 @@
     reading is r / s, computed before s learns from r (a spike is judged
     against the past, not against itself), stored in hundredths of a sigma
     (saturating at +-327.67). The reading is flagged anomalous when
-    |score| > anomaly_sigmas once `warmup` residuals have been seen. Past
+    |score| > anomaly_sigmas once `warmup` residuals have been seen. After
+    a gap the forecast is h = dt / I steps ahead, so r is judged against
+    s times the h-step widening of the next paragraph, and enters s divided
+    by it (s stays a one-step scale). Past
     warm-up the residual is clipped at anomaly_sigmas * s before it updates
     L, b and s (Huber's psi, as in the robust Holt-Winters of Gelper, Fried
     and Croux): a spike neither drags the forecast, which would flag the
