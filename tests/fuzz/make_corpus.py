@@ -188,12 +188,242 @@ def config_seeds():
     }
 
 
+def gorilla_seeds():
+    """Chunks in tm_gorilla's format (see common/tm_gorilla.h), built by a
+    small independent encoder: points are (ts, ("d", n, scale)) for the
+    decimal n / 10^scale or (ts, ("x", float)) for a raw double. It always
+    takes a new XOR window and switches mode whenever the kind changes, so
+    every code of the format appears."""
+
+    class Bits:
+        def __init__(self):
+            self.bits = []
+
+        def put(self, v, n):
+            self.bits += [(v >> (n - 1 - i)) & 1 for i in range(n)]
+
+        def ones(self, n):
+            self.bits += [1] * n
+
+        def tobytes(self):
+            b = self.bits + [0] * (-len(self.bits) % 8)
+            return bytes(int("".join(map(str, b[i:i + 8])), 2) for i in range(0, len(b), 8))
+
+    def zz(v):
+        return ((v << 1) ^ (v >> 63)) & (1 << 64) - 1
+
+    def dbits(f):
+        return struct.unpack("<Q", struct.pack("<d", f))[0]
+
+    def bitlen(v):
+        return max(1, v.bit_length())
+
+    def chunk(points):
+        out = bytes([1]) + struct.pack("<I", len(points))
+        if not points:
+            return out
+        ts0, val = points[0]
+        out += varint(zz(ts0))
+        w = Bits()
+        st = {}
+
+        def enter_decimal(n, scale):
+            st.update(mode=scale, last=n, sum=min(abs(n) >> 4, 1 << 26), cnt=1)
+
+        def put_xor(f):
+            x = dbits(f) ^ st["last"]
+            st["last"] = dbits(f)
+            if x == 0:
+                w.put(0, 1)
+                return
+            lead = min(31, 64 - x.bit_length())
+            trail = (x & -x).bit_length() - 1
+            length = 64 - lead - trail
+            w.put(3, 2)
+            w.put(lead, 5)
+            w.put(length - 1, 6)
+            w.put(x >> trail, length)
+
+        if val[0] == "d":
+            out += bytes([val[2]]) + varint(zz(val[1]))
+            enter_decimal(val[1], val[2])
+        else:
+            out += bytes([255]) + struct.pack("<d", val[1])
+            st.update(mode="x", last=dbits(val[1]))
+        prev_ts, prev_delta = ts0, 0
+        for ts, val in points[1:]:
+            delta = ts - prev_ts
+            dod = delta - prev_delta
+            prev_ts, prev_delta = ts, delta
+            if dod == 0:
+                w.put(0, 1)
+            else:
+                for b, nb in enumerate([7, 12, 20, 32, 64], 1):
+                    if -(1 << (nb - 1)) <= dod < (1 << (nb - 1)) or nb == 64:
+                        w.ones(b)
+                        if b < 5:
+                            w.put(0, 1)
+                        w.put(dod & (1 << nb) - 1, nb)
+                        break
+            if st["mode"] == "x":
+                if val[0] == "x":
+                    put_xor(val[1])
+                else:
+                    w.put(0x1FFF, 13)
+                    w.put(val[2], 5)
+                    w.put(bitlen(zz(val[1])) - 1, 6)
+                    w.put(zz(val[1]), bitlen(zz(val[1])))
+                    enter_decimal(val[1], val[2])
+            elif val[0] == "x":
+                w.ones(12)
+                w.put(1, 1)
+                w.put(31, 5)
+                st["last"] = dbits(st["last"] / 10.0 ** st["mode"])
+                st["mode"] = "x"
+                put_xor(val[1])
+            elif val[2] != st["mode"]:
+                w.ones(12)
+                w.put(1, 1)
+                w.put(val[2], 5)
+                w.put(bitlen(zz(val[1])) - 1, 6)
+                w.put(zz(val[1]), bitlen(zz(val[1])))
+                enter_decimal(val[1], val[2])
+            else:
+                d = zz(val[1] - st["last"])
+                k = 0
+                while st["cnt"] << k < st["sum"]:
+                    k += 1
+                if d >> k < 12:
+                    w.ones(d >> k)
+                    w.put(0, 1)
+                    w.put(d & (1 << k) - 1, k)
+                else:
+                    w.ones(12)
+                    w.put(0, 1)
+                    w.put(bitlen(d) - 1, 6)
+                    w.put(d, bitlen(d))
+                st["sum"] += min(d, 1 << 26)
+                st["cnt"] += 1
+                if st["cnt"] == 32:
+                    st["sum"] >>= 1
+                    st["cnt"] >>= 1
+                st["last"] = val[1]
+        return out + w.tobytes()
+
+    t0 = 1700000000000
+    regular = [(t0 + 60000 * i, ("d", 180 + (i * 7) % 13 - 6, 1)) for i in range(40)]
+    jitter = [(t0 + 1000 * i + (i * 37) % 90, ("d", 21 + i % 3, 0)) for i in range(40)]
+    steps = [1, 100, 3000, 700000, 5 * 86400000, 1 << 40]
+    gaps = [(t0 + sum(steps[j % 6] for j in range(i)), ("d", i, 0)) for i in range(24)]
+    floats = [(t0 + 10 * i, ("x", 18 + i * 0.123456789)) for i in range(20)]
+    mixed = [(t0 + 1000 * i, ("d", 1234 + i, 2) if i % 5 else ("x", i / 3.0))
+             for i in range(30)]
+    scales = [(t0 + 1000 * i, ("d", 7578 - i, 4) if i % 4 else ("d", 1 - i, 0))
+              for i in range(30)]
+    spike = [(t0 + 1000 * i, ("d", 100 if i != 10 else 10 ** 15, 1)) for i in range(20)]
+    good = chunk(regular)
+    one = chunk(regular[:1])
+    return {
+        "empty": chunk([]),
+        "one": one,
+        "one-xor": chunk(floats[:1]),
+        "regular": good,
+        "jitter": chunk(jitter),
+        "gaps": chunk(gaps),
+        "floats": chunk(floats),
+        "mixed": chunk(mixed),
+        "scales": chunk(scales),
+        "spike": chunk(spike),
+        "extremes": chunk([(-(1 << 63), ("x", -0.0)), (-1, ("x", float("inf"))),
+                           ((1 << 63) - 1, ("x", float("nan")))]),
+        "version-2": bytes([2]) + good[1:],
+        "count-too-big": good[:1] + struct.pack("<I", 1 << 30) + good[5:],
+        "count-short": good[:1] + struct.pack("<I", 39) + good[5:],
+        "truncated": good[:-3],
+        "trailing": good + b"\x00",
+        "padding": good[:-1] + bytes([good[-1] | 1]),
+        "bad-mode": one[:11] + b"\x17" + one[12:],
+        "empty-trailing": chunk([]) + b"\x00",
+        "same-ts": chunk([(5, ("d", 1, 0)), (5, ("d", 2, 0))]),
+        "garbage": b"\x01\xff\xff\xff\x7f" + bytes(range(256)),
+    }
+
+
+def model_seeds():
+    """Model files (tests/fuzz/fuzz_model.c): every shipped example, a model
+    using every field, and one seed per kind of mistake the parser names."""
+    seeds = {}
+    models = os.path.join(HERE, "..", "..", "models")
+    for name in sorted(os.listdir(models)):
+        if name.endswith(".json"):
+            with open(os.path.join(models, name), "rb") as f:
+                seeds["example-" + name[:-5]] = f.read()
+    head = b'{"name": "m", "version": 1, '
+
+    def prop(body):
+        return head + b'"properties": {"p": {' + body + b"}}}"
+
+    seeds.update({
+        "minimal": b'{"name": "m", "version": 1}',
+        "full": head + b'"description": "d", "retention_ms": 1000, "x-c": [1], '
+        b'"properties": {"flow": {"type": "number", "unit": "m3/h", '
+        b'"valid": {"min": -1, "max": 1e300}, "limits": {"lower": 0.1, "upper": 9}, '
+        b'"expected_interval_ms": 1000, "stale_factor": 2, "ewma_alpha": 0.30000000000000004, '
+        b'"stuck_run": 5, "anomaly": {"enabled": true, "threshold_sigma": 3, "warmup": 0}, '
+        b'"forecast": {"enabled": false, "alpha": 1, "beta": 0, "horizon": 1}, '
+        b'"retention_ms": 5}, "on": {"type": "boolean"}, "n": {"type": "integer"}}, '
+        b'"attributes": {"site": {"type": "string", "required": true}, '
+        b'"w": {"type": "location", "default": {"lat": -37.8, "lon": 144.9}}, '
+        b'"t": {"type": "tags", "default": ["a", "b"]}, "k": {"type": "number", "default": 2}}, '
+        b'"relationships": {"up": {"kind": "parent", "target": "m", "attribute": "site"}}, '
+        b'"derived": {"f2": {"unit": "x", "expression": "flow * 2"}}, '
+        b'"aggregates": {"flow": {"functions": ["mean", "min", "max", "count_anomalous"], '
+        b'"models": ["m", "n"]}}}',
+        "empty": b"",
+        "not-object": b"[]",
+        "truncated": b'{"name": "m", "vers',
+        "duplicate-key": head + b'"name": "n"}',
+        "unknown-field": head + b'"colour": 1}',
+        "bad-name": b'{"name": "air-station", "version": 1}',
+        "generic": b'{"name": "generic", "version": 1}',
+        "format-2": head + b'"format": 2}',
+        "version-real": b'{"name": "m", "version": 1.0}',
+        "version-huge": b'{"name": "m", "version": 99999999999999999999}',
+        "min-string": prop(b'"valid": {"min": "0"}'),
+        "min-max": prop(b'"valid": {"min": 5, "max": 1}'),
+        "limit-outside": prop(b'"valid": {"min": 0, "max": 1}, "limits": {"upper": 2}'),
+        "boolean-valid": prop(b'"type": "boolean", "valid": {"max": 1}'),
+        "alpha-zero": prop(b'"ewma_alpha": 0'),
+        "interval-zero": prop(b'"expected_interval_ms": 0'),
+        "stuck-one": prop(b'"stuck_run": 1'),
+        "typo": prop(b'"anomaly": {"thresold_sigma": 3}'),
+        "required-default": head + b'"attributes": {"a": {"type": "string", "required": true, '
+        b'"default": "x"}}}',
+        "bad-location": head + b'"attributes": {"a": {"type": "location", '
+        b'"default": {"lat": 91, "lon": 0}}}}',
+        "dup-tag": head + b'"attributes": {"a": {"type": "tags", "default": ["x", "x"]}}}',
+        "no-attribute": head + b'"relationships": {"up": {"kind": "parent", "target": "d", '
+        b'"attribute": "a"}}}',
+        "empty-expression": head + b'"derived": {"d": {"expression": " "}}}',
+        "name-clash": head + b'"properties": {"p_mean": {}}, '
+        b'"aggregates": {"p": {"functions": ["mean"]}}}',
+        "bad-function": head + b'"aggregates": {"p": {"functions": ["median"]}}}',
+        "deep": head + b'"x-d": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+        "nul": b'{"name": "m\\u0000", "version": 1}',
+        "bad-utf8": b'{"name": "\xff", "version": 1}',
+        "location-value": b'{"lat": 45.46, "lon": 9.19}',
+        "tags-value": b'["a", "b"]',
+    })
+    return seeds
+
 def main():
     sets = {
         "wire": wire_seeds(),
         "header": header_seeds(),
         "shardmap": shardmap_seeds(),
         "config": config_seeds(),
+        "model": model_seeds(),
+        "gorilla": gorilla_seeds(),
     }
     for target, seeds in sets.items():
         d = os.path.join(HERE, "corpus", target)
