@@ -845,6 +845,21 @@ done:
     return exit_code;
 }
 
+//  The latest reading's quality flags as words (worker/tm_analytics.h).
+static const char *
+s_quality_text (uint32_t q)
+{
+    static char buf[64];
+    if (q == 0)
+        return "ok";
+    snprintf (buf, sizeof buf, "%s%s%s%s", q & 1? "out_of_range ": "", q & 2? "stuck ": "",
+              q & 4? "anomalous ": "", q & 8? "fault ": "");
+    size_t n = strlen (buf);
+    if (n && buf[n - 1] == ' ')
+        buf[n - 1] = 0;
+    return buf;
+}
+
 static void
 s_print_twin_json (const Twinmesh__TwinState *ts, const char *entity, uint32_t shard,
                    const char *worker, const char *worker_endpoint)
@@ -857,7 +872,11 @@ s_print_twin_json (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
     tm_cli_json_string (stdout, worker);
     fputs (", \"worker_endpoint\": ", stdout);
     tm_cli_json_string (stdout, worker_endpoint);
-    fprintf (stdout, ", \"version\": %llu, \"properties\": [", (unsigned long long) ts->version);
+    fprintf (stdout, ", \"version\": %llu, \"sync\": ", (unsigned long long) ts->version);
+    tm_cli_json_string (stdout, ts->sync && *ts->sync? ts->sync: "unknown");
+    fputs (", \"confidence\": ", stdout);
+    tm_cli_json_number (stdout, ts->confidence);
+    fputs (", \"properties\": [", stdout);
     for (size_t i = 0; i < ts->n_properties; i++) {
         const Twinmesh__PropertyState *p = ts->properties[i];
         char when[40];
@@ -866,8 +885,26 @@ s_print_twin_json (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
         tm_cli_json_string (stdout, p->name);
         fputs (", \"value\": ", stdout);
         tm_cli_json_number (stdout, p->value);
-        fprintf (stdout, ", \"ts_ms\": %lld, \"time\": \"%s\", \"count\": %llu}",
+        fprintf (stdout, ", \"ts_ms\": %lld, \"time\": \"%s\", \"count\": %llu",
                  (long long) p->ts_ms, when, (unsigned long long) p->count);
+        fprintf (stdout, ", \"in_range\": %llu", (unsigned long long) p->in_range);
+        const struct {
+            const char *name;
+            double v;
+        } stats[] = {{"mean", p->mean},   {"stddev", p->stddev}, {"min", p->min},
+                     {"max", p->max},     {"ewma", p->ewma},     {"level", p->level},
+                     {"trend_per_s", p->trend_per_s}, {"anomaly", p->anomaly}};
+        for (size_t k = 0; k < sizeof stats / sizeof stats[0]; k++) {
+            fprintf (stdout, ", \"%s\": ", stats[k].name);
+            //  No in-range reading yet: the statistics do not exist.
+            if (p->in_range == 0)
+                fputs ("null", stdout);
+            else
+                tm_cli_json_number (stdout, stats[k].v);
+        }
+        fprintf (stdout, ", \"quality\": %u, \"flags\": ", p->quality);
+        tm_cli_json_string (stdout, s_quality_text (p->quality));
+        fputc ('}', stdout);
     }
     fputs (ts->n_properties? "\n]}\n": "]}\n", stdout);
 }
@@ -879,9 +916,11 @@ s_print_twin_text (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
     char *safe_entity = s_printable (entity);
     char *safe_model = s_printable (ts->model && *ts->model? ts->model: "-");
     char *safe_worker = s_printable (worker);
-    printf ("entity   %s\nmodel    %s\nshard    %u\nworker   %s\nversion  %llu\n\n",
+    printf ("entity      %s\nmodel       %s\nshard       %u\nworker      %s\nversion     %llu\n"
+            "sync        %s\nconfidence  %.2f\n\n",
             safe_entity? safe_entity: "?", safe_model? safe_model: "?", shard,
-            safe_worker? safe_worker: "?", (unsigned long long) ts->version);
+            safe_worker? safe_worker: "?", (unsigned long long) ts->version,
+            ts->sync && *ts->sync? ts->sync: "unknown", ts->confidence);
     free (safe_entity);
     free (safe_model);
     free (safe_worker);
@@ -889,21 +928,33 @@ s_print_twin_text (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
         printf ("(no properties yet)\n");
         return;
     }
-    static const bool right[] = {false, true, false, true};
+    static const bool right[] = {false, true, false, true, true, true, true, true, true, true,
+                                 false};
     s_table_t table;
-    s_table_init (&table, 4, right);
-    const char *head[] = {"PROPERTY", "VALUE", "TIMESTAMP (UTC)", "COUNT"};
+    s_table_init (&table, 11, right);
+    const char *head[] = {"PROPERTY", "VALUE", "TIMESTAMP (UTC)", "COUNT", "MEAN", "STDDEV",
+                          "MIN", "MAX", "TREND/H", "ANOMALY", "FLAGS"};
     s_table_row (&table, head);
     for (size_t i = 0; i < ts->n_properties; i++) {
         const Twinmesh__PropertyState *p = ts->properties[i];
-        char value[48], when[40], count[24];
+        char value[48], when[40], count[24], mean[32], sd[32], mn[32], mx[32], trend[32],
+            anomaly[32];
         if (isnan (p->value))
             snprintf (value, sizeof value, "NaN");
         else
             snprintf (value, sizeof value, "%.6g", p->value);
         tm_cli_iso8601 (p->ts_ms, when, sizeof when);
         snprintf (count, sizeof count, "%llu", (unsigned long long) p->count);
-        const char *row[] = {p->name, value, when, count};
+        bool have = p->in_range > 0;
+        snprintf (mean, sizeof mean, have? "%.4g": "-", p->mean);
+        snprintf (sd, sizeof sd, have? "%.3g": "-", p->stddev);
+        snprintf (mn, sizeof mn, have? "%.4g": "-", p->min);
+        snprintf (mx, sizeof mx, have? "%.4g": "-", p->max);
+        snprintf (trend, sizeof trend, have? "%+.3g": "-", p->trend_per_s * 3600.0);
+        snprintf (anomaly, sizeof anomaly, have? "%.1f": "-", p->anomaly);
+        const char *row[] = {p->name, value, when,  count,   mean,
+                             sd,      mn,    mx,    trend,   anomaly,
+                             s_quality_text (p->quality)};
         s_table_row (&table, row);
     }
     s_table_print (&table, stdout);

@@ -24,6 +24,10 @@ struct _tm_twins_t {
     uint8_t *shard_dirty;          //  Bitmap: shard changed since take_dirty
     uint32_t *dirty;               //  The changed shards, in order of first change
     size_t ndirty;
+    tm_analytics_settings_t defaults;  //  For properties without a model
+    uint64_t anomalies;            //  Readings flagged anomalous
+    uint64_t out_of_range;         //  Readings outside their valid range
+    size_t in_state[TM_SYNC_NSTATES];  //  Twins per sync state
 };
 
 //  A table hash, not a keyed one: the shard hash that spreads entities
@@ -67,6 +71,7 @@ tm_twins_new (void)
     self->shard_heads = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof (tm_twin_t *));
     self->shard_dirty = calloc (TM_SHARDMAP_MAX_SHARDS / 8, 1);
     self->dirty = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof (uint32_t));
+    tm_analytics_settings_defaults (&self->defaults);
     if (!self->slots || !self->names || !self->shard_heads || !self->shard_dirty
         || !self->dirty) {
         tm_twins_destroy (&self);
@@ -216,6 +221,8 @@ s_insert (tm_twins_t *self, const char *entity, size_t len, uint32_t shard)
     t->shard = shard % TM_SHARDMAP_MAX_SHARDS;
     t->next_in_shard = self->shard_heads[t->shard];
     self->shard_heads[t->shard] = t;
+    tm_analytics_sync_init (&t->sync);
+    self->in_state[t->sync.state]++;
     size_t j = t->hash & (self->nslots - 1);
     while (self->slots[j])
         j = (j + 1) & (self->nslots - 1);
@@ -263,12 +270,30 @@ s_prop (tm_twins_t *self, tm_twin_t *t, const char *name, size_t len, bool creat
     }
     tm_prop_t *p = &t->props[t->nprops++];
     *p = (tm_prop_t) {.name = interned};
+    tm_analytics_init (&p->an);
     return p;
+}
+
+const tm_analytics_settings_t *
+tm_twins_settings (tm_twins_t *self, const tm_twin_t *twin, const tm_prop_t *prop)
+{
+    (void) twin;
+    (void) prop;
+    return &self->defaults;
+}
+
+static void
+s_state_moved (tm_twins_t *self, int before, int after)
+{
+    if (before != after) {
+        self->in_state[before]--;
+        self->in_state[after]++;
+    }
 }
 
 tm_apply_t
 tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
-                const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards)
+                const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards, int64_t now_ms)
 {
     tm_twin_t *t = tm_twins_find (self, r->entity, r->entity_len);
     if (!t) {
@@ -284,15 +309,47 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
     tm_prop_t *p = s_prop (self, t, r->property, r->property_len, true);
     if (!p)
         return TM_APPLY_REJECTED;
-    if (p->count && r->ts_ms == p->ts_ms)
+    if (p->count && r->ts_ms == p->an.ts_ms)
         return TM_APPLY_DUPLICATE;
-    if (p->count && r->ts_ms < p->ts_ms)
+    if (p->count && r->ts_ms < p->an.ts_ms)
         return TM_APPLY_LATE;
-    p->value = r->value;
-    p->ts_ms = r->ts_ms;
+    const tm_analytics_settings_t *settings = tm_twins_settings (self, t, p);
+    unsigned flags = tm_analytics_update (&p->an, settings, r->ts_ms, r->value);
     p->count++;
+    self->anomalies += (flags & TM_ANALYTICS_ANOMALOUS) != 0;
+    self->out_of_range += (flags & TM_ANALYTICS_OUT_OF_RANGE) != 0;
+    int before = t->sync.state;
+    tm_analytics_sync_reading (&t->sync, settings, (unsigned) (p - t->props), flags, now_ms);
+    s_state_moved (self, before, t->sync.state);
     s_mark_dirty (self, t);
     return TM_APPLY_APPLIED;
+}
+
+size_t
+tm_twins_tick (tm_twins_t *self, int64_t now_ms)
+{
+    size_t moved = 0;
+    for (size_t i = 0; i < self->nslots; i++) {
+        tm_twin_t *t = self->slots[i];
+        if (!t)
+            continue;
+        int before = t->sync.state;
+        tm_analytics_sync_tick (&t->sync, now_ms);
+        if (t->sync.state != before) {
+            s_state_moved (self, before, t->sync.state);
+            moved++;
+        }
+    }
+    return moved;
+}
+
+void
+tm_twins_stats (tm_twins_t *self, tm_twins_stats_t *stats)
+{
+    stats->anomalies = self->anomalies;
+    stats->out_of_range = self->out_of_range;
+    stats->stale = self->in_state[TM_SYNC_STALE];
+    stats->error = self->in_state[TM_SYNC_ERROR];
 }
 
 size_t
@@ -325,10 +382,76 @@ s_name_len (const char *interned)
     return (unsigned char) interned[-1];
 }
 
-//  The checkpoint format, version 1 (all integers are base-128 varints):
-//    version(1 byte) ntwins { elen entity mlen model twin_version nprops
-//    { nlen name value(8 bytes, little-endian) zigzag(ts_ms) count } }
-#define S_SHARD_FORMAT 1
+//  The checkpoint format, version 2 (integers are base-128 varints, f64 and
+//  f32 little-endian IEEE):
+//    version(1 byte) ntwins { elen entity mlen model twin_version
+//      sync { zigzag(heard_ms) faults window_ms interval_ms f32(quality)
+//             state good_run nquality }
+//      nprops { nlen name count
+//        analytics { f64(value) zigzag(ts_ms) f64(mean) f64(m2) f64(min) f64(max)
+//                    f64(ewma) f64(level) f32(trend) f32(resid_sd) in_range
+//                    zigzag(score_cs) same_run oor_run } } }
+//  Version 1 (issue #2's workers) had no sync and, per property, only
+//  f64(value) zigzag(ts_ms) count; it is still read, with fresh analytics.
+#define S_SHARD_FORMAT 2
+
+static size_t
+s_put_f64 (uint8_t *p, double v)
+{
+    uint64_t bits;
+    memcpy (&bits, &v, 8);
+    for (int b = 0; b < 8; b++)
+        p[b] = (uint8_t) (bits >> (8 * b));
+    return 8;
+}
+
+static size_t
+s_put_f32 (uint8_t *p, float v)
+{
+    uint32_t bits;
+    memcpy (&bits, &v, 4);
+    for (int b = 0; b < 4; b++)
+        p[b] = (uint8_t) (bits >> (8 * b));
+    return 4;
+}
+
+static int
+s_get_f64 (const uint8_t **p, const uint8_t *end, double *out)
+{
+    if (end - *p < 8)
+        return -1;
+    uint64_t bits = 0;
+    for (int b = 7; b >= 0; b--)
+        bits = bits << 8 | (*p)[b];
+    memcpy (out, &bits, 8);
+    *p += 8;
+    return 0;
+}
+
+static int
+s_get_f32 (const uint8_t **p, const uint8_t *end, float *out)
+{
+    if (end - *p < 4)
+        return -1;
+    uint32_t bits = 0;
+    for (int b = 3; b >= 0; b--)
+        bits = bits << 8 | (*p)[b];
+    memcpy (out, &bits, 4);
+    *p += 4;
+    return 0;
+}
+
+static uint64_t
+s_zigzag (int64_t v)
+{
+    return ((uint64_t) v << 1) ^ (uint64_t) (v >> 63);
+}
+
+static int64_t
+s_unzigzag (uint64_t v)
+{
+    return (int64_t) (v >> 1) ^ -(int64_t) (v & 1);
+}
 
 static bool
 s_reserve (uint8_t **buf, size_t *cap, size_t need)
@@ -390,9 +513,9 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
     for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard) {
         size_t mlen = t->model? strlen (t->model): 0;
         //  Upper bound of this twin's bytes: 10 per varint.
-        size_t need = n + 40 + t->entity_len + mlen;
+        size_t need = n + 120 + t->entity_len + mlen;
         for (uint16_t i = 0; i < t->nprops; i++)
-            need += 40 + s_name_len (t->props[i].name);
+            need += 140 + s_name_len (t->props[i].name);
         if (!s_reserve (buf, cap, need))
             return 0;
         uint8_t *p = *buf;
@@ -403,23 +526,67 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
         memcpy (p + n, t->model? t->model: "", mlen);
         n += mlen;
         n += s_put_varint (p + n, t->version);
+        const tm_analytics_sync_t *sy = &t->sync;
+        n += s_put_varint (p + n, s_zigzag (sy->heard_ms));
+        n += s_put_varint (p + n, sy->faults);
+        n += s_put_varint (p + n, sy->window_ms);
+        n += s_put_varint (p + n, sy->interval_ms);
+        n += s_put_f32 (p + n, sy->quality);
+        p[n++] = sy->state;
+        p[n++] = sy->good_run;
+        p[n++] = sy->nquality;
         n += s_put_varint (p + n, t->nprops);
         for (uint16_t i = 0; i < t->nprops; i++) {
             const tm_prop_t *pr = &t->props[i];
+            const tm_analytics_t *a = &pr->an;
             size_t nlen = s_name_len (pr->name);
             n += s_put_varint (p + n, nlen);
             memcpy (p + n, pr->name, nlen);
             n += nlen;
-            uint64_t bits;
-            memcpy (&bits, &pr->value, 8);
-            for (int b = 0; b < 8; b++)
-                p[n++] = (uint8_t) (bits >> (8 * b));
-            uint64_t ts = (uint64_t) pr->ts_ms;
-            n += s_put_varint (p + n, (ts << 1) ^ (uint64_t) (pr->ts_ms >> 63));
             n += s_put_varint (p + n, pr->count);
+            n += s_put_f64 (p + n, a->value);
+            n += s_put_varint (p + n, s_zigzag (a->ts_ms));
+            n += s_put_f64 (p + n, a->mean);
+            n += s_put_f64 (p + n, a->m2);
+            n += s_put_f64 (p + n, a->min);
+            n += s_put_f64 (p + n, a->max);
+            n += s_put_f64 (p + n, a->ewma);
+            n += s_put_f64 (p + n, a->level);
+            n += s_put_f32 (p + n, a->trend);
+            n += s_put_f32 (p + n, a->resid_sd);
+            n += s_put_varint (p + n, a->count);
+            n += s_put_varint (p + n, s_zigzag (a->score_cs));
+            p[n++] = a->same_run;
+            p[n++] = a->oor_run;
         }
     }
     return n;
+}
+
+//  One property of a version-2 blob into pr (fields bounded by the caller).
+static int
+s_get_prop_v2 (const uint8_t **p, const uint8_t *end, tm_prop_t *pr)
+{
+    tm_analytics_t *a = &pr->an;
+    uint64_t count, zts, in_range, zscore;
+    if (s_get_varint (p, end, &count) != 0 || s_get_f64 (p, end, &a->value) != 0
+        || s_get_varint (p, end, &zts) != 0 || s_get_f64 (p, end, &a->mean) != 0
+        || s_get_f64 (p, end, &a->m2) != 0 || s_get_f64 (p, end, &a->min) != 0
+        || s_get_f64 (p, end, &a->max) != 0 || s_get_f64 (p, end, &a->ewma) != 0
+        || s_get_f64 (p, end, &a->level) != 0 || s_get_f32 (p, end, &a->trend) != 0
+        || s_get_f32 (p, end, &a->resid_sd) != 0 || s_get_varint (p, end, &in_range) != 0
+        || s_get_varint (p, end, &zscore) != 0 || end - *p < 2)
+        return -1;
+    int64_t score = s_unzigzag (zscore);
+    if (in_range > UINT32_MAX || score < INT16_MIN || score > INT16_MAX)
+        return -1;
+    pr->count = count;
+    a->ts_ms = s_unzigzag (zts);
+    a->count = (uint32_t) in_range;
+    a->score_cs = (int16_t) score;
+    a->same_run = *(*p)++;
+    a->oor_run = *(*p)++;
+    return 0;
 }
 
 long
@@ -427,7 +594,10 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
 {
     const uint8_t *p = data, *end = data + size;
     uint64_t ntwins;
-    if (size < 1 || *p++ != S_SHARD_FORMAT || s_get_varint (&p, end, &ntwins) != 0)
+    if (size < 1 || (*p != 1 && *p != S_SHARD_FORMAT))
+        return -1;
+    int format = *p++;
+    if (s_get_varint (&p, end, &ntwins) != 0)
         return -1;
     long restored = 0;
     for (uint64_t k = 0; k < ntwins; k++) {
@@ -442,36 +612,61 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
             return -1;
         const char *model = (const char *) p;
         p += mlen;
-        if (s_get_varint (&p, end, &version) != 0 || s_get_varint (&p, end, &nprops) != 0
-            || nprops > TM_TWINS_MAX_PROPS)
+        if (s_get_varint (&p, end, &version) != 0)
+            return -1;
+        tm_analytics_sync_t sync;
+        tm_analytics_sync_init (&sync);
+        if (format >= 2) {
+            uint64_t zheard, faults, window, interval;
+            if (s_get_varint (&p, end, &zheard) != 0 || s_get_varint (&p, end, &faults) != 0
+                || s_get_varint (&p, end, &window) != 0
+                || s_get_varint (&p, end, &interval) != 0
+                || s_get_f32 (&p, end, &sync.quality) != 0 || end - p < 3
+                || window > UINT32_MAX || interval > UINT32_MAX || p[0] >= TM_SYNC_NSTATES)
+                return -1;
+            sync.heard_ms = s_unzigzag (zheard);
+            sync.faults = faults;
+            sync.window_ms = (uint32_t) window;
+            sync.interval_ms = (uint32_t) interval;
+            sync.state = p[0];
+            sync.good_run = p[1];
+            sync.nquality = p[2];
+            p += 3;
+        }
+        if (s_get_varint (&p, end, &nprops) != 0 || nprops > TM_TWINS_MAX_PROPS)
             return -1;
         if (tm_twins_find (self, entity, elen))
             return -1;     //  the same entity twice: not a blob we wrote
         tm_twin_t *t = s_insert (self, entity, elen, shard);
         if (!t)
             return -1;
+        s_state_moved (self, t->sync.state, sync.state);
+        t->sync = sync;
         if (mlen)
             t->model = strndup (model, mlen);
         for (uint64_t i = 0; i < nprops; i++) {
-            uint64_t nlen, zts, count;
+            uint64_t nlen;
             if (s_get_varint (&p, end, &nlen) != 0 || nlen == 0 || nlen > TM_WIRE_MAX_PROPERTY
                 || nlen > (uint64_t) (end - p))
                 return -1;
             const char *name = (const char *) p;
             p += nlen;
-            if (end - p < 8)
-                return -1;
-            uint64_t bits = 0;
-            for (int b = 7; b >= 0; b--)
-                bits = bits << 8 | p[b];
-            p += 8;
-            if (s_get_varint (&p, end, &zts) != 0 || s_get_varint (&p, end, &count) != 0)
-                return -1;
             tm_prop_t *pr = s_prop (self, t, name, nlen, true);
-            if (!pr)
+            if (!pr || pr->count)
+                return -1;     //  over a limit, or the same property twice
+            if (format >= 2) {
+                if (s_get_prop_v2 (&p, end, pr) != 0)
+                    return -1;
+                continue;
+            }
+            uint64_t zts, count;
+            double value;
+            if (s_get_f64 (&p, end, &value) != 0 || s_get_varint (&p, end, &zts) != 0
+                || s_get_varint (&p, end, &count) != 0)
                 return -1;
-            memcpy (&pr->value, &bits, 8);
-            pr->ts_ms = (int64_t) (zts >> 1) ^ -(int64_t) (zts & 1);
+            //  Version 1 kept no analytics: the latest value only.
+            pr->an.value = value;
+            pr->an.ts_ms = s_unzigzag (zts);
             pr->count = count;
         }
         t->version = version;
@@ -481,7 +676,8 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
 }
 
 uint8_t *
-tm_twins_encode (const tm_twin_t *twin, const char *worker_id, size_t *size)
+tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id, int64_t now_ms,
+                 size_t *size)
 {
     Twinmesh__TwinState st = TWINMESH__TWIN_STATE__INIT;
     st.entity = twin->entity;
@@ -489,18 +685,31 @@ tm_twins_encode (const tm_twin_t *twin, const char *worker_id, size_t *size)
     st.shard = twin->shard;
     st.worker = (char *) (worker_id? worker_id: "");
     st.version = twin->version;
+    st.sync = (char *) tm_analytics_sync_state_name (twin->sync.state);
+    st.confidence = tm_analytics_sync_confidence (&twin->sync, now_ms);
     Twinmesh__PropertyState props[TM_TWINS_MAX_PROPS];
     Twinmesh__PropertyState *ptrs[TM_TWINS_MAX_PROPS];
     for (uint16_t i = 0; i < twin->nprops; i++) {
+        const tm_prop_t *pr = &twin->props[i];
+        const tm_analytics_t *a = &pr->an;
         twinmesh__property_state__init (&props[i]);
-        props[i].name = (char *) twin->props[i].name;
-        props[i].value = twin->props[i].value;
-        props[i].ts_ms = twin->props[i].ts_ms;
-        props[i].count = twin->props[i].count;
+        props[i].name = (char *) pr->name;
+        props[i].value = a->value;
+        props[i].ts_ms = a->ts_ms;
+        props[i].count = pr->count;
+        props[i].in_range = a->count;
+        props[i].mean = a->mean;
+        props[i].stddev = tm_analytics_stddev (a);
+        props[i].min = a->min;
+        props[i].max = a->max;
+        props[i].ewma = a->ewma;
+        props[i].level = a->level;
+        props[i].trend_per_s = (double) a->trend * 1000.0;
+        props[i].anomaly = tm_analytics_score (a);
+        props[i].quality = tm_analytics_flags (a, tm_twins_settings (self, twin, pr));
         ptrs[i] = &props[i];
     }
     st.n_properties = twin->nprops;
     st.properties = ptrs;
     return tm_codec_pack_buf (&st.base, size);
 }
-

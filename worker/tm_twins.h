@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tm_analytics.h"
 #include "tm_shardmap.h"
 #include "tm_wire.h"
 
@@ -32,9 +33,8 @@
 typedef struct {
     const char *name;              //  Interned, NUL-terminated, owned by the table
                                    //  (its length is in the byte before it)
-    double value;                  //  Latest value
-    int64_t ts_ms;                 //  Timestamp of the latest value
     uint64_t count;                //  Readings applied to this series
+    tm_analytics_t an;             //  Latest value and timestamp, and analytics
 } tm_prop_t;
 
 typedef struct _tm_twin_t {
@@ -48,6 +48,7 @@ typedef struct _tm_twin_t {
     uint16_t cap;                  //  Properties allocated
     tm_prop_t *props;              //  Owned array
     struct _tm_twin_t *next_in_shard;  //  The shard's twins, for checkpoints
+    tm_analytics_sync_t sync;      //  Sync status (initializing .. error)
 } tm_twin_t;
 
 typedef enum {
@@ -69,7 +70,28 @@ void tm_twins_destroy (tm_twins_t **self_p);
 //  the entity's shard under the cluster's key: the siphash is computed
 //  only then, not for every reading.
 tm_apply_t tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
-                           const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards);
+                           const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards,
+                           int64_t now_ms);
+
+//  Run the sync timers of every twin at now_ms (worker clock): a twin not
+//  heard from within its window becomes stale. Call about once a second.
+//  Returns how many twins changed state.
+size_t tm_twins_tick (tm_twins_t *self, int64_t now_ms);
+
+//  Counters since the table was made: readings flagged anomalous and out of
+//  range, and twins now stale and in error (as of the last tick or apply).
+typedef struct {
+    uint64_t anomalies;
+    uint64_t out_of_range;
+    uint64_t stale;
+    uint64_t error;
+} tm_twins_stats_t;
+void tm_twins_stats (tm_twins_t *self, tm_twins_stats_t *stats);
+
+//  The analytics settings a property of this twin uses (today, every
+//  property uses the defaults; models will supply their own).
+const tm_analytics_settings_t *tm_twins_settings (tm_twins_t *self, const tm_twin_t *twin,
+                                                  const tm_prop_t *prop);
 
 //  Find a twin by entity id; NULL if absent. Borrowed.
 tm_twin_t *tm_twins_find (tm_twins_t *self, const char *entity, size_t len);
@@ -97,8 +119,10 @@ size_t tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, s
 long tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data,
                              size_t size);
 
-//  Encode a twin's state for TWIN replies (a TwinState protobuf; caller
-//  frees with free). NULL on allocation failure.
-uint8_t *tm_twins_encode (const tm_twin_t *twin, const char *worker_id, size_t *size);
+//  Encode a twin's state for TWIN replies (a TwinState protobuf with its
+//  analytics and sync status at now_ms; caller frees with free). NULL on
+//  allocation failure.
+uint8_t *tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id,
+                          int64_t now_ms, size_t *size);
 
 #endif

@@ -140,8 +140,11 @@ s_apply_part (tm_worker_t *self, const uint8_t *data, size_t size)
     //  Checked by s_check_part before it was logged (or, on replay, before
     //  it was logged in an earlier run).
     tm_wire_iter_init_trusted (&it, data, size);
+    //  One clock read per part: sync status tracks when the worker heard
+    //  from a twin, to the millisecond at most.
+    int64_t now = tm_util_wall_ms ();
     while (tm_wire_next (&it, &r) == 1) {
-        switch (tm_twins_apply (self->twins, &r, self->shard_key, self->num_shards)) {
+        switch (tm_twins_apply (self->twins, &r, self->shard_key, self->num_shards, now)) {
             case TM_APPLY_APPLIED:
                 self->stats.applied++;
                 break;
@@ -278,7 +281,7 @@ s_handle_twin_get (tm_worker_t *self, tm_msg_t *msg)
     tm_twin_t *twin = tm_twins_find (self->twins, req->entity, len);
     if (twin) {
         size_t size;
-        uint8_t *buf = tm_twins_encode (twin, self->id, &size);
+        uint8_t *buf = tm_twins_encode (self->twins, twin, self->id, tm_util_wall_ms (), &size);
         tm_msg_reply (self->router, msg, type, buf? TWINMESH__STATUS__OK: TWINMESH__STATUS__RETRY_LATER,
                       tm_mapclient_epoch (self->mapc), NULL, buf, buf? size: 0);
         free (buf);
@@ -407,6 +410,12 @@ s_heartbeat (tm_worker_t *self)
     st.late = self->stats.late;
     st.shards = self->owned;
     st.map_epoch = tm_mapclient_epoch (self->mapc);
+    tm_twins_stats_t ts;
+    tm_twins_stats (self->twins, &ts);
+    st.anomalies = ts.anomalies;
+    st.out_of_range = ts.out_of_range;
+    st.stale_twins = ts.stale;
+    st.error_twins = ts.error;
     Twinmesh__NodeInfo info = TWINMESH__NODE_INFO__INIT;
     info.id = self->id;
     info.role = (char *) "worker";
@@ -557,6 +566,10 @@ tm_worker_run (tm_worker_t *self)
             return 1;
         int64_t now = tm_util_mono_ms ();
         if (now >= next_heartbeat) {
+            //  Sync timers ride on the heartbeat: staleness is measured in
+            //  expected intervals (a minute by default), so a second's
+            //  resolution is plenty, and one pass over the table is cheap.
+            tm_twins_tick (self->twins, tm_util_wall_ms ());
             s_heartbeat (self);
             next_heartbeat = now + self->heartbeat_ms;
         }

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,14 +40,14 @@ test_apply_rules (void **state)
     tm_twins_t *twins = tm_twins_new ();
     assert_non_null (twins);
     tm_reading_t r = s_reading ("milan/air-1", "pm25", 10.0, 1000);
-    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_APPLIED);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
     r.value = 99.0;
-    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_DUPLICATE);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_DUPLICATE);
     r.ts_ms = 999;
-    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_LATE);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_LATE);
     r.ts_ms = 1001;
     r.value = 11.0;
-    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_APPLIED);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
 
     tm_twin_t *t = tm_twins_find (twins, "milan/air-1", 11);
     assert_non_null (t);
@@ -54,8 +55,8 @@ test_apply_rules (void **state)
     assert_int_equal (t->shard, tm_shardmap_hash (s_key, 1024, "milan/air-1", 11));
     assert_int_equal (t->nprops, 1);
     assert_string_equal (t->props[0].name, "pm25");
-    assert_true (t->props[0].value == 11.0);
-    assert_int_equal (t->props[0].ts_ms, 1001);
+    assert_true (t->props[0].an.value == 11.0);
+    assert_int_equal (t->props[0].an.ts_ms, 1001);
     assert_int_equal (t->props[0].count, 2);
     assert_null (tm_twins_find (twins, "milan/air-2", 11));
     assert_null (tm_twins_find (twins, "milan/air-", 10));
@@ -72,10 +73,10 @@ test_prop_limit (void **state)
     for (int i = 0; i < TM_TWINS_MAX_PROPS; i++) {
         snprintf (name, sizeof name, "p%d", i);
         tm_reading_t r = s_reading ("e", name, 1, 1);
-        assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_APPLIED);
+        assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
     }
     tm_reading_t r = s_reading ("e", "one-too-many", 1, 1);
-    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024), TM_APPLY_REJECTED);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_REJECTED);
     tm_twins_destroy (&twins);
 }
 
@@ -101,7 +102,7 @@ test_against_reference (void **state)
         char ent[32];
         snprintf (ent, sizeof ent, "city/e-%06d", e);
         tm_reading_t r = s_reading (ent, props[p], v, ts);
-        tm_apply_t got = tm_twins_apply (twins, &r, s_key, 1024);
+        tm_apply_t got = tm_twins_apply (twins, &r, s_key, 1024, 1000);
         tm_apply_t want;
         if (ref_count[e][p] && ts == ref_ts[e][p])
             want = TM_APPLY_DUPLICATE;
@@ -135,8 +136,8 @@ test_against_reference (void **state)
                 continue;
             }
             assert_non_null (found);
-            assert_int_equal (found->ts_ms, ref_ts[e][p]);
-            assert_true (found->value == ref_val[e][p]);
+            assert_int_equal (found->an.ts_ms, ref_ts[e][p]);
+            assert_true (found->an.value == ref_val[e][p]);
             assert_int_equal (found->count, ref_count[e][p]);
         }
     }
@@ -152,11 +153,11 @@ test_dirty_shards_and_roundtrip (void **state)
     tm_reading_t r = s_reading ("milan/bay-9", "occupied", 1, 5000);
     r.model = "parking_bay";
     r.model_len = strlen (r.model);
-    tm_twins_apply (twins, &r, s_key, 1024);
+    tm_twins_apply (twins, &r, s_key, 1024, 1000);
     r = s_reading ("milan/bay-9", "battery", 3.3, 5000);
-    tm_twins_apply (twins, &r, s_key, 1024);
+    tm_twins_apply (twins, &r, s_key, 1024, 1000);
     r = s_reading ("milan/bay-10", "occupied", 0, -7);     //  negative ts survives
-    tm_twins_apply (twins, &r, s_key, 1024);
+    tm_twins_apply (twins, &r, s_key, 1024, 1000);
     uint32_t s9 = tm_shardmap_hash (s_key, 1024, "milan/bay-9", 11);
     uint32_t s10 = tm_shardmap_hash (s_key, 1024, "milan/bay-10", 12);
     size_t n;
@@ -168,7 +169,7 @@ test_dirty_shards_and_roundtrip (void **state)
     assert_int_equal (n, 0);
     //  A duplicate changes nothing, so no shard becomes dirty.
     r = s_reading ("milan/bay-9", "battery", 3.3, 5000);
-    tm_twins_apply (twins, &r, s_key, 1024);
+    tm_twins_apply (twins, &r, s_key, 1024, 1000);
     free (tm_twins_take_dirty (twins, &n));
     assert_int_equal (n, 0);
 
@@ -186,13 +187,18 @@ test_dirty_shards_and_roundtrip (void **state)
     assert_int_equal (t->nprops, 2);
     assert_int_equal (t->shard, s9);
     assert_int_equal (t->version, tm_twins_find (twins, "milan/bay-9", 11)->version);
-    assert_true (t->props[1].value == 3.3);
+    assert_true (t->props[1].an.value == 3.3);
+    //  Analytics and sync status travel with the checkpoint.
+    const tm_twin_t *orig = tm_twins_find (twins, "milan/bay-9", 11);
+    assert_memory_equal (&t->props[1].an, &orig->props[1].an, sizeof (tm_analytics_t));
+    assert_int_equal (t->sync.state, orig->sync.state);
+    assert_int_equal (t->sync.heard_ms, orig->sync.heard_ms);
     //  Restored state keeps idempotency: the same reading is a duplicate.
-    assert_int_equal (tm_twins_apply (copy, &r, s_key, 1024), TM_APPLY_DUPLICATE);
+    assert_int_equal (tm_twins_apply (copy, &r, s_key, 1024, 1000), TM_APPLY_DUPLICATE);
     size = tm_twins_encode_shard (twins, s10, &buf, &cap);
     tm_twins_t *copy2 = tm_twins_new ();
     assert_true (tm_twins_restore_shard (copy2, s10, buf, size) >= 1);
-    assert_int_equal (tm_twins_find (copy2, "milan/bay-10", 12)->props[0].ts_ms, -7);
+    assert_int_equal (tm_twins_find (copy2, "milan/bay-10", 12)->props[0].an.ts_ms, -7);
     tm_twins_destroy (&copy2);
 
     //  Every truncation of a valid blob is refused, never read past.
@@ -212,6 +218,41 @@ test_dirty_shards_and_roundtrip (void **state)
     tm_twins_destroy (&twins);
 }
 
+//  Staleness comes from the timer, with no reading; a reading brings the
+//  twin back. Counts of stale twins follow.
+static void
+test_sync_tick (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    for (int i = 0; i < 5; i++) {
+        tm_reading_t r = s_reading ("sync/e", "pm25", 10 + i, 1000 + i * 60000);
+        assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000 + i * 60000),
+                          TM_APPLY_APPLIED);
+    }
+    tm_twin_t *t = tm_twins_find (twins, "sync/e", 6);
+    assert_int_equal (t->sync.state, TM_SYNC_SYNCHRONIZED);
+    int64_t last = 1000 + 4 * 60000;
+    //  Default settings: 60 s interval, stale after 3 intervals.
+    assert_int_equal (tm_twins_tick (twins, last + 3 * 60000 - 1), 0);
+    assert_int_equal (tm_twins_tick (twins, last + 3 * 60000 + 1), 1);
+    assert_int_equal (t->sync.state, TM_SYNC_STALE);
+    tm_twins_stats_t st;
+    tm_twins_stats (twins, &st);
+    assert_int_equal (st.stale, 1);
+    tm_reading_t r = s_reading ("sync/e", "pm25", 15, last + 4 * 60000);
+    tm_twins_apply (twins, &r, s_key, 1024, last + 4 * 60000);
+    assert_int_not_equal (t->sync.state, TM_SYNC_STALE);
+    tm_twins_stats (twins, &st);
+    assert_int_equal (st.stale, 0);
+    //  An out-of-range value is kept as latest and counted.
+    r = s_reading ("sync/e", "pm25", NAN, last + 5 * 60000);
+    tm_twins_apply (twins, &r, s_key, 1024, last + 5 * 60000);
+    tm_twins_stats (twins, &st);
+    assert_int_equal (st.out_of_range, 1);
+    tm_twins_destroy (&twins);
+}
+
 int
 main (void)
 {
@@ -220,6 +261,7 @@ main (void)
         cmocka_unit_test (test_prop_limit),
         cmocka_unit_test (test_against_reference),
         cmocka_unit_test (test_dirty_shards_and_roundtrip),
+        cmocka_unit_test (test_sync_tick),
     };
     return cmocka_run_group_tests (tests, NULL, NULL);
 }

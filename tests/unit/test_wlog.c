@@ -36,7 +36,7 @@ s_apply_batch (tm_twins_t *twins, const uint8_t *data, size_t size)
     tm_reading_t r;
     tm_wire_iter_init (&it, data, size);
     while (tm_wire_next (&it, &r) == 1)
-        tm_twins_apply (twins, &r, s_key, 64);
+        tm_twins_apply (twins, &r, s_key, 64, 1000);
 }
 
 static void
@@ -116,7 +116,7 @@ test_commit_checkpoint_recover (void **state)
     assert_non_null (e2);
     assert_null (tm_twins_find (rp.twins, "e-3", 3));
     assert_int_equal (e1->props[0].count, 3);
-    assert_int_equal (e1->props[0].ts_ms, 3000);
+    assert_int_equal (e1->props[0].an.ts_ms, 3000);
     assert_int_equal (e2->props[0].count, 2);
     //  Numbering continues after the last record.
     n = s_batch (buf, sizeof buf, "e-4", 10000);
@@ -200,7 +200,7 @@ test_round_in_steps_and_crash (void **state)
         tm_twin_t *t = tm_twins_find (rp.twins, entity, strlen (entity));
         assert_non_null (t);
         assert_int_equal (t->props[0].count, 4);        //  not 5: no double count
-        assert_int_equal (t->props[0].ts_ms, 4000);
+        assert_int_equal (t->props[0].an.ts_ms, 4000);
     }
     //  A finished round records its position and trims the log.
     assert_int_equal (tm_wlog_checkpoint (wlog, rp.twins), 0);
