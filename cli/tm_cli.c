@@ -593,13 +593,16 @@ s_print_status_json (FILE *out, const char *endpoint, const Twinmesh__ClusterSta
                      "{\"readings\": %llu, \"batches\": %llu, \"refused\": %llu, \"malformed\": "
                      "%llu, \"wrong_shard\": %llu, \"retry_later\": %llu, \"twins\": %llu, "
                      "\"duplicates\": %llu, \"late\": %llu, \"shards\": %llu, \"map_epoch\": "
-                     "%llu}}",
+                     "%llu, \"anomalies\": %llu, \"out_of_range\": %llu, \"stale_twins\": "
+                     "%llu, \"error_twins\": %llu}}",
                      (unsigned long long) st->readings, (unsigned long long) st->batches,
                      (unsigned long long) st->refused, (unsigned long long) st->malformed,
                      (unsigned long long) st->wrong_shard, (unsigned long long) st->retry_later,
                      (unsigned long long) st->twins, (unsigned long long) st->duplicates,
                      (unsigned long long) st->late, (unsigned long long) st->shards,
-                     (unsigned long long) st->map_epoch);
+                     (unsigned long long) st->map_epoch, (unsigned long long) st->anomalies,
+                     (unsigned long long) st->out_of_range, (unsigned long long) st->stale_twins,
+                     (unsigned long long) st->error_twins);
         else
             fputs ("null}", out);
     }
