@@ -12,6 +12,7 @@
     written by hand, so every string goes through one escaping function.
 */
 #include "tm_cli.h"
+#include "tm_predict.h"
 #include "tm_auth.h"
 #include "tm_codec.h"
 #include "tm_log.h"
@@ -964,6 +965,100 @@ s_print_twin_text (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
     s_table_fini (&table);
 }
 
+int
+tm_cli_twin_request (tm_cli_t *cli, const char *id, int type, const void *body, size_t size,
+                     const char *what, tm_msg_t *reply, tm_cli_owner_t *owner)
+{
+    memset (reply, 0, sizeof *reply);
+    memset (owner, 0, sizeof *owner);
+    int result = 1;
+    tm_mapclient_t *mc = NULL;
+    zsock_t *sock = NULL;
+    zcert_t *cert = tm_cli_cert (cli);
+    const char *broker_key = cert? tm_cli_broker_key (cli): NULL;
+    if (!broker_key)
+        return 1;
+    const char *endpoint = tm_config_str (cli->config, "broker");
+    int64_t timeout = tm_cli_timeout_ms (cli);
+    size_t id_len = strlen (id);
+    mc = tm_mapclient_new (endpoint, NULL, broker_key, cert);
+    if (!mc) {
+        fprintf (stderr, "twinctl: cannot connect to the broker at '%s' (check --broker)\n",
+                 endpoint);
+        goto done;
+    }
+    zsock_set_linger (tm_mapclient_req_sock (mc), 0);
+    const tm_shardmap_t *map = tm_mapclient_fetch (mc, (int) timeout);
+    if (!map) {
+        if (tm_mapclient_last_reply_ms (mc) > 0)
+            fprintf (stderr, "twinctl: the broker at %s has no shard map yet (no workers have "
+                             "registered; see twinctl status)\n", endpoint);
+        else
+            fprintf (stderr, "twinctl: no reply from broker at %s within %s (is it running? is "
+                             "this key on its allow-list?)\n",
+                     endpoint, tm_cli_timeout_text (cli));
+        goto done;
+    }
+    uint32_t shard = tm_shardmap_shard_of (map, id, id_len);
+    uint32_t index = tm_shardmap_owner (map, shard);
+    owner->shard = shard;
+    if (index == TM_SHARDMAP_UNASSIGNED || index >= map->nworkers) {
+        fprintf (stderr, "twinctl: shard %u of twin '%s' has no owner in map epoch %llu (see "
+                         "twinctl status)\n",
+                 shard, id, (unsigned long long) map->epoch);
+        goto done;
+    }
+    const tm_shardmap_worker_t *w = &map->workers[index];
+    snprintf (owner->worker, sizeof owner->worker, "%s", w->id);
+    snprintf (owner->endpoint, sizeof owner->endpoint, "%s", w->endpoint);
+    sock = tm_net_client (ZMQ_DEALER, w->endpoint, cert, w->public_key);
+    if (!sock) {
+        fprintf (stderr, "twinctl: cannot connect to worker %s at '%s'\n", w->id, w->endpoint);
+        goto done;
+    }
+    zsock_set_linger (sock, 0);
+    int rc = tm_cli_request (sock, type, map->epoch, body, size, timeout, reply);
+    if (rc == TM_CLI_E_TIMEOUT) {
+        fprintf (stderr, "twinctl: no reply from worker %s at %s within %s (is it up? see "
+                         "twinctl status; is this key on its allow-list?)\n",
+                 w->id, w->endpoint, tm_cli_timeout_text (cli));
+        goto done;
+    }
+    if (rc != 0) {
+        fprintf (stderr, "twinctl: %s from worker %s at %s\n",
+                 rc == TM_CLI_E_MALFORMED? "malformed reply": "request failed", w->id,
+                 w->endpoint);
+        goto done;
+    }
+    int status = reply->hdr.status;
+    const char *detail = *reply->hdr.detail? reply->hdr.detail: "no detail";
+    if (status == TWINMESH__STATUS__NOT_FOUND)
+        fprintf (stderr, "twinctl: twin '%s' not found: %s (shard %u, worker %s)\n", id, detail,
+                 shard, w->id);
+    else
+    if (status == TWINMESH__STATUS__UNAUTHORIZED)
+        fprintf (stderr, "twinctl: worker %s refused %s: unauthorized (%s); use a key with "
+                         "role analyst, operator or admin (--cert)\n", w->id, what, detail);
+    else
+    if (status == TWINMESH__STATUS__WRONG_SHARD)
+        fprintf (stderr, "twinctl: worker %s does not own shard %u at its epoch %llu (map epoch "
+                         "%llu): the map is changing, try again\n",
+                 w->id, shard, (unsigned long long) reply->hdr.epoch,
+                 (unsigned long long) map->epoch);
+    else
+    if (status != TWINMESH__STATUS__OK)
+        fprintf (stderr, "twinctl: worker %s answered %s status %s: %s\n", w->id,
+                 tm_msg_type_name (reply->hdr.type), tm_status_name (status), detail);
+    else
+        result = 0;
+done:
+    if (result != 0)
+        tm_msg_fini (reply);
+    zsock_destroy (&sock);
+    tm_mapclient_destroy (&mc);
+    return result;
+}
+
 static int
 s_cmd_twin_get (int argc, char **argv)
 {
@@ -972,8 +1067,6 @@ s_cmd_twin_get (int argc, char **argv)
     if (!cli)
         return 1;
     int exit_code = 1;
-    tm_mapclient_t *mc = NULL;
-    zsock_t *sock = NULL;
     uint8_t *body = NULL;
     Twinmesh__TwinState *ts = NULL;
     tm_msg_t reply;
@@ -995,106 +1088,37 @@ s_cmd_twin_get (int argc, char **argv)
         exit_code = 2;
         goto done;
     }
-    zcert_t *cert = tm_cli_cert (cli);
-    const char *broker_key = cert? tm_cli_broker_key (cli): NULL;
-    if (!broker_key)
-        goto done;
-    const char *endpoint = tm_config_str (cli->config, "broker");
-    int64_t timeout = tm_cli_timeout_ms (cli);
-    mc = tm_mapclient_new (endpoint, NULL, broker_key, cert);
-    if (!mc) {
-        fprintf (stderr, "twinctl: cannot connect to the broker at '%s' (check --broker)\n",
-                 endpoint);
-        goto done;
-    }
-    zsock_set_linger (tm_mapclient_req_sock (mc), 0);
-    const tm_shardmap_t *map = tm_mapclient_fetch (mc, (int) timeout);
-    if (!map) {
-        if (tm_mapclient_last_reply_ms (mc) > 0)
-            fprintf (stderr, "twinctl: the broker at %s has no shard map yet (no workers have "
-                             "registered; see twinctl status)\n", endpoint);
-        else
-            fprintf (stderr, "twinctl: no reply from broker at %s within %s (is it running? is "
-                             "this key on its allow-list?)\n",
-                     endpoint, tm_cli_timeout_text (cli));
-        goto done;
-    }
-    uint32_t shard = tm_shardmap_shard_of (map, id, id_len);
-    uint32_t owner = tm_shardmap_owner (map, shard);
-    if (owner == TM_SHARDMAP_UNASSIGNED || owner >= map->nworkers) {
-        fprintf (stderr, "twinctl: shard %u of twin '%s' has no owner in map epoch %llu (see "
-                         "twinctl status)\n",
-                 shard, id, (unsigned long long) map->epoch);
-        goto done;
-    }
-    const tm_shardmap_worker_t *w = &map->workers[owner];
-    sock = tm_net_client (ZMQ_DEALER, w->endpoint, cert, w->public_key);
-    if (!sock) {
-        fprintf (stderr, "twinctl: cannot connect to worker %s at '%s'\n", w->id, w->endpoint);
-        goto done;
-    }
-    zsock_set_linger (sock, 0);
     Twinmesh__TwinGet get = TWINMESH__TWIN_GET__INIT;
     get.entity = (char *) id;
     size_t size = 0;
     body = tm_codec_pack_buf (&get.base, &size);
-    if (!body)
+    tm_cli_owner_t owner;
+    if (!body || tm_cli_twin_request (cli, id, TWINMESH__MSG_TYPE__TWIN_GET, body, size,
+                                      "TWIN_GET", &reply, &owner) != 0)
         goto done;
-    rc = tm_cli_request (sock, TWINMESH__MSG_TYPE__TWIN_GET, map->epoch, body, size, timeout,
-                         &reply);
-    if (rc == TM_CLI_E_TIMEOUT) {
-        fprintf (stderr, "twinctl: no reply from worker %s at %s within %s (is it up? see "
-                         "twinctl status; is this key on its allow-list?)\n",
-                 w->id, w->endpoint, tm_cli_timeout_text (cli));
-        goto done;
-    }
-    if (rc != 0) {
-        fprintf (stderr, "twinctl: %s from worker %s at %s\n",
-                 rc == TM_CLI_E_MALFORMED? "malformed reply": "request failed", w->id,
-                 w->endpoint);
+    if (reply.hdr.type != TWINMESH__MSG_TYPE__TWIN) {
+        fprintf (stderr, "twinctl: worker %s answered %s\n", owner.worker,
+                 tm_msg_type_name (reply.hdr.type));
         goto done;
     }
-    int status = reply.hdr.status;
-    const char *detail = *reply.hdr.detail? reply.hdr.detail: "no detail";
-    if (status == TWINMESH__STATUS__NOT_FOUND)
-        fprintf (stderr, "twinctl: twin '%s' not found (shard %u, worker %s)\n", id, shard,
-                 w->id);
-    else
-    if (status == TWINMESH__STATUS__UNAUTHORIZED)
-        fprintf (stderr, "twinctl: worker %s refused TWIN_GET: unauthorized (%s); use a key with "
-                         "role analyst, operator or admin (--cert)\n", w->id, detail);
-    else
-    if (status == TWINMESH__STATUS__WRONG_SHARD)
-        fprintf (stderr, "twinctl: worker %s does not own shard %u at its epoch %llu (map epoch "
-                         "%llu): the map is changing, try again\n",
-                 w->id, shard, (unsigned long long) reply.hdr.epoch,
-                 (unsigned long long) map->epoch);
-    else
-    if (status != TWINMESH__STATUS__OK || reply.hdr.type != TWINMESH__MSG_TYPE__TWIN)
-        fprintf (stderr, "twinctl: worker %s answered %s status %s: %s\n", w->id,
-                 tm_msg_type_name (reply.hdr.type), tm_status_name (status), detail);
-    else {
-        ts = TM_UNPACK (TwinState, twin_state, zframe_data (reply.body), zframe_size (reply.body));
-        if (!ts)
-            fprintf (stderr, "twinctl: worker %s sent a twin that does not decode\n", w->id);
-        else {
-            //  Show what we asked for where the worker leaves fields out.
-            const char *entity = ts->entity && *ts->entity? ts->entity: id;
-            uint32_t shown = ts->shard? ts->shard: shard;
-            const char *worker = ts->worker && *ts->worker? ts->worker: w->id;
-            if (tm_cli_json (cli))
-                s_print_twin_json (ts, entity, shown, worker, w->endpoint);
-            else
-                s_print_twin_text (ts, entity, shown, worker);
-            exit_code = 0;
-        }
+    ts = TM_UNPACK (TwinState, twin_state, zframe_data (reply.body), zframe_size (reply.body));
+    if (!ts) {
+        fprintf (stderr, "twinctl: worker %s sent a twin that does not decode\n", owner.worker);
+        goto done;
     }
+    //  Show what we asked for where the worker leaves fields out.
+    const char *entity = ts->entity && *ts->entity? ts->entity: id;
+    uint32_t shown = ts->shard? ts->shard: owner.shard;
+    const char *worker = ts->worker && *ts->worker? ts->worker: owner.worker;
+    if (tm_cli_json (cli))
+        s_print_twin_json (ts, entity, shown, worker, owner.endpoint);
+    else
+        s_print_twin_text (ts, entity, shown, worker);
+    exit_code = 0;
 done:
     tm_codec_free (&ts);
     tm_msg_fini (&reply);
     free (body);
-    zsock_destroy (&sock);
-    tm_mapclient_destroy (&mc);
     tm_cli_destroy (&cli);
     return exit_code;
 }
@@ -1103,8 +1127,13 @@ static void
 s_twin_usage (FILE *out)
 {
     fprintf (out, "usage: twinctl twin SUBCOMMAND ...\n\n"
-                  "  get ID [--json]   show a twin's state, read from the worker that owns it\n\n"
-                  "'twinctl twin get --help' lists the settings.\n");
+                  "  get ID [--json]                  show a twin's state, read from the worker "
+                  "that owns it\n"
+                  "  forecast ID PROP [--horizon 1h] [--limit V]\n"
+                  "                                   the property's forecast and time to a limit\n"
+                  "  simulate ID --set PROP=VALUE [--horizon 1h] [--limit V]\n"
+                  "                                   the same after a what-if value, on a copy\n\n"
+                  "'twinctl twin SUBCOMMAND --help' lists its settings.\n");
 }
 
 static int
@@ -1117,6 +1146,10 @@ s_cmd_twin (int argc, char **argv)
     }
     if (strcmp (argv[1], "get") == 0)
         return s_cmd_twin_get (argc - 1, argv + 1);
+    if (strcmp (argv[1], "forecast") == 0)
+        return tm_predict_forecast_main (argc - 1, argv + 1);
+    if (strcmp (argv[1], "simulate") == 0)
+        return tm_predict_simulate_main (argc - 1, argv + 1);
     fprintf (stderr, "twinctl twin: unknown subcommand '%s'\n", argv[1]);
     s_twin_usage (stderr);
     return 2;
@@ -1247,7 +1280,8 @@ static const s_command_t s_commands[] = {
      s_cmd_keygen},
     {"status", "[--json]", "show the shard map and every node, as the broker sees them",
      s_cmd_status},
-    {"twin", "get ID [--json]", "show one twin's state, read from the worker that owns it",
+    {"twin", "get|forecast|simulate ID ...",
+     "a twin's state, forecasts and what-ifs, from the worker that owns it",
      s_cmd_twin},
     {"wait-ready", "[--workers N]", "wait until every shard is assigned and N workers are up",
      s_cmd_wait_ready},

@@ -73,6 +73,20 @@ zsock_t *tm_cli_broker_connect (tm_cli_t *self);
 int tm_cli_request (zsock_t *sock, int type, uint64_t epoch, const void *body, size_t size,
                     int64_t timeout_ms, tm_msg_t *reply);
 
+//  Which worker answered for a twin.
+typedef struct {
+    uint32_t shard;                //  The twin's shard
+    char worker[132];              //  Owner worker id
+    char endpoint[264];            //  Its endpoint
+} tm_cli_owner_t;
+
+//  Send a request of type about twin id (body borrowed) to the worker that
+//  owns it, found through the broker's shard map. Returns 0 with an OK
+//  *reply (caller calls tm_msg_fini) and *owner filled, or 1 after printing
+//  why not to stderr (what names the request in messages, e.g. "TWIN_GET").
+int tm_cli_twin_request (tm_cli_t *cli, const char *id, int type, const void *body, size_t size,
+                         const char *what, tm_msg_t *reply, tm_cli_owner_t *owner);
+
 //  Write s as a JSON string literal: quotes, escapes, invalid UTF-8 as
 //  U+FFFD, so the output is valid JSON whatever s holds. NULL writes "".
 void tm_cli_json_string (FILE *out, const char *s);

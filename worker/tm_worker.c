@@ -24,6 +24,7 @@
 #include "tm_wire.h"
 #include "tm_wlog.h"
 
+#include <math.h>
 #include <string.h>
 
 #define S_DRAIN_MAX_PARTS 512          //  Parts per group commit at most
@@ -305,6 +306,126 @@ s_handle_twin_get (tm_worker_t *self, tm_msg_t *msg)
     tm_codec_free (&req);
 }
 
+#define S_FORECAST_MAX_POINTS 1000     //  Points in one forecast reply
+#define S_FORECAST_MAX_HORIZON_MS (366LL * 86400000)
+
+//  FORECAST_GET: the property's Holt forecast over a horizon and the time
+//  until a limit, computed on a copy of its state (a what-if first applies
+//  the value to that copy), so the live twin never changes.
+static void
+s_handle_forecast (tm_worker_t *self, tm_msg_t *msg)
+{
+    int type = TWINMESH__MSG_TYPE__FORECAST;
+    if (!tm_role_may_read (msg->role)) {
+        self->stats.unauthorized++;
+        s_reply_status (self, msg, type, TWINMESH__STATUS__UNAUTHORIZED,
+                        "this key's role may not read twins");
+        return;
+    }
+    Twinmesh__ForecastGet *req =
+        TM_UNPACK (ForecastGet, forecast_get, zframe_data (msg->body), zframe_size (msg->body));
+    if (!req || !req->entity || !*req->entity || !req->property || !*req->property
+        || req->horizon_ms < 0 || req->horizon_ms > S_FORECAST_MAX_HORIZON_MS
+        || req->step_ms < 0 || (req->has_limit && !isfinite (req->limit))
+        || (req->what_if && !isfinite (req->set_value))) {
+        self->stats.malformed++;
+        tm_codec_free (&req);
+        s_reply_status (self, msg, type, TWINMESH__STATUS__MALFORMED,
+                        "ForecastGet needs an entity, a property, a horizon of at most a year, "
+                        "and finite values");
+        return;
+    }
+    char detail[256];
+    tm_twin_t *twin = tm_twins_find (self->twins, req->entity, strlen (req->entity));
+    const tm_prop_t *prop = NULL;
+    for (uint16_t i = 0; twin && i < twin->nprops && !prop; i++)
+        if (strcmp (twin->props[i].name, req->property) == 0)
+            prop = &twin->props[i];
+    if (!prop) {
+        snprintf (detail, sizeof detail, "%s %.128s%s%.64s", twin? "twin": "no twin",
+                  req->entity, twin? " has no property ": "", twin? req->property: "");
+        tm_msg_reply (self->router, msg, type, TWINMESH__STATUS__NOT_FOUND,
+                      tm_mapclient_epoch (self->mapc), detail, NULL, 0);
+        tm_codec_free (&req);
+        return;
+    }
+    tm_analytics_settings_t settings = *tm_twins_settings (self->twins, twin, prop);
+    tm_analytics_t an = prop->an;
+    //  Forecasts start at the series' latest reading, not at the worker's
+    //  clock: a sensor's own time is what its trend is measured in, and a
+    //  series silent for days should not be extrapolated over the silence.
+    //  A what-if says "the property is now VALUE": the level moves there
+    //  and the trend and its uncertainty stay. Feeding VALUE through the
+    //  update instead would mostly be clipped as an outlier (the robust
+    //  Holt update is built to ignore one wild reading), and answer nothing.
+    int64_t base = an.ts_ms != INT64_MIN? an.ts_ms: tm_util_wall_ms ();
+    if (req->what_if) {
+        if (an.ts_ms == INT64_MIN)
+            tm_analytics_update (&an, &settings, base, req->set_value);
+        base = an.ts_ms + 1;
+        an.value = req->set_value;
+        an.level = req->set_value;
+        an.ts_ms = base;
+    }
+    int64_t horizon = req->horizon_ms? req->horizon_ms: 3600000;
+    int64_t step = req->step_ms? req->step_ms: horizon / 12;
+    if (step < horizon / S_FORECAST_MAX_POINTS)
+        step = horizon / S_FORECAST_MAX_POINTS;
+    if (step < 1)
+        step = 1;
+    settings.horizon_ms = horizon;
+    if (req->has_limit) {
+        //  One limit, on the side the series would have to travel to.
+        double level = 0;
+        tm_analytics_forecast (&an, &settings, base, &level, NULL);
+        settings.limit_upper = req->limit >= level? req->limit: INFINITY;
+        settings.limit_lower = req->limit < level? req->limit: -INFINITY;
+    }
+    size_t npoints = (size_t) (horizon / step);
+    if (npoints > S_FORECAST_MAX_POINTS)
+        npoints = S_FORECAST_MAX_POINTS;
+    int64_t *at = calloc (npoints + 1, sizeof (int64_t));
+    double *value = calloc (npoints + 1, sizeof (double));
+    double *sd = calloc (npoints + 1, sizeof (double));
+    Twinmesh__Forecast fc = TWINMESH__FORECAST__INIT;
+    fc.entity = req->entity;
+    fc.property = req->property;
+    fc.from_ms = base;
+    fc.simulated = req->what_if;
+    size_t n = 0;
+    for (size_t k = 1; at && value && sd && k <= npoints; k++) {
+        int64_t t = base + (int64_t) k * step;
+        if (tm_analytics_forecast (&an, &settings, t, &value[n], &sd[n]) != 0)
+            break;
+        at[n++] = t;
+    }
+    fc.n_at_ms = fc.n_value = fc.n_stddev = n;
+    fc.at_ms = at;
+    fc.value = value;
+    fc.stddev = sd;
+    double limit = 0;
+    int64_t ttl = 0;
+    if (!isfinite (settings.limit_upper) && !isfinite (settings.limit_lower))
+        fc.limit_status = 4;
+    else {
+        int rc = tm_analytics_time_to_limit (&an, &settings, base, &ttl, &limit);
+        fc.limit_status = rc == 0? 0: rc == TM_ANALYTICS_E_HORIZON? 1:
+                          rc == TM_ANALYTICS_E_NEVER? 2: 3;
+        fc.time_to_limit_ms = fc.limit_status <= 1? ttl: 0;
+        fc.limit = fc.limit_status <= 1? limit: req->has_limit? req->limit: 0;
+    }
+    size_t size;
+    uint8_t *buf = (at && value && sd)? tm_codec_pack_buf (&fc.base, &size): NULL;
+    tm_msg_reply (self->router, msg, type, buf? TWINMESH__STATUS__OK: TWINMESH__STATUS__RETRY_LATER,
+                  tm_mapclient_epoch (self->mapc), buf? NULL: "out of memory", buf,
+                  buf? size: 0);
+    free (buf);
+    free (at);
+    free (value);
+    free (sd);
+    tm_codec_free (&req);
+}
+
 static void
 s_handle (tm_worker_t *self, tm_msg_t *msg, int rc)
 {
@@ -322,6 +443,9 @@ s_handle (tm_worker_t *self, tm_msg_t *msg, int rc)
     else
     if (msg->hdr.type == TWINMESH__MSG_TYPE__TWIN_GET)
         s_handle_twin_get (self, msg);
+    else
+    if (msg->hdr.type == TWINMESH__MSG_TYPE__FORECAST_GET)
+        s_handle_forecast (self, msg);
     else {
         self->stats.malformed++;
         char detail[96];
