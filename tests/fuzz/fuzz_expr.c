@@ -10,11 +10,13 @@
     - serialising and deserialising gives the same text and bytes back;
     - evaluation gives a value of the static type (or null), never a
       number that is not finite;
-    - a failure carries a code, a message and an offset inside the input.
+    - a failure carries a code, a UTF-8 message and an offset inside the
+      input.
     A broken promise aborts, which libFuzzer reports as a crash.
 */
 #include "fuzz.h"
 #include "tm_expr.h"
+#include "tm_util.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -121,11 +123,13 @@ s_check_eval (const tm_expr_t *e)
         abort ();
 }
 
+//  A failure names a code and a place inside the input, and its message
+//  is UTF-8 (it travels in protobuf strings), whatever the input held.
 static void
 s_check_error (const tm_expr_error_t *err, size_t size)
 {
     if (err->code < TM_EXPR_E_SYNTAX || err->code > TM_EXPR_E_NOMEM || !err->message[0]
-        || err->offset > size)
+        || err->offset > size || !tm_util_utf8_valid (err->message, strlen (err->message)))
         abort ();
 }
 

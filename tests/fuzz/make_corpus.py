@@ -416,6 +416,85 @@ def model_seeds():
     })
     return seeds
 
+def expr_seeds():
+    """Expressions (tm_expr): text for the parser, and serialised trees
+    ("TMX\\x01", a record count, postfix records) for the deserialiser.
+    Operator numbers are s_op_t in common/tm_expr.c. In fuzz_expr's
+    resolver a name's first letter gives its type: s/m/d string, a/b
+    boolean, l location, v any, u unknown, others number."""
+    ops = ["neg", "not", "mul", "div", "mod", "add", "sub", "eq", "ne", "lt", "le",
+           "gt", "ge", "in", "between", "isnull", "and", "or", "abs", "min", "max",
+           "round", "floor", "ceil", "sqrt", "pow", "ln", "exp", "coalesce", "clamp",
+           "within", "bbox", "distance"]
+
+    def num(v):
+        return b"\x03" + struct.pack("<d", v)
+
+    def text(s):
+        b = s.encode()
+        return b"\x04" + varint(len(b)) + b
+
+    def name(n, slot, typ, raw=False):
+        return (b"\x06" if raw else b"\x05") + varint(slot) + bytes([typ]) + varint(len(n)) + n
+
+    def op(o, n):
+        return bytes([0x10 + ops.index(o)]) + varint(n)
+
+    def tree(count, *records):
+        return b"TMX\x01" + varint(count) + b"".join(records)
+
+    filt = tree(7, name(b"pm25", 0, 1), num(35), op("gt", 2), name(b"model", 4, 2),
+                text("air_station"), op("eq", 2), op("and", 2))
+    return {
+        "filter": b"model = 'air_station' AND pm25 > 35 AND within(location, 45.4642, 9.19, 2000)",
+        "heat-index": b"temperature + 0.33 * humidity - 4",
+        "occupancy": b"100 * occupied / capacity",
+        "functions": b"abs(x) + min(x, y, 3) + max(x) + round(x, 2) + floor(x) + ceil(x) "
+                     b"+ sqrt(x) + pow(x, 2) + ln(x) + exp(x) + clamp(x, 0, 1) "
+                     b"+ coalesce(x, 0) + distance(location, 45, 9)",
+        "geo": b"bbox(location, 45, 9, 46, 10) OR NOT within(location, 0, 0, 1e7)",
+        "predicates": b"x IN (1, 2, y) AND s NOT IN ('a', 'b') AND x BETWEEN 1 AND 2 "
+                      b"AND y NOT BETWEEN -1 AND 1 AND z IS NULL AND v IS NOT NULL",
+        "logic": b"NOT (a OR b) AND (anomalous OR NOT b) OR a = TRUE AND b != FALSE",
+        "strings": "s = 'it''s' OR s < 'caf\u00e9' OR s >= '' OR \"odd name\" > 1".encode(),
+        "names": b"location.lat > 45 AND \"from\" < 1 AND \"p.q\" = 2",
+        "numbers": b"x > 1e-3 AND x < 1.5E+300 AND x != 0.30000000000000004 AND -0 = 0",
+        "fold": b"2 * 3 + 1 / 0 + x % 0 + sqrt(-1) + - -x",
+        "any": b"v + 1 > 2 OR v = 'seven' OR coalesce(v, 'x') = 'x'",
+        "aggregate": b"count(*) > 5 AND count(*) < 10",
+        "case": b"x Between 1 aNd 2 oR NoT a iS nUlL",
+        "deep": b"(" * 120 + b"x" + b")" * 120,
+        "too-deep": b"(" * 200 + b"x" + b")" * 200,
+        "long-chain": b" + ".join([b"x"] * 130),
+        "unterminated": b"s = 'abc",
+        "bad-number": b"x > 35abc",
+        "bad-utf8": b"s = '\xc3\x28'",
+        "unknown-name": b"unknown > 1",
+        "unknown-function": b"avg(pm25) > 3",
+        "chained": b"x < y < z",
+        "trailing": b"pm25 > 35 GROUP BY district",
+        "type-error": b"s + 1 > x",
+        "empty": b"",
+        "bytes-filter": filt,
+        "bytes-geo": tree(5, name(b"location", 12, 4), num(45.46), num(9.19), num(2000),
+                          op("within", 4)),
+        "bytes-in": tree(4, name(b"s", 4, 2), text("a"), text(""), op("in", 3)),
+        "bytes-any": tree(3, name(b"v", 14, 5), num(-1.5), op("add", 2)),
+        "bytes-raw": tree(3, name(b"count(*)", 0, 1, raw=True), num(5), op("gt", 2)),
+        "bytes-literals": tree(4, b"\x00", b"\x01", b"\x02", op("coalesce", 3)),
+        "bytes-unfolded": tree(3, num(2), num(3), op("mul", 2)),
+        "bytes-deep": tree(201, name(b"x", 0, 1), *[op("neg", 1)] * 200),
+        "bytes-truncated": filt[:-3],
+        "bytes-trailing": filt + b"\x00",
+        "bytes-two-trees": tree(2, num(1), num(2)),
+        "bytes-arity": tree(2, num(1), op("add", 1)),
+        "bytes-type": tree(3, text("a"), num(1), op("add", 2)),
+        "bytes-nan": tree(1, b"\x03" + struct.pack("<d", float("nan"))),
+        "bytes-bad-slot-type": tree(1, name(b"x", 0, 9)),
+        "bytes-huge-count": b"TMX\x01" + varint(2**40),
+        "bytes-unknown-record": tree(1, b"\x7f"),
+    }
+
 def main():
     sets = {
         "wire": wire_seeds(),
@@ -424,6 +503,7 @@ def main():
         "config": config_seeds(),
         "model": model_seeds(),
         "gorilla": gorilla_seeds(),
+        "expr": expr_seeds(),
     }
     for target, seeds in sets.items():
         d = os.path.join(HERE, "corpus", target)
