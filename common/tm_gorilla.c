@@ -6,6 +6,7 @@
     once per field. The decoder checks every read against the end.
 */
 #include "tm_gorilla.h"
+#include "tm_varint.h"
 
 #include <assert.h>
 #include <float.h>
@@ -53,17 +54,7 @@ s_signed (uint64_t u)
     return u <= (uint64_t) INT64_MAX? (int64_t) u: -(int64_t) (~u) - 1;
 }
 
-static uint64_t
-s_zigzag (int64_t v)
-{
-    return (uint64_t) v << 1 ^ (v < 0? UINT64_MAX: 0);
-}
 
-static int64_t
-s_unzigzag (uint64_t z)
-{
-    return s_signed (z >> 1 ^ (0 - (z & 1)));
-}
 
 //  Bits needed to write v (at least 1).
 static unsigned
@@ -216,17 +207,6 @@ s_put_ones (tm_gorilla_enc_t *self, unsigned n)
     s_put (self, n == 64? UINT64_MAX: ((uint64_t) 1 << n) - 1, n);
 }
 
-static size_t
-s_put_varint (uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t) (v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t) v;
-    return n;
-}
 
 static void
 s_put_count (uint8_t *buf, uint32_t count)
@@ -263,7 +243,7 @@ s_rice_update (uint32_t *sum, unsigned *n, uint64_t zz)
 static void
 s_put_absolute (tm_gorilla_enc_t *self, int64_t n)
 {
-    uint64_t zz = s_zigzag (n);
+    uint64_t zz = tm_zigzag (n);
     unsigned len = s_bitlen (zz);
     s_put (self, len - 1, 6);
     s_put (self, zz, len);
@@ -341,7 +321,7 @@ s_put_value_decimal (tm_gorilla_enc_t *self, double value)
 {
     int64_t n;
     if (s_decimal (value, self->scale, &n)) {
-        uint64_t zz = s_zigzag (n - (int64_t) self->last);
+        uint64_t zz = tm_zigzag (n - (int64_t) self->last);
         unsigned rice_n = self->rice_n;
         unsigned k = s_rice_k (self->rice_sum, rice_n);
         uint64_t q = zz >> k;
@@ -422,12 +402,12 @@ s_append_first (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
     p[len++] = TM_GORILLA_VERSION;
     s_put_count (p, 1);
     len += 4;
-    len += s_put_varint (p + len, s_zigzag (ts_ms));
+    len += tm_varint_put (p + len, tm_zigzag (ts_ms));
     int64_t n;
     int scale = self->xor_only? -1: s_find_scale (value, &n);
     if (scale >= 0) {
         p[len++] = (uint8_t) scale;
-        len += s_put_varint (p + len, s_zigzag (n));
+        len += tm_varint_put (p + len, tm_zigzag (n));
         s_enter_decimal (self, (unsigned) scale, n);
     }
     else {
@@ -520,7 +500,7 @@ tm_gorilla_enc_first_ts (const tm_gorilla_enc_t *self)
         if (!(*p & 0x80))
             break;
     }
-    return s_unzigzag (v);
+    return tm_unzigzag (v);
 }
 
 int64_t
@@ -618,25 +598,6 @@ s_get_ones (tm_gorilla_dec_t *self, unsigned max, unsigned *ones)
     return 0;
 }
 
-//  A varint of the header; -1 if truncated or longer than 10 bytes.
-static int
-s_get_varint (const uint8_t **pos, const uint8_t *end, uint64_t *out)
-{
-    uint64_t v = 0;
-    const uint8_t *p = *pos;
-    for (unsigned shift = 0; shift < 70; shift += 7) {
-        if (p >= end)
-            return -1;
-        uint8_t b = *p++;
-        v |= (uint64_t) (b & 0x7F) << shift;
-        if (!(b & 0x80)) {
-            *pos = p;
-            *out = v;
-            return 0;
-        }
-    }
-    return -1;
-}
 
 //  n of a decimal value, checked against the range the encoder uses.
 static int
@@ -665,7 +626,7 @@ s_get_absolute (tm_gorilla_dec_t *self, unsigned scale, double *value)
     uint64_t len, zz;
     int64_t n;
     if (s_get (self, 6, &len) != 0 || s_get (self, (unsigned) len + 1, &zz) != 0
-        || s_check_n (self, (uint64_t) s_unzigzag (zz), &n) != 0)
+        || s_check_n (self, (uint64_t) tm_unzigzag (zz), &n) != 0)
         return -1;
     s_dec_enter_decimal (self, scale, n);
     *value = (double) n / s_pow10[scale];
@@ -757,7 +718,7 @@ s_get_value_decimal (tm_gorilla_dec_t *self, double *value)
             return -1;
     }
     int64_t n;
-    if (s_check_n (self, self->last + (uint64_t) s_unzigzag (zz), &n) != 0)
+    if (s_check_n (self, self->last + (uint64_t) tm_unzigzag (zz), &n) != 0)
         return -1;
     s_rice_update (&self->rice_sum, &self->rice_n, zz);
     self->last = (uint64_t) n;
@@ -783,9 +744,9 @@ tm_gorilla_dec_init (tm_gorilla_dec_t *self, const uint8_t *data, size_t size)
     }
     const uint8_t *p = data + TM_GORILLA_EMPTY_SIZE, *end = data + size;
     uint64_t raw;
-    if (s_get_varint (&p, end, &raw) != 0)
+    if (tm_varint_get (&p, end, &raw) != 0)
         return s_fail (self, "first timestamp truncated");
-    self->last_ts = s_unzigzag (raw);
+    self->last_ts = tm_unzigzag (raw);
     if (p >= end)
         return s_fail (self, "first value truncated");
     uint8_t mode = *p++;
@@ -803,9 +764,9 @@ tm_gorilla_dec_init (tm_gorilla_dec_t *self, const uint8_t *data, size_t size)
     else
     if (mode <= S_SCALE_MAX) {
         int64_t n;
-        if (s_get_varint (&p, end, &raw) != 0)
+        if (tm_varint_get (&p, end, &raw) != 0)
             return s_fail (self, "first value truncated");
-        if (s_check_n (self, (uint64_t) s_unzigzag (raw), &n) != 0)
+        if (s_check_n (self, (uint64_t) tm_unzigzag (raw), &n) != 0)
             return -1;
         s_dec_enter_decimal (self, mode, n);
         self->first_value = (double) n / s_pow10[mode];

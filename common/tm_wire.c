@@ -1,29 +1,11 @@
 /*  tm_wire - readings straight from protobuf wire bytes, without allocation  */
 #include "tm_wire.h"
 #include "tm_util.h"
+#include "tm_varint.h"
 
 #include <math.h>
 #include <string.h>
 
-//  Read a base-128 varint; returns 0 or -1 if truncated or over 10 bytes.
-static int
-s_varint (const uint8_t **pos, const uint8_t *end, uint64_t *out)
-{
-    uint64_t v = 0;
-    const uint8_t *p = *pos;
-    for (int shift = 0; shift < 70; shift += 7) {
-        if (p >= end)
-            return -1;
-        uint8_t b = *p++;
-        v |= (uint64_t) (b & 0x7F) << shift;
-        if (!(b & 0x80)) {
-            *pos = p;
-            *out = v;
-            return 0;
-        }
-    }
-    return -1;
-}
 
 //  Skip one field's value of the given wire type.
 static int
@@ -32,14 +14,14 @@ s_skip (const uint8_t **pos, const uint8_t *end, unsigned wire_type)
     uint64_t v;
     switch (wire_type) {
         case 0:
-            return s_varint (pos, end, &v);
+            return tm_varint_get (pos, end, &v);
         case 1:
             if (end - *pos < 8)
                 return -1;
             *pos += 8;
             return 0;
         case 2:
-            if (s_varint (pos, end, &v) != 0 || v > (uint64_t) (end - *pos))
+            if (tm_varint_get (pos, end, &v) != 0 || v > (uint64_t) (end - *pos))
                 return -1;
             *pos += v;
             return 0;
@@ -85,11 +67,11 @@ s_parse_reading (tm_wire_iter_t *it, const uint8_t *p, const uint8_t *end, tm_re
     bool have_value = false, have_ts = false;
     while (p < end) {
         uint64_t key, v;
-        if (s_varint (&p, end, &key) != 0)
+        if (tm_varint_get (&p, end, &key) != 0)
             return s_fail (it, "truncated field key");
         unsigned field = (unsigned) (key >> 3), wt = (unsigned) (key & 7);
         if ((field == 1 || field == 2 || field == 5) && wt == 2) {
-            if (s_varint (&p, end, &v) != 0 || v > (uint64_t) (end - p))
+            if (tm_varint_get (&p, end, &v) != 0 || v > (uint64_t) (end - p))
                 return s_fail (it, "string runs past the end");
             if (field == 1) {
                 r->entity = (const char *) p;
@@ -119,7 +101,7 @@ s_parse_reading (tm_wire_iter_t *it, const uint8_t *p, const uint8_t *end, tm_re
         }
         else
         if (field == 4 && wt == 0) {
-            if (s_varint (&p, end, &v) != 0)
+            if (tm_varint_get (&p, end, &v) != 0)
                 return s_fail (it, "truncated timestamp");
             r->ts_ms = (int64_t) v;
             have_ts = true;
@@ -159,7 +141,7 @@ tm_wire_next (tm_wire_iter_t *it, tm_reading_t *r)
     while (it->pos < it->end) {
         const uint8_t *start = it->pos;
         uint64_t key, len;
-        if (s_varint (&it->pos, it->end, &key) != 0)
+        if (tm_varint_get (&it->pos, it->end, &key) != 0)
             return s_fail (it, "truncated batch field key");
         unsigned field = (unsigned) (key >> 3), wt = (unsigned) (key & 7);
         if (field != 1) {
@@ -169,7 +151,7 @@ tm_wire_next (tm_wire_iter_t *it, tm_reading_t *r)
         }
         if (wt != 2)
             return s_fail (it, "readings field has the wrong wire type");
-        if (s_varint (&it->pos, it->end, &len) != 0 || len > (uint64_t) (it->end - it->pos))
+        if (tm_varint_get (&it->pos, it->end, &len) != 0 || len > (uint64_t) (it->end - it->pos))
             return s_fail (it, "reading runs past the end of the batch");
         const uint8_t *body = it->pos;
         it->pos += len;
@@ -203,28 +185,7 @@ tm_wire_validate (const uint8_t *data, size_t size, const char **error, size_t *
     return (long) it.index;
 }
 
-static size_t
-s_put_varint (uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t) (v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t) v;
-    return n;
-}
 
-static size_t
-s_varint_len (uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
 
 size_t
 tm_wire_encoded_max (size_t entity_len, size_t property_len, size_t model_len)
@@ -243,20 +204,20 @@ tm_wire_encode (uint8_t *buf, size_t cap, const char *entity, const char *proper
     if (el == 0 || el > TM_WIRE_MAX_ENTITY || pl == 0 || pl > TM_WIRE_MAX_PROPERTY
         || ml > TM_WIRE_MAX_MODEL)
         return 0;
-    size_t inner = 1 + s_varint_len (el) + el + 1 + s_varint_len (pl) + pl + 9 + 1
-                 + s_varint_len ((uint64_t) ts_ms) + (ml? 1 + s_varint_len (ml) + ml: 0);
-    size_t total = 1 + s_varint_len (inner) + inner;
+    size_t inner = 1 + tm_varint_len (el) + el + 1 + tm_varint_len (pl) + pl + 9 + 1
+                 + tm_varint_len ((uint64_t) ts_ms) + (ml? 1 + tm_varint_len (ml) + ml: 0);
+    size_t total = 1 + tm_varint_len (inner) + inner;
     if (total > cap)
         return 0;
     uint8_t *p = buf;
     *p++ = 0x0A;
-    p += s_put_varint (p, inner);
+    p += tm_varint_put (p, inner);
     *p++ = 0x0A;
-    p += s_put_varint (p, el);
+    p += tm_varint_put (p, el);
     memcpy (p, entity, el);
     p += el;
     *p++ = 0x12;
-    p += s_put_varint (p, pl);
+    p += tm_varint_put (p, pl);
     memcpy (p, property, pl);
     p += pl;
     *p++ = 0x19;
@@ -265,10 +226,10 @@ tm_wire_encode (uint8_t *buf, size_t cap, const char *entity, const char *proper
     for (int i = 0; i < 8; i++)
         *p++ = (uint8_t) (bits >> (8 * i));
     *p++ = 0x20;
-    p += s_put_varint (p, (uint64_t) ts_ms);
+    p += tm_varint_put (p, (uint64_t) ts_ms);
     if (ml) {
         *p++ = 0x2A;
-        p += s_put_varint (p, ml);
+        p += tm_varint_put (p, ml);
         memcpy (p, model, ml);
         p += ml;
     }

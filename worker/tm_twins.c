@@ -1,6 +1,7 @@
 /*  tm_twins - the worker's twins in memory: one open-addressing table  */
 #include "tm_twins.h"
 #include "tm_codec.h"
+#include "tm_varint.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -441,17 +442,7 @@ s_get_f32 (const uint8_t **p, const uint8_t *end, float *out)
     return 0;
 }
 
-static uint64_t
-s_zigzag (int64_t v)
-{
-    return ((uint64_t) v << 1) ^ (uint64_t) (v >> 63);
-}
 
-static int64_t
-s_unzigzag (uint64_t v)
-{
-    return (int64_t) (v >> 1) ^ -(int64_t) (v & 1);
-}
 
 static bool
 s_reserve (uint8_t **buf, size_t *cap, size_t need)
@@ -469,34 +460,7 @@ s_reserve (uint8_t **buf, size_t *cap, size_t need)
     return true;
 }
 
-static size_t
-s_put_varint (uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t) (v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t) v;
-    return n;
-}
 
-static int
-s_get_varint (const uint8_t **p, const uint8_t *end, uint64_t *out)
-{
-    uint64_t v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-        if (*p >= end)
-            return -1;
-        uint8_t b = *(*p)++;
-        v |= (uint64_t) (b & 0x7F) << shift;
-        if (!(b & 0x80)) {
-            *out = v;
-            return 0;
-        }
-    }
-    return -1;
-}
 
 size_t
 tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *cap)
@@ -509,7 +473,7 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
         return 0;
     size_t n = 0;
     (*buf)[n++] = S_SHARD_FORMAT;
-    n += s_put_varint (*buf + n, ntwins);
+    n += tm_varint_put (*buf + n, ntwins);
     for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard) {
         size_t mlen = t->model? strlen (t->model): 0;
         //  Upper bound of this twin's bytes: 10 per varint.
@@ -519,33 +483,33 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
         if (!s_reserve (buf, cap, need))
             return 0;
         uint8_t *p = *buf;
-        n += s_put_varint (p + n, t->entity_len);
+        n += tm_varint_put (p + n, t->entity_len);
         memcpy (p + n, t->entity, t->entity_len);
         n += t->entity_len;
-        n += s_put_varint (p + n, mlen);
+        n += tm_varint_put (p + n, mlen);
         memcpy (p + n, t->model? t->model: "", mlen);
         n += mlen;
-        n += s_put_varint (p + n, t->version);
+        n += tm_varint_put (p + n, t->version);
         const tm_analytics_sync_t *sy = &t->sync;
-        n += s_put_varint (p + n, s_zigzag (sy->heard_ms));
-        n += s_put_varint (p + n, sy->faults);
-        n += s_put_varint (p + n, sy->window_ms);
-        n += s_put_varint (p + n, sy->interval_ms);
+        n += tm_varint_put (p + n, tm_zigzag (sy->heard_ms));
+        n += tm_varint_put (p + n, sy->faults);
+        n += tm_varint_put (p + n, sy->window_ms);
+        n += tm_varint_put (p + n, sy->interval_ms);
         n += s_put_f32 (p + n, sy->quality);
         p[n++] = sy->state;
         p[n++] = sy->good_run;
         p[n++] = sy->nquality;
-        n += s_put_varint (p + n, t->nprops);
+        n += tm_varint_put (p + n, t->nprops);
         for (uint16_t i = 0; i < t->nprops; i++) {
             const tm_prop_t *pr = &t->props[i];
             const tm_analytics_t *a = &pr->an;
             size_t nlen = s_name_len (pr->name);
-            n += s_put_varint (p + n, nlen);
+            n += tm_varint_put (p + n, nlen);
             memcpy (p + n, pr->name, nlen);
             n += nlen;
-            n += s_put_varint (p + n, pr->count);
+            n += tm_varint_put (p + n, pr->count);
             n += s_put_f64 (p + n, a->value);
-            n += s_put_varint (p + n, s_zigzag (a->ts_ms));
+            n += tm_varint_put (p + n, tm_zigzag (a->ts_ms));
             n += s_put_f64 (p + n, a->mean);
             n += s_put_f64 (p + n, a->m2);
             n += s_put_f64 (p + n, a->min);
@@ -554,8 +518,8 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
             n += s_put_f64 (p + n, a->level);
             n += s_put_f32 (p + n, a->trend);
             n += s_put_f32 (p + n, a->resid_sd);
-            n += s_put_varint (p + n, a->count);
-            n += s_put_varint (p + n, s_zigzag (a->score_cs));
+            n += tm_varint_put (p + n, a->count);
+            n += tm_varint_put (p + n, tm_zigzag (a->score_cs));
             p[n++] = a->same_run;
             p[n++] = a->oor_run;
         }
@@ -569,19 +533,19 @@ s_get_prop_v2 (const uint8_t **p, const uint8_t *end, tm_prop_t *pr)
 {
     tm_analytics_t *a = &pr->an;
     uint64_t count, zts, in_range, zscore;
-    if (s_get_varint (p, end, &count) != 0 || s_get_f64 (p, end, &a->value) != 0
-        || s_get_varint (p, end, &zts) != 0 || s_get_f64 (p, end, &a->mean) != 0
+    if (tm_varint_get (p, end, &count) != 0 || s_get_f64 (p, end, &a->value) != 0
+        || tm_varint_get (p, end, &zts) != 0 || s_get_f64 (p, end, &a->mean) != 0
         || s_get_f64 (p, end, &a->m2) != 0 || s_get_f64 (p, end, &a->min) != 0
         || s_get_f64 (p, end, &a->max) != 0 || s_get_f64 (p, end, &a->ewma) != 0
         || s_get_f64 (p, end, &a->level) != 0 || s_get_f32 (p, end, &a->trend) != 0
-        || s_get_f32 (p, end, &a->resid_sd) != 0 || s_get_varint (p, end, &in_range) != 0
-        || s_get_varint (p, end, &zscore) != 0 || end - *p < 2)
+        || s_get_f32 (p, end, &a->resid_sd) != 0 || tm_varint_get (p, end, &in_range) != 0
+        || tm_varint_get (p, end, &zscore) != 0 || end - *p < 2)
         return -1;
-    int64_t score = s_unzigzag (zscore);
+    int64_t score = tm_unzigzag (zscore);
     if (in_range > UINT32_MAX || score < INT16_MIN || score > INT16_MAX)
         return -1;
     pr->count = count;
-    a->ts_ms = s_unzigzag (zts);
+    a->ts_ms = tm_unzigzag (zts);
     a->count = (uint32_t) in_range;
     a->score_cs = (int16_t) score;
     a->same_run = *(*p)++;
@@ -597,34 +561,34 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
     if (size < 1 || (*p != 1 && *p != S_SHARD_FORMAT))
         return -1;
     int format = *p++;
-    if (s_get_varint (&p, end, &ntwins) != 0)
+    if (tm_varint_get (&p, end, &ntwins) != 0)
         return -1;
     long restored = 0;
     for (uint64_t k = 0; k < ntwins; k++) {
         uint64_t elen, mlen, version, nprops;
-        if (s_get_varint (&p, end, &elen) != 0 || elen == 0 || elen > TM_WIRE_MAX_ENTITY
+        if (tm_varint_get (&p, end, &elen) != 0 || elen == 0 || elen > TM_WIRE_MAX_ENTITY
             || elen > (uint64_t) (end - p))
             return -1;
         const char *entity = (const char *) p;
         p += elen;
-        if (s_get_varint (&p, end, &mlen) != 0 || mlen > TM_WIRE_MAX_MODEL
+        if (tm_varint_get (&p, end, &mlen) != 0 || mlen > TM_WIRE_MAX_MODEL
             || mlen > (uint64_t) (end - p))
             return -1;
         const char *model = (const char *) p;
         p += mlen;
-        if (s_get_varint (&p, end, &version) != 0)
+        if (tm_varint_get (&p, end, &version) != 0)
             return -1;
         tm_analytics_sync_t sync;
         tm_analytics_sync_init (&sync);
         if (format >= 2) {
             uint64_t zheard, faults, window, interval;
-            if (s_get_varint (&p, end, &zheard) != 0 || s_get_varint (&p, end, &faults) != 0
-                || s_get_varint (&p, end, &window) != 0
-                || s_get_varint (&p, end, &interval) != 0
+            if (tm_varint_get (&p, end, &zheard) != 0 || tm_varint_get (&p, end, &faults) != 0
+                || tm_varint_get (&p, end, &window) != 0
+                || tm_varint_get (&p, end, &interval) != 0
                 || s_get_f32 (&p, end, &sync.quality) != 0 || end - p < 3
                 || window > UINT32_MAX || interval > UINT32_MAX || p[0] >= TM_SYNC_NSTATES)
                 return -1;
-            sync.heard_ms = s_unzigzag (zheard);
+            sync.heard_ms = tm_unzigzag (zheard);
             sync.faults = faults;
             sync.window_ms = (uint32_t) window;
             sync.interval_ms = (uint32_t) interval;
@@ -633,7 +597,7 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
             sync.nquality = p[2];
             p += 3;
         }
-        if (s_get_varint (&p, end, &nprops) != 0 || nprops > TM_TWINS_MAX_PROPS)
+        if (tm_varint_get (&p, end, &nprops) != 0 || nprops > TM_TWINS_MAX_PROPS)
             return -1;
         if (tm_twins_find (self, entity, elen))
             return -1;     //  the same entity twice: not a blob we wrote
@@ -646,7 +610,7 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
             t->model = strndup (model, mlen);
         for (uint64_t i = 0; i < nprops; i++) {
             uint64_t nlen;
-            if (s_get_varint (&p, end, &nlen) != 0 || nlen == 0 || nlen > TM_WIRE_MAX_PROPERTY
+            if (tm_varint_get (&p, end, &nlen) != 0 || nlen == 0 || nlen > TM_WIRE_MAX_PROPERTY
                 || nlen > (uint64_t) (end - p))
                 return -1;
             const char *name = (const char *) p;
@@ -661,12 +625,12 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
             }
             uint64_t zts, count;
             double value;
-            if (s_get_f64 (&p, end, &value) != 0 || s_get_varint (&p, end, &zts) != 0
-                || s_get_varint (&p, end, &count) != 0)
+            if (s_get_f64 (&p, end, &value) != 0 || tm_varint_get (&p, end, &zts) != 0
+                || tm_varint_get (&p, end, &count) != 0)
                 return -1;
             //  Version 1 kept no analytics: the latest value only.
             pr->an.value = value;
-            pr->an.ts_ms = s_unzigzag (zts);
+            pr->an.ts_ms = tm_unzigzag (zts);
             pr->count = count;
         }
         t->version = version;
