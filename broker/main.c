@@ -24,7 +24,8 @@ static const tm_setting_t s_settings[] = {
     {"bind", TM_CFG_STR, "tcp://127.0.0.1:5550", "request endpoint (HELLO, MAP_GET, STATUS)"},
     {"pub_bind", TM_CFG_STR, "tcp://127.0.0.1:5551", "endpoint where each new shard map "
                                                      "epoch is published"},
-    {"data_dir", TM_CFG_STR, "./data/broker", "RocksDB directory that holds the shard map"},
+    {"data_dir", TM_CFG_STR, "./data/broker", "RocksDB directory that holds the shard map and "
+                                                "the models"},
     {"num_shards", TM_CFG_INT, "1024", "shards of a new cluster, 1-65536 (fixed at creation: "
                                        "a stored map keeps its own)"},
     {"expect_workers", TM_CFG_INT, "1", "live workers the first shard assignment waits for"},
@@ -40,11 +41,13 @@ static const char s_usage[] =
     "assigns every shard once expect_workers workers have said HELLO (or\n"
     "assign_grace has passed with at least one), publishes each new epoch on\n"
     "pub_bind, and answers HELLO (workers, gateways), MAP_GET (any allow-listed\n"
-    "key) and STATUS (analyst, operator, admin, components) on bind.\n"
+    "key), STATUS, MODEL_LIST and MODEL_GET (analyst, operator, admin, components)\n"
+    "and MODEL_PUT (operator, admin) on bind. Models loaded with twinctl model load\n"
+    "are kept in data_dir too; a stored model that does not parse stops the start.\n"
     "\n"
     "Signals: SIGTERM or SIGINT stop it (exit 0); SIGHUP re-reads the allow-list.\n"
-    "Exit status 1: missing keys or allow-list, unreadable data_dir, bind failed;\n"
-    "2: bad settings.";
+    "Exit status 1: missing keys or allow-list, unreadable data_dir or stored model,\n"
+    "bind failed; 2: bad settings.";
 
 static volatile sig_atomic_t s_reload;     //  Set by SIGHUP, cleared by the main loop
 

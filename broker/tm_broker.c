@@ -21,6 +21,7 @@
 */
 #include "tm_broker.h"
 #include "tm_auth.h"
+#include "tm_catalog.h"
 #include "tm_codec.h"
 #include "tm_log.h"
 #include "tm_msg.h"
@@ -34,7 +35,10 @@
 #include <string.h>
 
 #define TM_BROKER_MAP_KEY "map"
-#define TM_BROKER_MAX_MSG_BYTES (256 * 1024)   //  HELLO is the largest request, ~200 bytes
+//  MODEL_PUT is the largest request: a model file of up to TM_MODEL_MAX_TEXT
+//  bytes. The frame limit leaves room above it so an oversized model is
+//  answered TOO_LARGE rather than cut off by ZeroMQ without a word.
+#define TM_BROKER_MAX_MSG_BYTES (2 * TM_MODEL_MAX_TEXT)
 #define TM_BROKER_MAX_NODES 8192               //  New ids beyond this are refused
 #define TM_BROKER_FORGET_MS (10 * 60 * 1000)   //  Silence after which a node not in the map goes
 #define TM_BROKER_TICK_MS 200                  //  Liveness and assignment checks
@@ -57,6 +61,7 @@ struct _tm_broker_t {
     zpoller_t *poller;             //  Over router, for tm_broker_poll
     tm_store_t *store;             //  The broker's own RocksDB
     tm_shardmap_t *map;            //  Current map, always the persisted one
+    tm_catalog_t *catalog;         //  Models by name, kept in store
     uint8_t *map_bytes;            //  Encoded current map, owned (MAP and PUB)
     size_t map_size;               //  Bytes in map_bytes
     zhashx_t *nodes;               //  "role/id" -> s_node_t, owned
@@ -626,6 +631,156 @@ done:
     free (nodes);
 }
 
+// -------------------------------------------------------------------------
+//  Models: the catalogue (tm_catalog) does the work; these check roles and
+//  translate between the wire and it.
+
+//  Answer UNAUTHORIZED for a model request the sender's role may not make.
+static void
+s_refuse_role (tm_broker_t *self, const tm_msg_t *msg, int type, const char *what)
+{
+    char detail[96];
+    snprintf (detail, sizeof detail, "role %s may not %s", tm_role_name (msg->role), what);
+    tm_info ("broker: refused %s peer=%s role=%s", tm_msg_type_name (msg->hdr.type), msg->peer,
+             tm_role_name (msg->role));
+    s_reply (self, msg, type, TWINMESH__STATUS__UNAUTHORIZED, detail, NULL, 0);
+}
+
+static void
+s_handle_model_put (tm_broker_t *self, const tm_msg_t *msg)
+{
+    int type = TWINMESH__MSG_TYPE__MODEL_ACK;
+    if (msg->role != TM_ROLE_OPERATOR && msg->role != TM_ROLE_ADMIN) {
+        s_refuse_role (self, msg, type, "load models");
+        return;
+    }
+    Twinmesh__ModelPut *put =
+        TM_UNPACK (ModelPut, model_put, zframe_data (msg->body), zframe_size (msg->body));
+    if (!put) {
+        s_bad_request (self, msg, type, TWINMESH__STATUS__MALFORMED, "body is not a ModelPut");
+        return;
+    }
+    tm_catalog_result_t result;
+    char err[TM_MODEL_ERR_SIZE];
+    int rc = tm_catalog_put (self->catalog, (const char *) put->json.data, put->json.len,
+                             &result, err, sizeof err);
+    tm_codec_free (&put);
+    int status = TWINMESH__STATUS__OK;
+    if (rc == 0)
+        tm_info ("broker: model stored name=%s version=%u previous=%u generation=%llu peer=%s",
+                 result.name, result.version, result.previous,
+                 (unsigned long long) result.generation, msg->peer);
+    else
+    if (rc == TM_CATALOG_E_OLDER || rc == TM_CATALOG_E_CONFLICT)
+        status = TWINMESH__STATUS__CONFLICT;
+    else
+    if (rc == TM_CATALOG_E_MALFORMED)
+        status = TWINMESH__STATUS__MALFORMED;
+    else
+    if (rc == TM_CATALOG_E_TOO_LARGE)
+        status = TWINMESH__STATUS__TOO_LARGE;
+    else
+    if (rc != TM_CATALOG_E_UNCHANGED)
+        status = TWINMESH__STATUS__RETRY_LATER;
+    if (status != TWINMESH__STATUS__OK) {
+        tm_info ("broker: model refused name=%s status=%s reason=%s peer=%s",
+                 *result.name? result.name: "-", tm_status_name (status), err, msg->peer);
+        s_reply (self, msg, type, status, err, NULL, 0);
+        return;
+    }
+    Twinmesh__ModelAck ack = TWINMESH__MODEL_ACK__INIT;
+    ack.name = result.name;
+    ack.version = result.version;
+    ack.unchanged = rc == TM_CATALOG_E_UNCHANGED;
+    ack.generation = result.generation;
+    size_t size = 0;
+    uint8_t *buf = tm_codec_pack_buf (&ack.base, &size);
+    if (buf)
+        s_reply (self, msg, type, TWINMESH__STATUS__OK, NULL, buf, size);
+    else
+        s_reply (self, msg, type, TWINMESH__STATUS__RETRY_LATER, "out of memory", NULL, 0);
+    free (buf);
+}
+
+static void
+s_handle_model_list (tm_broker_t *self, const tm_msg_t *msg)
+{
+    int type = TWINMESH__MSG_TYPE__MODEL_LIST_REPLY;
+    if (!tm_role_may_read (msg->role)) {
+        s_refuse_role (self, msg, type, "list models");
+        return;
+    }
+    const tm_models_t *models = tm_catalog_list (self->catalog);
+    size_t n = tm_models_size (models);
+    Twinmesh__ModelInfo *infos = calloc (n + 1, sizeof *infos);
+    Twinmesh__ModelInfo **ptrs = calloc (n + 1, sizeof *ptrs);
+    uint8_t *buf = NULL;
+    size_t size = 0;
+    if (infos && ptrs) {
+        for (size_t i = 0; i < n; i++) {
+            const tm_model_t *m = tm_models_at (models, i);
+            twinmesh__model_info__init (&infos[i]);
+            infos[i].name = (char *) m->name;
+            infos[i].version = m->version;
+            infos[i].properties = m->nproperties;
+            infos[i].description = m->description;
+            ptrs[i] = &infos[i];
+        }
+        Twinmesh__ModelList list = TWINMESH__MODEL_LIST__INIT;
+        list.n_models = n;
+        list.models = ptrs;
+        list.generation = tm_catalog_generation (self->catalog);
+        buf = tm_codec_pack_buf (&list.base, &size);
+    }
+    if (buf)
+        s_reply (self, msg, type, TWINMESH__STATUS__OK, NULL, buf, size);
+    else
+        s_reply (self, msg, type, TWINMESH__STATUS__RETRY_LATER, "out of memory", NULL, 0);
+    free (buf);
+    free (ptrs);
+    free (infos);
+}
+
+static void
+s_handle_model_get (tm_broker_t *self, const tm_msg_t *msg)
+{
+    int type = TWINMESH__MSG_TYPE__MODEL;
+    if (!tm_role_may_read (msg->role)) {
+        s_refuse_role (self, msg, type, "read models");
+        return;
+    }
+    Twinmesh__ModelGet *get =
+        TM_UNPACK (ModelGet, model_get, zframe_data (msg->body), zframe_size (msg->body));
+    if (!get) {
+        s_bad_request (self, msg, type, TWINMESH__STATUS__MALFORMED, "body is not a ModelGet");
+        return;
+    }
+    const tm_model_t *model = tm_catalog_get (self->catalog, get->name);
+    if (!model) {
+        char detail[128];
+        //  The name came from the network: cut it, and keep it on one line.
+        snprintf (detail, sizeof detail, "no model named %.64s", get->name? get->name: "");
+        for (char *p = detail; *p; p++)
+            if ((unsigned char) *p < 0x20)
+                *p = '?';
+        s_reply (self, msg, type, TWINMESH__STATUS__NOT_FOUND, detail, NULL, 0);
+    }
+    else {
+        Twinmesh__ModelText text = TWINMESH__MODEL_TEXT__INIT;
+        size_t len = 0;
+        text.json.data = (uint8_t *) tm_model_canonical (model, &len);
+        text.json.len = len;
+        size_t size = 0;
+        uint8_t *buf = tm_codec_pack_buf (&text.base, &size);
+        if (buf)
+            s_reply (self, msg, type, TWINMESH__STATUS__OK, NULL, buf, size);
+        else
+            s_reply (self, msg, type, TWINMESH__STATUS__RETRY_LATER, "out of memory", NULL, 0);
+        free (buf);
+    }
+    tm_codec_free (&get);
+}
+
 static void
 s_handle_router (tm_broker_t *self)
 {
@@ -656,6 +811,15 @@ s_handle_router (tm_broker_t *self)
     else
     if (msg.hdr.type == TWINMESH__MSG_TYPE__STATUS)
         s_handle_status (self, &msg);
+    else
+    if (msg.hdr.type == TWINMESH__MSG_TYPE__MODEL_PUT)
+        s_handle_model_put (self, &msg);
+    else
+    if (msg.hdr.type == TWINMESH__MSG_TYPE__MODEL_LIST)
+        s_handle_model_list (self, &msg);
+    else
+    if (msg.hdr.type == TWINMESH__MSG_TYPE__MODEL_GET)
+        s_handle_model_get (self, &msg);
     else {
         char why[96];
         snprintf (why, sizeof why, "a broker does not take %s requests (type %d)",
@@ -695,6 +859,14 @@ tm_broker_new (const tm_broker_config_t *config)
     self->store = tm_store_open (config->data_dir);
     if (!self->store || s_load_map (self, config->data_dir, config->num_shards) != 0)
         goto fail;
+    self->catalog = tm_catalog_new (self->store);
+    if (!self->catalog) {
+        //  Starting without a model the cluster relies on would let workers
+        //  fetch a catalogue that silently lacks it.
+        tm_error ("broker: cannot load the model catalogue data_dir=%s; refusing to start "
+                  "(restore the store from a backup)", config->data_dir);
+        goto fail;
+    }
 
     self->router = tm_net_server (ZMQ_ROUTER, config->bind, config->cert,
                                   TM_BROKER_MAX_MSG_BYTES);
@@ -726,6 +898,7 @@ tm_broker_destroy (tm_broker_t **self_p)
     zpoller_destroy (&self->poller);
     zsock_destroy (&self->router);
     zsock_destroy (&self->pub);
+    tm_catalog_destroy (&self->catalog);
     tm_store_destroy (&self->store);
     tm_shardmap_destroy (&self->map);
     zhashx_destroy (&self->nodes);

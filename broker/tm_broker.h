@@ -3,7 +3,9 @@
     One broker per cluster. Workers and gateways say HELLO every heartbeat;
     the broker remembers them, creates the shard map once enough workers
     are present, makes every new epoch durable in its own RocksDB before
-    anyone can see it, publishes it, and answers MAP_GET and STATUS.
+    anyone can see it, publishes it, and answers MAP_GET and STATUS. It also
+    keeps the cluster's model catalogue (tm_catalog), answering MODEL_PUT,
+    MODEL_LIST and MODEL_GET.
 
     The object runs on one thread and polls one ROUTER; the PUB socket only
     sends. tm_broker_actor runs the same code as a czmq actor, so tests can
@@ -19,7 +21,7 @@
 typedef struct {
     const char *bind;              //  ROUTER endpoint for requests
     const char *pub_bind;          //  PUB endpoint for shard map epochs
-    const char *data_dir;          //  RocksDB directory that holds the map
+    const char *data_dir;          //  RocksDB directory that holds the map and models
     zcert_t *cert;                 //  Broker's secret certificate, borrowed
     uint32_t num_shards;           //  Shards of a new map; a stored map keeps its own
     uint32_t expect_workers;       //  Live workers the first assignment waits for
@@ -29,7 +31,8 @@ typedef struct {
 
 typedef struct _tm_broker_t tm_broker_t;
 
-//  Open the store, load or create the shard map, bind both sockets.
+//  Open the store, load or create the shard map, load the models, bind
+//  both sockets.
 //  config is copied (cert stays borrowed and must outlive the broker).
 //  NULL with a logged reason.
 tm_broker_t *tm_broker_new (const tm_broker_config_t *config);
