@@ -13,10 +13,12 @@
 */
 #include "tm_cli.h"
 #include "tm_predict.h"
+#include "tm_history.h"
 #include "tm_auth.h"
 #include "tm_codec.h"
 #include "tm_log.h"
 #include "tm_mapclient.h"
+#include "tm_models_cli.h"
 #include "tm_net.h"
 #include "tm_replay.h"
 #include "tm_shardmap.h"
@@ -1132,7 +1134,9 @@ s_twin_usage (FILE *out)
                   "  forecast ID PROP [--horizon 1h] [--limit V]\n"
                   "                                   the property's forecast and time to a limit\n"
                   "  simulate ID --set PROP=VALUE [--horizon 1h] [--limit V]\n"
-                  "                                   the same after a what-if value, on a copy\n\n"
+                  "                                   the same after a what-if value, on a copy\n"
+                  "  history ID PROP [--from T] [--to T] [--step 5m] [--agg avg]\n"
+                  "                                   the property's readings, raw or per step\n\n"
                   "'twinctl twin SUBCOMMAND --help' lists its settings.\n");
 }
 
@@ -1150,6 +1154,8 @@ s_cmd_twin (int argc, char **argv)
         return tm_predict_forecast_main (argc - 1, argv + 1);
     if (strcmp (argv[1], "simulate") == 0)
         return tm_predict_simulate_main (argc - 1, argv + 1);
+    if (strcmp (argv[1], "history") == 0)
+        return tm_history_main (argc - 1, argv + 1);
     fprintf (stderr, "twinctl twin: unknown subcommand '%s'\n", argv[1]);
     s_twin_usage (stderr);
     return 2;
@@ -1280,9 +1286,11 @@ static const s_command_t s_commands[] = {
      s_cmd_keygen},
     {"status", "[--json]", "show the shard map and every node, as the broker sees them",
      s_cmd_status},
-    {"twin", "get|forecast|simulate ID ...",
+    {"twin", "get|forecast|simulate|history ID ...",
      "a twin's state, forecasts and what-ifs, from the worker that owns it",
      s_cmd_twin},
+    {"model", "load|list|show ...", "load model files into the broker, list and show them",
+     tm_models_cli_main},
     {"wait-ready", "[--workers N]", "wait until every shard is assigned and N workers are up",
      s_cmd_wait_ready},
     {"sim", "...", "feed a gateway with a simulated city", tm_sim_main},

@@ -12,6 +12,8 @@ struct _tm_store_t {
     rocksdb_writeoptions_t *wopt_sync;    //  fsync the WAL on write
     rocksdb_writeoptions_t *wopt_async;   //  WAL written, not fsync'd
     rocksdb_readoptions_t *ropt;
+    rocksdb_compactionfilter_t *filter;    //  Retention, or NULL
+    tm_store_options_t settings;           //  As given to open
     char *path;                            //  For log lines
     int fail_countdown;                    //  >0: writes until injected failure
     bool failing;                          //  Injected failure in force
@@ -30,12 +32,46 @@ struct _tm_store_iter_t {
     bool started;
 };
 
+//  RocksDB's compaction filter callbacks, over tm_store_filter_fn.
+static unsigned char
+s_filter (void *state, int level, const char *key, size_t klen, const char *val, size_t vlen,
+          char **new_val, size_t *new_vlen, unsigned char *changed)
+{
+    (void) level;
+    (void) new_val;
+    (void) new_vlen;
+    *changed = 0;
+    tm_store_t *self = (tm_store_t *) state;
+    return self->settings.filter (self->settings.filter_arg, key, klen, val, vlen)? 1: 0;
+}
+
+static void
+s_filter_destroy (void *state)
+{
+    (void) state;
+}
+
+static const char *
+s_filter_name (void *state)
+{
+    (void) state;
+    return "twinmesh.retention";
+}
+
 tm_store_t *
 tm_store_open (const char *path)
+{
+    return tm_store_open_with (path, NULL);
+}
+
+tm_store_t *
+tm_store_open_with (const char *path, const tm_store_options_t *options)
 {
     tm_store_t *self = calloc (1, sizeof *self);
     if (!self)
         return NULL;
+    if (options)
+        self->settings = *options;
     self->path = strdup (path);
     self->options = rocksdb_options_create ();
     rocksdb_options_set_create_if_missing (self->options, 1);
@@ -50,6 +86,11 @@ tm_store_open (const char *path)
     //  third of all CPU with a million twins being checkpointed (perf), and
     //  what we write is short-lived (the log) or rewritten often (state).
     rocksdb_options_set_compression (self->options, rocksdb_no_compression);
+    if (self->settings.filter) {
+        self->filter = rocksdb_compactionfilter_create (self, s_filter_destroy, s_filter,
+                                                        s_filter_name);
+        rocksdb_options_set_compaction_filter (self->options, self->filter);
+    }
     char *err = NULL;
     self->db = rocksdb_open (self->options, path, &err);
     if (!self->db) {
@@ -75,6 +116,8 @@ tm_store_destroy (tm_store_t **self_p)
         rocksdb_close (self->db);
     if (self->options)
         rocksdb_options_destroy (self->options);
+    if (self->filter)
+        rocksdb_compactionfilter_destroy (self->filter);
     if (self->wopt_sync)
         rocksdb_writeoptions_destroy (self->wopt_sync);
     if (self->wopt_async)
@@ -222,6 +265,35 @@ tm_store_iter_new_at (tm_store_t *self, const void *prefix, size_t plen, const v
     it->it = rocksdb_create_iterator (self->db, it->ropt);
     rocksdb_iter_seek (it->it, start, slen);
     return it;
+}
+
+tm_store_iter_t *
+tm_store_iter_new_before (tm_store_t *self, const void *prefix, size_t plen, const void *start,
+                          size_t slen)
+{
+    tm_store_iter_t *it = tm_store_iter_new_at (self, prefix, plen, start, slen);
+    if (!it)
+        return NULL;
+    rocksdb_iter_seek_for_prev (it->it, start, slen);
+    size_t klen = 0;
+    const char *key = rocksdb_iter_valid (it->it)? rocksdb_iter_key (it->it, &klen): NULL;
+    if (!key || klen < plen || memcmp (key, prefix, plen) != 0)
+        rocksdb_iter_seek (it->it, start, slen);
+    return it;
+}
+
+void
+tm_store_iter_seek (tm_store_iter_t *self, const void *start, size_t slen)
+{
+    rocksdb_iter_seek (self->it, start, slen);
+    self->started = false;
+}
+
+int
+tm_store_compact (tm_store_t *self)
+{
+    rocksdb_compact_range (self->db, NULL, 0, NULL, 0);
+    return 0;
 }
 
 bool

@@ -25,6 +25,22 @@ typedef struct _tm_store_iter_t tm_store_iter_t;
 //  Open (creating if missing) the store at path. NULL with a logged reason.
 tm_store_t *tm_store_open (const char *path);
 
+//  Called by RocksDB's compactions for every key they rewrite, from its own
+//  background threads (so arg must be safe to read from any thread):
+//  return true to drop the key. This is how retention is enforced without
+//  ever scanning the store: old keys disappear as compactions pass by.
+typedef bool (tm_store_filter_fn) (void *arg, const void *key, size_t klen, const void *val,
+                                   size_t vlen);
+
+//  Settings that must be known before the store opens.
+typedef struct {
+    tm_store_filter_fn *filter;    //  Compaction filter, or NULL for none
+    void *filter_arg;              //  Its argument; must outlive the store
+} tm_store_options_t;
+
+//  Open with options (NULL = as tm_store_open).
+tm_store_t *tm_store_open_with (const char *path, const tm_store_options_t *options);
+
 //  Close; nulls the pointer.
 void tm_store_destroy (tm_store_t **self_p);
 
@@ -57,9 +73,18 @@ tm_store_iter_t *tm_store_iter_new (tm_store_t *self, const void *prefix, size_t
 //  prefix).
 tm_store_iter_t *tm_store_iter_new_at (tm_store_t *self, const void *prefix, size_t plen,
                                        const void *start, size_t slen);
+//  The same, starting at the last key <= start if it has the prefix, else
+//  at the first key >= start: the chunk that may overlap a range's start.
+tm_store_iter_t *tm_store_iter_new_before (tm_store_t *self, const void *prefix, size_t plen,
+                                           const void *start, size_t slen);
+//  Move to the first key >= start (skipping a range without reading it).
+void tm_store_iter_seek (tm_store_iter_t *self, const void *start, size_t slen);
 bool tm_store_iter_next (tm_store_iter_t *self, const char **key, size_t *klen,
                          const char **val, size_t *vlen);
 void tm_store_iter_destroy (tm_store_iter_t **self_p);
+
+//  Compact the whole store now (tests: runs the compaction filter). 0 or -1.
+int tm_store_compact (tm_store_t *self);
 
 //  Fault injection for tests: the nth write from now (1 = the next) and
 //  every write after it fail. 0 turns it off.

@@ -30,6 +30,9 @@ static const tm_setting_t s_settings[] = {
      "how often a round writes changed shards' twins and trims the log (longer: less write "
      "load, more log to replay after a crash)"},
     {"max_batch_bytes", TM_CFG_INT, "16777216", "largest append part accepted"},
+    {"history_retention", TM_CFG_DURATION, "30d",
+     "how long each series' history is kept after its readings' time (0: forever); "
+     "a worker setting until models reach the workers, then per model"},
 };
 
 static const char s_usage[] =
@@ -39,7 +42,7 @@ static const char s_usage[] =
     "from gateways (role gateway) only for shards it owns at its newest map epoch,\n"
     "writes every waiting part to its log in one RocksDB batch (fsync'd unless\n"
     "--fsync false), acks, then applies them; answers TWIN_GET (analyst, operator,\n"
-    "admin, components). State is checkpointed every checkpoint_interval; after a\n"
+    "admin, components) and HISTORY_GET. State is checkpointed every checkpoint_interval; after a\n"
     "crash the worker reloads it and replays its log. Keep id and data_dir\n"
     "across restarts: the shards belong to the id, their data to the directory.\n"
     "\n"
@@ -125,6 +128,7 @@ main (int argc, char **argv)
         .heartbeat_ms = tm_config_int (cfg, "heartbeat"),
         .checkpoint_ms = tm_config_int (cfg, "checkpoint_interval"),
         .max_batch_bytes = tm_config_int (cfg, "max_batch_bytes"),
+        .history_retention_ms = tm_config_int (cfg, "history_retention"),
         .stop = &s_stop,
         .reload = &s_reload,
     };

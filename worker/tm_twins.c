@@ -25,6 +25,8 @@ struct _tm_twins_t {
     uint8_t *shard_dirty;          //  Bitmap: shard changed since take_dirty
     uint32_t *dirty;               //  The changed shards, in order of first change
     size_t ndirty;
+    tm_twins_pending_t **pending;  //  Per shard, history waiting for a checkpoint
+    size_t npending;               //  Entries in all pending lists
     tm_analytics_settings_t defaults;  //  For properties without a model
     uint64_t anomalies;            //  Readings flagged anomalous
     uint64_t out_of_range;         //  Readings outside their valid range
@@ -72,9 +74,10 @@ tm_twins_new (void)
     self->shard_heads = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof (tm_twin_t *));
     self->shard_dirty = calloc (TM_SHARDMAP_MAX_SHARDS / 8, 1);
     self->dirty = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof (uint32_t));
+    self->pending = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof (tm_twins_pending_t *));
     tm_analytics_settings_defaults (&self->defaults);
     if (!self->slots || !self->names || !self->shard_heads || !self->shard_dirty
-        || !self->dirty) {
+        || !self->dirty || !self->pending) {
         tm_twins_destroy (&self);
         return NULL;
     }
@@ -86,6 +89,11 @@ s_twin_free (tm_twin_t *twin)
 {
     free (twin->entity);
     free (twin->model);
+    for (uint16_t i = 0; i < twin->nprops; i++)
+        if (twin->props[i].hist) {
+            tm_gorilla_enc_fini (twin->props[i].hist);
+            free (twin->props[i].hist);
+        }
     free (twin->props);
     free (twin);
 }
@@ -104,6 +112,11 @@ tm_twins_destroy (tm_twins_t **self_p)
         for (size_t i = 0; i < self->nnames_slots; i++)
             if (self->names[i].name)
                 free (self->names[i].name - 1);
+    if (self->pending)
+        for (uint32_t shard = 0; shard < TM_SHARDMAP_MAX_SHARDS; shard++)
+            if (self->pending[shard])
+                tm_twins_pending_drop (self, shard);
+    free (self->pending);
     free (self->slots);
     free (self->names);
     free (self->shard_heads);
@@ -283,6 +296,126 @@ tm_twins_settings (tm_twins_t *self, const tm_twin_t *twin, const tm_prop_t *pro
     return &self->defaults;
 }
 
+//  Queue history for the shard's next checkpoint; NULL if memory is short.
+static tm_twins_pending_t *
+s_pending_new (tm_twins_t *self, const tm_twin_t *t, const tm_prop_t *p, size_t size)
+{
+    tm_twins_pending_t *item = malloc (sizeof *item + size);
+    if (!item)
+        return NULL;
+    *item = (tm_twins_pending_t) {.twin = t, .property = p->name, .size = size};
+    item->next = self->pending[t->shard];
+    self->pending[t->shard] = item;
+    self->npending++;
+    return item;
+}
+
+//  A late reading cannot enter the time-ordered chunk: it waits on its own
+//  and is written under its own key, which a repeat of it overwrites with
+//  the same value (so a retried late reading is stored once).
+static void
+s_late (tm_twins_t *self, tm_twin_t *t, const tm_prop_t *p, int64_t ts_ms, double value)
+{
+    //  A log record replayed over a checkpoint that already holds it comes
+    //  back as "late": if the open chunk has the reading, it is not new.
+    //  (Queries keep one reading per timestamp anyway; this saves the key.)
+    if (p->hist && tm_gorilla_enc_count (p->hist) && ts_ms >= tm_gorilla_enc_first_ts (p->hist)) {
+        size_t size;
+        const uint8_t *data = tm_gorilla_enc_data (p->hist, &size);
+        tm_gorilla_dec_t dec;
+        int64_t ts;
+        double v;
+        if (tm_gorilla_dec_init (&dec, data, size) == 0)
+            while (tm_gorilla_dec_next (&dec, &ts, &v) == 1 && ts <= ts_ms)
+                if (ts == ts_ms)
+                    return;
+    }
+    tm_twins_pending_t *item = s_pending_new (self, t, p, 0);
+    if (!item)
+        return;
+    item->late = true;
+    item->first_ts = item->last_ts = ts_ms;
+    item->value = value;
+    tm_twins_mark_dirty (self, t->shard);
+}
+
+//  Append an applied reading to the series' open chunk, closing the chunk
+//  at TM_TWINS_CHUNK_POINTS: its bytes wait for the next checkpoint.
+//  The codec refuses a point not after its last (a log record replayed
+//  over a restored chunk): apply already decided, so that is not an error.
+static void
+s_hist_append (tm_twins_t *self, tm_twin_t *t, tm_prop_t *p, int64_t ts_ms, double value)
+{
+    if (!p->hist) {
+        p->hist = malloc (sizeof *p->hist);
+        if (!p->hist)
+            return;
+        tm_gorilla_enc_init (p->hist);
+    }
+    if (tm_gorilla_enc_append (p->hist, ts_ms, value) != 0)
+        return;
+    if (tm_gorilla_enc_count (p->hist) < TM_TWINS_CHUNK_POINTS)
+        return;
+    size_t size;
+    const uint8_t *data = tm_gorilla_enc_data (p->hist, &size);
+    tm_twins_pending_t *item = s_pending_new (self, t, p, size);
+    if (!item)
+        return;    //  the chunk stays open and grows: nothing is lost
+    memcpy (item->data, data, size);
+    item->first_ts = tm_gorilla_enc_first_ts (p->hist);
+    item->last_ts = tm_gorilla_enc_last_ts (p->hist);
+    tm_gorilla_enc_fini (p->hist);
+}
+
+const tm_twins_pending_t *
+tm_twins_pending (tm_twins_t *self, uint32_t shard)
+{
+    return self->pending[shard % TM_SHARDMAP_MAX_SHARDS];
+}
+
+void
+tm_twins_pending_drop (tm_twins_t *self, uint32_t shard)
+{
+    shard %= TM_SHARDMAP_MAX_SHARDS;
+    tm_twins_pending_t *item = self->pending[shard];
+    while (item) {
+        tm_twins_pending_t *next = item->next;
+        free (item);
+        self->npending--;
+        item = next;
+    }
+    self->pending[shard] = NULL;
+}
+
+size_t
+tm_twins_pending_count (tm_twins_t *self)
+{
+    return self->npending;
+}
+
+void
+tm_twins_open_history (tm_twins_t *self, uint64_t *points, uint64_t *bytes)
+{
+    *points = *bytes = 0;
+    for (size_t i = 0; i < self->nslots; i++) {
+        const tm_twin_t *t = self->slots[i];
+        for (uint16_t k = 0; t && k < t->nprops; k++)
+            if (t->props[k].hist) {
+                size_t size = 0;
+                if (tm_gorilla_enc_count (t->props[k].hist))
+                    tm_gorilla_enc_data (t->props[k].hist, &size);
+                *points += tm_gorilla_enc_count (t->props[k].hist);
+                *bytes += size;
+            }
+    }
+}
+
+size_t
+tm_twins_name_len (const char *interned)
+{
+    return (unsigned char) interned[-1];
+}
+
 static void
 s_state_moved (tm_twins_t *self, int before, int after)
 {
@@ -312,8 +445,11 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
         return TM_APPLY_REJECTED;
     if (p->count && r->ts_ms == p->an.ts_ms)
         return TM_APPLY_DUPLICATE;
-    if (p->count && r->ts_ms < p->an.ts_ms)
+    if (p->count && r->ts_ms < p->an.ts_ms) {
+        s_late (self, t, p, r->ts_ms, r->value);
         return TM_APPLY_LATE;
+    }
+    s_hist_append (self, t, p, r->ts_ms, r->value);
     const tm_analytics_settings_t *settings = tm_twins_settings (self, t, p);
     unsigned flags = tm_analytics_update (&p->an, settings, r->ts_ms, r->value);
     p->count++;
@@ -392,9 +528,13 @@ s_name_len (const char *interned)
 //        analytics { f64(value) zigzag(ts_ms) f64(mean) f64(m2) f64(min) f64(max)
 //                    f64(ewma) f64(level) f32(trend) f32(resid_sd) in_range
 //                    zigzag(score_cs) same_run oor_run } } }
+//  Version 3 adds, after each property's analytics, its open history chunk:
+//    hlen hbytes (tm_gorilla chunk; hlen 0 = none)
+//  so that the readings since the chunk opened survive a restart without a
+//  write per reading. Version 2 is version 3 without the chunks.
 //  Version 1 (issue #2's workers) had no sync and, per property, only
 //  f64(value) zigzag(ts_ms) count; it is still read, with fresh analytics.
-#define S_SHARD_FORMAT 2
+#define S_SHARD_FORMAT 3
 
 static size_t
 s_put_f64 (uint8_t *p, double v)
@@ -478,8 +618,12 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
         size_t mlen = t->model? strlen (t->model): 0;
         //  Upper bound of this twin's bytes: 10 per varint.
         size_t need = n + 120 + t->entity_len + mlen;
-        for (uint16_t i = 0; i < t->nprops; i++)
-            need += 140 + s_name_len (t->props[i].name);
+        for (uint16_t i = 0; i < t->nprops; i++) {
+            size_t hlen = 0;
+            if (t->props[i].hist)
+                tm_gorilla_enc_data (t->props[i].hist, &hlen);
+            need += 150 + s_name_len (t->props[i].name) + hlen;
+        }
         if (!s_reserve (buf, cap, need))
             return 0;
         uint8_t *p = *buf;
@@ -522,6 +666,14 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
             n += tm_varint_put (p + n, tm_zigzag (a->score_cs));
             p[n++] = a->same_run;
             p[n++] = a->oor_run;
+            size_t hlen = 0;
+            const uint8_t *hist = pr->hist && tm_gorilla_enc_count (pr->hist)?
+                                  tm_gorilla_enc_data (pr->hist, &hlen): NULL;
+            n += tm_varint_put (p + n, hist? hlen: 0);
+            if (hist) {
+                memcpy (p + n, hist, hlen);
+                n += hlen;
+            }
         }
     }
     return n;
@@ -553,12 +705,40 @@ s_get_prop_v2 (const uint8_t **p, const uint8_t *end, tm_prop_t *pr)
     return 0;
 }
 
+//  A property's open chunk from a version-3 blob into pr.
+static int
+s_get_hist (const uint8_t **p, const uint8_t *end, tm_prop_t *pr)
+{
+    uint64_t hlen;
+    if (tm_varint_get (p, end, &hlen) != 0 || hlen > (uint64_t) (end - *p)
+        || hlen > TM_GORILLA_MAX_BYTES)
+        return -1;
+    if (hlen == 0)
+        return 0;
+    pr->hist = malloc (sizeof *pr->hist);
+    if (!pr->hist)
+        return -1;
+    tm_gorilla_enc_init (pr->hist);
+    const char *error = NULL;
+    //  An empty chunk is never written (hlen 0 says none): one would not
+    //  encode back to the same bytes.
+    if (tm_gorilla_enc_resume (pr->hist, *p, (size_t) hlen, &error) != 0
+        || tm_gorilla_enc_count (pr->hist) == 0) {
+        tm_gorilla_enc_fini (pr->hist);
+        free (pr->hist);
+        pr->hist = NULL;
+        return -1;
+    }
+    *p += hlen;
+    return 0;
+}
+
 long
 tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, size_t size)
 {
     const uint8_t *p = data, *end = data + size;
     uint64_t ntwins;
-    if (size < 1 || (*p != 1 && *p != S_SHARD_FORMAT))
+    if (size < 1 || *p < 1 || *p > S_SHARD_FORMAT)
         return -1;
     int format = *p++;
     if (tm_varint_get (&p, end, &ntwins) != 0)
@@ -620,6 +800,8 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
                 return -1;     //  over a limit, or the same property twice
             if (format >= 2) {
                 if (s_get_prop_v2 (&p, end, pr) != 0)
+                    return -1;
+                if (format >= 3 && s_get_hist (&p, end, pr) != 0)
                     return -1;
                 continue;
             }

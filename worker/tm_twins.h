@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "tm_analytics.h"
+#include "tm_gorilla.h"
 #include "tm_shardmap.h"
 #include "tm_wire.h"
 
@@ -30,11 +31,18 @@
 #define TM_TWINS_MAX_PROPS 64          //  Distinct properties per twin
 #define TM_TWINS_MAX_NAMES 65536       //  Distinct property names per worker
 
+//  Points in a history chunk before it closes: about two hours of a series
+//  read once a minute. Smaller chunks cost a key (~40 bytes) per chunk;
+//  larger ones make a range query decode more than it returns and keep
+//  more of the series in the checkpoint blob, rewritten at each change.
+#define TM_TWINS_CHUNK_POINTS 120
+
 typedef struct {
     const char *name;              //  Interned, NUL-terminated, owned by the table
                                    //  (its length is in the byte before it)
     uint64_t count;                //  Readings applied to this series
     tm_analytics_t an;             //  Latest value and timestamp, and analytics
+    tm_gorilla_enc_t *hist;        //  Open history chunk, NULL until the first point
 } tm_prop_t;
 
 typedef struct _tm_twin_t {
@@ -59,6 +67,21 @@ typedef enum {
 } tm_apply_t;
 
 typedef struct _tm_twins_t tm_twins_t;
+
+//  History waiting for its shard's next checkpoint: a closed chunk, or one
+//  late reading (older than its series' newest, so not in the time-ordered
+//  chunks). A checkpoint writes them with the shard's twins, in one batch.
+typedef struct _tm_twins_pending_t {
+    struct _tm_twins_pending_t *next;  //  Next in the shard's list (newest first)
+    const tm_twin_t *twin;         //  Its twin (twins live as long as the table)
+    const char *property;          //  Interned property name
+    bool late;                     //  A late reading, not a chunk
+    int64_t first_ts;              //  Chunk: first point; late: the reading's ts
+    int64_t last_ts;               //  Chunk: last point; late: the reading's ts
+    double value;                  //  Late: the reading's value
+    size_t size;                   //  Chunk: bytes at data
+    uint8_t data[];                //  Chunk: tm_gorilla bytes
+} tm_twins_pending_t;
 
 //  New empty table.
 tm_twins_t *tm_twins_new (void);
@@ -105,6 +128,21 @@ uint32_t *tm_twins_take_dirty (tm_twins_t *self, size_t *count);
 
 //  Mark a shard changed again (its checkpoint write failed).
 void tm_twins_mark_dirty (tm_twins_t *self, uint32_t shard);
+
+//  The shard's history waiting to be written (borrowed, newest first).
+const tm_twins_pending_t *tm_twins_pending (tm_twins_t *self, uint32_t shard);
+
+//  Forget the shard's pending history (it is written).
+void tm_twins_pending_drop (tm_twins_t *self, uint32_t shard);
+
+//  Closed chunks and late readings pending, over all shards.
+size_t tm_twins_pending_count (tm_twins_t *self);
+
+//  Readings and bytes in every open chunk (walks the table: for reports).
+void tm_twins_open_history (tm_twins_t *self, uint64_t *points, uint64_t *bytes);
+
+//  Length of a property name (interned names carry it).
+size_t tm_twins_name_len (const char *interned);
 
 //  Encode every twin of a shard into *buf (grown as needed; caller owns,
 //  reuse it across calls). Returns the encoded size, or 0 on allocation

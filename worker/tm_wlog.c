@@ -1,5 +1,6 @@
 /*  tm_wlog - the worker's durable log and checkpoints in its RocksDB  */
 #include "tm_wlog.h"
+#include "tm_history.h"
 #include "tm_log.h"
 
 #include <stdint.h>
@@ -21,6 +22,7 @@ struct _tm_wlog_t {
     uint32_t *round_shards;        //  Shards the round must write, owned
     size_t round_count;            //  Entries in round_shards
     size_t round_next;             //  Next entry to write
+    tm_history_counts_t hist;      //  History staged by checkpoints
     uint8_t *encode_buf;           //  Reused for encoding shards
     size_t encode_cap;
 };
@@ -178,7 +180,7 @@ tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, 
     while (self->round_next < self->round_count && self->round_next - first < max_shards) {
         uint32_t shard = self->round_shards[self->round_next];
         size_t size = tm_twins_encode_shard (twins, shard, &self->encode_buf, &self->encode_cap);
-        if (size == 0) {
+        if (size == 0 || tm_history_stage (batch, twins, shard, &self->hist) != 0) {
             tm_store_batch_destroy (&batch);
             s_abandon_round (self, twins, first);
             return -1;
@@ -205,6 +207,10 @@ tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, 
         s_abandon_round (self, twins, first);
         return -1;
     }
+    //  The closed chunks and late readings of these shards are on disk
+    //  now, in the same write as the blob that no longer holds them.
+    for (size_t i = first; i < self->round_next; i++)
+        tm_twins_pending_drop (twins, self->round_shards[i]);
     if (last) {
         self->checkpoint_seq = self->round_seq;
         free (self->round_shards);
@@ -247,6 +253,15 @@ tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void
     size_t kl, vl;
     while (tm_store_iter_next (it, &k, &kl, &v, &vl)) {
         const uint8_t *key = (const uint8_t *) k;
+        if (kl > 6 && (key[5] == 'H' || key[5] == 'L')) {
+            //  History, read only by queries: skip the shard's to its
+            //  twins ('T' sorts after 'H' and 'L') without reading it.
+            uint8_t tkey[6];
+            memcpy (tkey, key, 5);
+            tkey[5] = 'T';
+            tm_store_iter_seek (it, tkey, sizeof tkey);
+            continue;
+        }
         if (kl != 6 || key[5] != 'T') {
             (*bad_twins)++;
             continue;
@@ -278,6 +293,14 @@ tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void
     }
     tm_store_iter_destroy (&it);
     return replayed;
+}
+
+void
+tm_wlog_history_counts (tm_wlog_t *self, uint64_t *chunks, uint64_t *points, uint64_t *bytes)
+{
+    *chunks = self->hist.chunks;
+    *points = self->hist.points;
+    *bytes = self->hist.value_bytes + self->hist.key_bytes;
 }
 
 uint64_t

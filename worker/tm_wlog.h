@@ -18,8 +18,16 @@
     its series' latest), so the round needs no pause. Recovery = load every
     shard's twins + replay the records after the last recorded P.
 
+    History rides on the same round: a shard's closed chunks and late
+    readings are written in the batch that writes its twins.
+
     Key layout (the first byte says what a key is):
-      'S' shard(4, big-endian) 'T'          -> the shard's twins
+      'S' shard(4, big-endian) 'T'          -> the shard's twins (with each
+                                                series' open history chunk)
+      'S' shard(4) 'H' entity 0 property 0 first_ts(8)
+                                             -> closed history chunk (tm_history)
+      'S' shard(4) 'L' entity 0 property 0 ts(8)
+                                             -> a late reading (tm_history)
       'W' 'L' seq(8, big-endian)             -> log record (IngestBatch bytes)
       'W' 'M' "applied"                      -> seq(8) covered by the twins
     So a shard's twin state is one key range (streamed, deleted or ingested
@@ -79,6 +87,10 @@ typedef void (tm_wlog_replay_fn) (void *arg, uint64_t seq, const uint8_t *data, 
 //  are kept; the rest come back only from the log).
 long tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void *arg,
                       size_t *bad_twins);
+
+//  History written by checkpoints since open (tm_history_counts_t).
+void tm_wlog_history_counts (tm_wlog_t *self, uint64_t *chunks, uint64_t *points,
+                             uint64_t *bytes);
 
 //  Last committed sequence number (0 if none).
 uint64_t tm_wlog_last_seq (tm_wlog_t *self);

@@ -14,6 +14,7 @@
 */
 #include "tm_worker.h"
 #include "tm_auth.h"
+#include "tm_history.h"
 #include "tm_log.h"
 #include "tm_mapclient.h"
 #include "tm_msg.h"
@@ -67,6 +68,7 @@ struct _tm_worker_t {
     volatile sig_atomic_t *stop;
     volatile sig_atomic_t *reload;
     tm_store_t *store;             //  The worker's RocksDB
+    tm_history_retention_t retention;  //  Read by the store's compactions
     tm_wlog_t *wlog;               //  Log and checkpoints in it
     tm_twins_t *twins;             //  Twin state in memory
     zsock_t *router;               //  APPEND and TWIN_GET from clients
@@ -426,6 +428,84 @@ s_handle_forecast (tm_worker_t *self, tm_msg_t *msg)
     tm_codec_free (&req);
 }
 
+//  The twin and property a read names, or NOT_FOUND sent with a detail
+//  saying which is missing (NULL returned).
+static const tm_prop_t *
+s_find_prop (tm_worker_t *self, tm_msg_t *msg, int type, const char *entity,
+             const char *property, tm_twin_t **twin_p)
+{
+    tm_twin_t *twin = tm_twins_find (self->twins, entity, strlen (entity));
+    const tm_prop_t *prop = NULL;
+    for (uint16_t i = 0; twin && i < twin->nprops && !prop; i++)
+        if (strcmp (twin->props[i].name, property) == 0)
+            prop = &twin->props[i];
+    if (!prop) {
+        char detail[256];
+        snprintf (detail, sizeof detail, "%s %.128s%s%.64s", twin? "twin": "no twin", entity,
+                  twin? " has no property ": "", twin? property: "");
+        tm_msg_reply (self->router, msg, type, TWINMESH__STATUS__NOT_FOUND,
+                      tm_mapclient_epoch (self->mapc), detail, NULL, 0);
+    }
+    *twin_p = twin;
+    return prop;
+}
+
+//  HISTORY_GET: one series' readings in a range, raw or per step, read
+//  from the store and the chunks in memory (tm_history).
+static void
+s_handle_history (tm_worker_t *self, tm_msg_t *msg)
+{
+    int type = TWINMESH__MSG_TYPE__HISTORY;
+    if (!tm_role_may_read (msg->role)) {
+        self->stats.unauthorized++;
+        s_reply_status (self, msg, type, TWINMESH__STATUS__UNAUTHORIZED,
+                        "this key's role may not read twins");
+        return;
+    }
+    Twinmesh__HistoryGet *req =
+        TM_UNPACK (HistoryGet, history_get, zframe_data (msg->body), zframe_size (msg->body));
+    tm_history_agg_t agg = TM_HISTORY_AVG;
+    if (!req || !req->entity || !*req->entity || !req->property || !*req->property
+        || req->step_ms < 0 || (req->to_ms && req->to_ms <= req->from_ms)
+        || tm_history_agg_parse (req->agg, &agg) != 0) {
+        self->stats.malformed++;
+        tm_codec_free (&req);
+        s_reply_status (self, msg, type, TWINMESH__STATUS__MALFORMED,
+                        "HistoryGet needs an entity, a property, to after from, a step >= 0 "
+                        "and agg avg|min|max|last|count");
+        return;
+    }
+    tm_twin_t *twin;
+    const tm_prop_t *prop = s_find_prop (self, msg, type, req->entity, req->property, &twin);
+    if (!prop) {
+        tm_codec_free (&req);
+        return;
+    }
+    tm_history_result_t res;
+    int rc = tm_history_query (self->store, self->twins, twin, prop, req->from_ms, req->to_ms,
+                               req->step_ms, agg, req->limit, &res);
+    tm_codec_free (&req);
+    if (rc != 0) {
+        tm_msg_reply (self->router, msg, type, TWINMESH__STATUS__RETRY_LATER,
+                      tm_mapclient_epoch (self->mapc), "history read failed", NULL, 0);
+        return;
+    }
+    Twinmesh__HistoryReply rep = TWINMESH__HISTORY_REPLY__INIT;
+    rep.n_ts_ms = rep.n_values = rep.n_counts = res.n;
+    rep.ts_ms = res.ts_ms;
+    rep.values = res.values;
+    rep.counts = res.counts;
+    rep.truncated = res.truncated;
+    rep.late = res.late;
+    size_t size;
+    uint8_t *buf = tm_codec_pack_buf (&rep.base, &size);
+    tm_msg_reply (self->router, msg, type, buf? TWINMESH__STATUS__OK: TWINMESH__STATUS__RETRY_LATER,
+                  tm_mapclient_epoch (self->mapc), buf? NULL: "out of memory", buf,
+                  buf? size: 0);
+    free (buf);
+    tm_history_result_fini (&res);
+}
+
 static void
 s_handle (tm_worker_t *self, tm_msg_t *msg, int rc)
 {
@@ -446,6 +526,9 @@ s_handle (tm_worker_t *self, tm_msg_t *msg, int rc)
     else
     if (msg->hdr.type == TWINMESH__MSG_TYPE__FORECAST_GET)
         s_handle_forecast (self, msg);
+    else
+    if (msg->hdr.type == TWINMESH__MSG_TYPE__HISTORY_GET)
+        s_handle_history (self, msg);
     else {
         self->stats.malformed++;
         char detail[96];
@@ -591,7 +674,9 @@ tm_worker_new (const tm_worker_config_t *config)
         tm_error ("worker: cannot create data_dir=%s", config->data_dir);
         goto fail;
     }
-    self->store = tm_store_open (config->data_dir);
+    self->retention.retention_ms = config->history_retention_ms;
+    tm_store_options_t so = {.filter = tm_history_filter, .filter_arg = &self->retention};
+    self->store = tm_store_open_with (config->data_dir, &so);
     if (!self->store)
         goto fail;
     self->wlog = tm_wlog_new (self->store, config->fsync);
@@ -657,6 +742,16 @@ tm_worker_destroy (tm_worker_t **self_p)
         s_commit_group (self);
         if (tm_wlog_checkpoint (self->wlog, self->twins) != 0)
             tm_warn ("worker: final checkpoint failed; the log will replay at start");
+        //  History's size, for "bytes per reading" (docs/operations.md):
+        //  the closed chunks this run wrote, and the open chunks it keeps.
+        uint64_t chunks, points, bytes, open_points, open_bytes;
+        tm_wlog_history_counts (self->wlog, &chunks, &points, &bytes);
+        tm_twins_open_history (self->twins, &open_points, &open_bytes);
+        tm_info ("worker: history written chunks=%llu readings=%llu bytes=%llu (keys "
+                 "included); open chunks readings=%llu bytes=%llu",
+                 (unsigned long long) chunks, (unsigned long long) points,
+                 (unsigned long long) bytes, (unsigned long long) open_points,
+                 (unsigned long long) open_bytes);
     }
     if (self->staged)
         for (size_t i = 0; i < self->nstaged; i++) {

@@ -3,6 +3,9 @@
     A shard's twins come back from disk (and, with shard moves, from another
     worker) through tm_twins_restore_shard. Whatever it accepts must encode
     again and restore to the same number of twins with the same state.
+    Since format 3 the blob carries each series' open history chunk, which
+    goes through tm_gorilla_enc_resume: the byte-for-byte comparison below
+    covers it too (seed one-twin-v3-history).
 */
 #include "fuzz.h"
 #include "tm_twins.h"

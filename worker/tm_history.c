@@ -1,0 +1,399 @@
+/*  tm_history - a series' history in the worker's RocksDB  */
+#include "tm_history.h"
+#include "tm_log.h"
+#include "tm_util.h"
+#include "tm_wire.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+//  Longest key: 'S' shard(4) kind, entity, 0, property, 0, ts(8).
+#define S_KEY_MAX (6 + TM_WIRE_MAX_ENTITY + 1 + TM_WIRE_MAX_PROPERTY + 1 + 8)
+
+//  Timestamps in keys sort as signed numbers.
+static void
+s_put_ts (uint8_t *p, int64_t ts)
+{
+    uint64_t v = (uint64_t) ts ^ (1ULL << 63);
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t) v;
+        v >>= 8;
+    }
+}
+
+static int64_t
+s_get_ts (const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return (int64_t) (v ^ (1ULL << 63));
+}
+
+//  The series' key prefix for kind 'H' or 'L'; returns its length.
+static size_t
+s_prefix (uint8_t *key, char kind, uint32_t shard, const char *entity, size_t elen,
+          const char *property, size_t plen)
+{
+    size_t n = 0;
+    key[n++] = 'S';
+    key[n++] = (uint8_t) (shard >> 24);
+    key[n++] = (uint8_t) (shard >> 16);
+    key[n++] = (uint8_t) (shard >> 8);
+    key[n++] = (uint8_t) shard;
+    key[n++] = (uint8_t) kind;
+    memcpy (key + n, entity, elen);
+    n += elen;
+    key[n++] = 0;
+    memcpy (key + n, property, plen);
+    n += plen;
+    key[n++] = 0;
+    return n;
+}
+
+bool
+tm_history_filter (void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    const tm_history_retention_t *ret = (const tm_history_retention_t *) arg;
+    const uint8_t *k = (const uint8_t *) key;
+    if (!ret || ret->retention_ms <= 0 || klen < 6 + 8 || k[0] != 'S')
+        return false;
+    int64_t last;
+    if (k[5] == 'H' && vlen >= 8)
+        last = s_get_ts ((const uint8_t *) val);
+    else
+    if (k[5] == 'L')
+        last = s_get_ts (k + klen - 8);
+    else
+        return false;
+    int64_t now = ret->now_ms? ret->now_ms (): tm_util_wall_ms ();
+    return now - ret->retention_ms > last;
+}
+
+int
+tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
+                  tm_history_counts_t *counts)
+{
+    tm_history_counts_t none;
+    if (!counts)
+        counts = &none;
+    uint8_t key[S_KEY_MAX];
+    uint8_t *val = NULL;
+    size_t cap = 0;
+    for (const tm_twins_pending_t *item = tm_twins_pending (twins, shard); item;
+         item = item->next) {
+        const tm_twin_t *t = item->twin;
+        size_t n = s_prefix (key, item->late? 'L': 'H', shard, t->entity, t->entity_len,
+                             item->property, tm_twins_name_len (item->property));
+        s_put_ts (key + n, item->first_ts);
+        n += 8;
+        if (item->late) {
+            uint8_t v[8];
+            uint64_t bits;
+            memcpy (&bits, &item->value, 8);
+            for (int b = 0; b < 8; b++)
+                v[b] = (uint8_t) (bits >> (8 * b));
+            tm_store_batch_put (batch, key, n, v, 8);
+            counts->late++;
+            continue;
+        }
+        if (cap < item->size + 8) {
+            uint8_t *grown = realloc (val, item->size + 8);
+            if (!grown) {
+                free (val);
+                return -1;
+            }
+            val = grown;
+            cap = item->size + 8;
+        }
+        s_put_ts (val, item->last_ts);
+        memcpy (val + 8, item->data, item->size);
+        tm_store_batch_put (batch, key, n, val, item->size + 8);
+        tm_gorilla_dec_t dec;
+        counts->chunks++;
+        counts->points += tm_gorilla_dec_init (&dec, item->data, item->size) == 0?
+                          tm_gorilla_dec_count (&dec): 0;
+        counts->value_bytes += item->size + 8;
+        counts->key_bytes += n;
+    }
+    free (val);
+    return 0;
+}
+
+int
+tm_history_agg_parse (const char *name, tm_history_agg_t *agg)
+{
+    static const char *names[] = {"avg", "min", "max", "last", "count"};
+    if (!name || !*name) {
+        *agg = TM_HISTORY_AVG;
+        return 0;
+    }
+    for (int i = 0; i < 5; i++)
+        if (strcmp (name, names[i]) == 0) {
+            *agg = (tm_history_agg_t) i;
+            return 0;
+        }
+    return -1;
+}
+
+typedef struct {
+    int64_t ts;                    //  Reading time
+    double value;                  //  Its value
+    bool late;                     //  Came as a late reading
+} s_point_t;
+
+typedef struct {
+    s_point_t *p;                  //  Points collected
+    size_t n;                      //  In use
+    size_t cap;                    //  Allocated
+    int64_t from;                  //  Range start, inclusive
+    int64_t to;                    //  Range end, exclusive (shrinks at the scan cap)
+    size_t scanned;                //  Readings decoded so far
+    bool failed;                   //  Out of memory
+} s_points_t;
+
+static void
+s_add (s_points_t *pts, int64_t ts, double value, bool late)
+{
+    if (ts < pts->from || ts >= pts->to || pts->failed)
+        return;
+    if (pts->n == pts->cap) {
+        size_t cap = pts->cap? pts->cap * 2: 1024;
+        s_point_t *grown = realloc (pts->p, cap * sizeof *grown);
+        if (!grown) {
+            pts->failed = true;
+            return;
+        }
+        pts->p = grown;
+        pts->cap = cap;
+    }
+    pts->p[pts->n++] = (s_point_t) {.ts = ts, .value = value, .late = late};
+}
+
+//  Decode a chunk's points in range; false if it does not decode.
+static bool
+s_add_chunk (s_points_t *pts, const uint8_t *data, size_t size)
+{
+    tm_gorilla_dec_t dec;
+    if (tm_gorilla_dec_init (&dec, data, size) != 0)
+        return false;
+    int64_t ts;
+    double value;
+    int rc;
+    while ((rc = tm_gorilla_dec_next (&dec, &ts, &value)) == 1) {
+        pts->scanned++;
+        if (ts >= pts->to)
+            break;
+        s_add (pts, ts, value, false);
+    }
+    return rc >= 0;
+}
+
+static int
+s_cmp_point (const void *a, const void *b)
+{
+    const s_point_t *x = (const s_point_t *) a, *y = (const s_point_t *) b;
+    if (x->ts != y->ts)
+        return x->ts < y->ts? -1: 1;
+    return (int) x->late - (int) y->late;
+}
+
+//  The stored chunks overlapping the range, oldest first; stops at the
+//  scan cap (the range then ends after the last chunk read).
+static int
+s_scan_chunks (tm_store_t *store, const uint8_t *prefix, size_t plen, s_points_t *pts,
+               size_t budget, bool *truncated)
+{
+    uint8_t start[S_KEY_MAX];
+    memcpy (start, prefix, plen);
+    s_put_ts (start + plen, pts->from);
+    tm_store_iter_t *it = tm_store_iter_new_before (store, prefix, plen, start, plen + 8);
+    if (!it)
+        return -1;
+    const char *k, *v;
+    size_t kl, vl;
+    while (tm_store_iter_next (it, &k, &kl, &v, &vl)) {
+        if (kl != plen + 8 || vl < 8 + TM_GORILLA_EMPTY_SIZE)
+            continue;
+        int64_t first = s_get_ts ((const uint8_t *) k + plen);
+        int64_t last = s_get_ts ((const uint8_t *) v);
+        if (first >= pts->to)
+            break;
+        if (last < pts->from)
+            continue;
+        if (!s_add_chunk (pts, (const uint8_t *) v + 8, vl - 8))
+            tm_warn ("history: a stored chunk does not decode; skipped");
+        if (pts->n > budget || pts->scanned >= TM_HISTORY_MAX_SCAN) {
+            if (last < INT64_MAX && last + 1 < pts->to)
+                pts->to = last + 1;
+            *truncated = true;
+            break;
+        }
+    }
+    tm_store_iter_destroy (&it);
+    return 0;
+}
+
+//  The stored late readings in range; at the scan cap the range ends there.
+static int
+s_scan_late (tm_store_t *store, const uint8_t *prefix, size_t plen, s_points_t *pts,
+             bool *truncated)
+{
+    uint8_t start[S_KEY_MAX];
+    memcpy (start, prefix, plen);
+    s_put_ts (start + plen, pts->from);
+    tm_store_iter_t *it = tm_store_iter_new_at (store, prefix, plen, start, plen + 8);
+    if (!it)
+        return -1;
+    const char *k, *v;
+    size_t kl, vl;
+    while (tm_store_iter_next (it, &k, &kl, &v, &vl)) {
+        if (kl != plen + 8 || vl != 8)
+            continue;
+        int64_t ts = s_get_ts ((const uint8_t *) k + plen);
+        if (ts >= pts->to)
+            break;
+        if (++pts->scanned > TM_HISTORY_MAX_SCAN) {
+            pts->to = ts;
+            *truncated = true;
+            break;
+        }
+        uint64_t bits = 0;
+        for (int b = 7; b >= 0; b--)
+            bits = bits << 8 | (uint8_t) v[b];
+        double value;
+        memcpy (&value, &bits, 8);
+        s_add (pts, ts, value, true);
+    }
+    tm_store_iter_destroy (&it);
+    return 0;
+}
+
+int
+tm_history_query (tm_store_t *store, tm_twins_t *twins, const tm_twin_t *twin,
+                  const tm_prop_t *prop, int64_t from_ms, int64_t to_ms, int64_t step_ms,
+                  tm_history_agg_t agg, size_t limit, tm_history_result_t *result)
+{
+    memset (result, 0, sizeof *result);
+    if (limit == 0 || limit > TM_HISTORY_MAX_POINTS)
+        limit = TM_HISTORY_MAX_POINTS;
+    s_points_t pts = {.from = from_ms, .to = to_ms? to_ms: INT64_MAX};
+    if (pts.to <= pts.from)
+        return 0;
+    uint8_t prefix[S_KEY_MAX];
+    size_t nlen = tm_twins_name_len (prop->name);
+    size_t plen = s_prefix (prefix, 'H', twin->shard, twin->entity, twin->entity_len,
+                            prop->name, nlen);
+    //  Raw points: one more than the limit in range is enough to know the
+    //  answer is truncated; with a step, every reading in range counts.
+    //  Either way no more than TM_HISTORY_MAX_SCAN readings are decoded.
+    size_t budget = step_ms? TM_HISTORY_MAX_SCAN: limit + 1;
+    bool truncated = false;
+    if (s_scan_chunks (store, prefix, plen, &pts, budget, &truncated) != 0)
+        goto fail;
+    prefix[5] = 'L';
+    if (s_scan_late (store, prefix, plen, &pts, &truncated) != 0)
+        goto fail;
+    //  Not yet written: closed chunks and late readings, then the open chunk.
+    for (const tm_twins_pending_t *item = tm_twins_pending (twins, twin->shard); item;
+         item = item->next) {
+        if (item->twin != twin || item->property != prop->name)
+            continue;
+        if (item->late)
+            s_add (&pts, item->first_ts, item->value, true);
+        else
+            s_add_chunk (&pts, item->data, item->size);
+    }
+    if (prop->hist && tm_gorilla_enc_count (prop->hist)) {
+        size_t size;
+        const uint8_t *data = tm_gorilla_enc_data (prop->hist, &size);
+        s_add_chunk (&pts, data, size);
+    }
+    if (pts.failed)
+        goto fail;
+    //  Sources were added in a few runs: sort, and keep one reading per
+    //  timestamp (the in-order one sorts first). Points past a shrunk end
+    //  (scan cap) are dropped.
+    if (pts.n > 1)
+        qsort (pts.p, pts.n, sizeof *pts.p, s_cmp_point);
+    size_t m = 0;
+    for (size_t i = 0; i < pts.n; i++)
+        if (pts.p[i].ts < pts.to && (m == 0 || pts.p[m - 1].ts != pts.p[i].ts))
+            pts.p[m++] = pts.p[i];
+    pts.n = m;
+    size_t cap = pts.n < limit? pts.n: limit;
+    result->ts_ms = malloc ((cap? cap: 1) * sizeof (int64_t));
+    result->values = malloc ((cap? cap: 1) * sizeof (double));
+    result->counts = malloc ((cap? cap: 1) * sizeof (uint32_t));
+    if (!result->ts_ms || !result->values || !result->counts)
+        goto fail;
+    result->truncated = truncated;
+    for (size_t i = 0; i < pts.n; i++) {
+        const s_point_t *pt = &pts.p[i];
+        if (!step_ms) {
+            if (result->n == limit) {
+                result->truncated = true;
+                break;
+            }
+            result->ts_ms[result->n] = pt->ts;
+            result->values[result->n] = pt->value;
+            result->counts[result->n++] = 1;
+            result->late += pt->late;
+            continue;
+        }
+        //  Buckets aligned on from: [from + k step, from + (k+1) step).
+        int64_t bucket = from_ms + (int64_t) ((uint64_t) (pt->ts - from_ms)
+                                              / (uint64_t) step_ms) * step_ms;
+        size_t b = result->n;
+        if (b == 0 || result->ts_ms[b - 1] != bucket) {
+            if (b == limit) {
+                result->truncated = true;
+                break;
+            }
+            result->ts_ms[b] = bucket;
+            result->values[b] = agg == TM_HISTORY_COUNT || agg == TM_HISTORY_AVG? 0: pt->value;
+            result->counts[b] = 0;
+            result->n++;
+        }
+        else
+            b--;
+        double *v = &result->values[b];
+        switch (agg) {
+            case TM_HISTORY_AVG:
+                *v += pt->value;   //  a sum until the end
+                break;
+            case TM_HISTORY_MIN:
+                *v = pt->value < *v? pt->value: *v;
+                break;
+            case TM_HISTORY_MAX:
+                *v = pt->value > *v? pt->value: *v;
+                break;
+            case TM_HISTORY_LAST:
+                *v = pt->value;
+                break;
+            case TM_HISTORY_COUNT:
+                *v += 1;
+                break;
+        }
+        result->counts[b]++;
+        result->late += pt->late;
+    }
+    if (step_ms && agg == TM_HISTORY_AVG)
+        for (size_t b = 0; b < result->n; b++)
+            result->values[b] /= (double) result->counts[b];
+    free (pts.p);
+    return 0;
+fail:
+    free (pts.p);
+    tm_history_result_fini (result);
+    return -1;
+}
+
+void
+tm_history_result_fini (tm_history_result_t *result)
+{
+    free (result->ts_ms);
+    free (result->values);
+    free (result->counts);
+    memset (result, 0, sizeof *result);
+}

@@ -1,0 +1,98 @@
+/*  tm_history - a series' history in the worker's RocksDB: keys, retention
+    and range queries
+
+    Every applied reading goes into its series' open chunk (tm_twins); a
+    chunk closes at TM_TWINS_CHUNK_POINTS and is written by the next
+    checkpoint of its shard, in the same batch as the shard's twins, whose
+    blob carries every open chunk. Late readings (older than their series'
+    newest) are written one key each. Keys (timestamps are 8 bytes big-endian
+    with the sign bit flipped, so that negative times sort first):
+
+      'S' shard(4) 'H' entity 0x00 property 0x00 first_ts(8)
+          -> last_ts(8) chunk            a closed chunk
+      'S' shard(4) 'L' entity 0x00 property 0x00 ts(8)
+          -> f64 (8, little-endian)      a late reading
+
+    They live under the shard's prefix, so a shard's whole state is one key
+    range. Retention is a compaction filter: a chunk whose last point (a
+    late reading whose ts) is older than now - retention is dropped when a
+    compaction passes by, so nothing ever scans the store to expire data.
+
+    A query merges, for one series, the stored chunks overlapping the range
+    (found by seeking to the last chunk starting at or before its start),
+    the closed chunks not yet written, the open chunk and the late readings;
+    sorts by time, keeps one reading per timestamp (the in-order one), and
+    returns raw points or one per step. It runs on the worker's one thread,
+    so it reads at most TM_HISTORY_MAX_SCAN points: past that, the answer
+    stops early and says it is truncated.
+*/
+#ifndef TM_HISTORY_H_INCLUDED
+#define TM_HISTORY_H_INCLUDED
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tm_store.h"
+#include "tm_twins.h"
+
+#define TM_HISTORY_MAX_POINTS 100000       //  Points in one answer (and the default)
+#define TM_HISTORY_MAX_SCAN 2000000        //  Readings one query may decode
+
+//  Retention for the compaction filter; lives as long as the store.
+typedef struct {
+    int64_t retention_ms;          //  Keep this long after a chunk's last point
+    int64_t (*now_ms) (void);      //  Clock (tests move it), NULL = wall clock
+} tm_history_retention_t;
+
+//  The compaction filter (tm_store_filter_fn) over tm_history_retention_t.
+bool tm_history_filter (void *arg, const void *key, size_t klen, const void *val, size_t vlen);
+
+//  What tm_history_stage put in batches, for the measures operators ask
+//  for (bytes per reading); counted before the write succeeds.
+typedef struct {
+    uint64_t chunks;               //  Closed chunks
+    uint64_t points;               //  Readings in them
+    uint64_t value_bytes;          //  Their values (last_ts + chunk)
+    uint64_t key_bytes;            //  Their keys
+    uint64_t late;                 //  Late readings
+} tm_history_counts_t;
+
+//  Add the shard's pending history (tm_twins_pending) to a batch, adding
+//  to *counts if not NULL. 0, or -1 if memory is short (the history stays
+//  pending).
+int tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
+                      tm_history_counts_t *counts);
+
+//  Aggregations with a step.
+typedef enum {
+    TM_HISTORY_AVG = 0,
+    TM_HISTORY_MIN,
+    TM_HISTORY_MAX,
+    TM_HISTORY_LAST,
+    TM_HISTORY_COUNT
+} tm_history_agg_t;
+
+//  Parse "avg" .. "count" ("" = avg). -1 if unknown.
+int tm_history_agg_parse (const char *name, tm_history_agg_t *agg);
+
+typedef struct {
+    int64_t *ts_ms;                //  Point time, or bucket start
+    double *values;                //  Value, or the bucket's aggregate
+    uint32_t *counts;              //  1, or readings in the bucket
+    size_t n;                      //  Points
+    bool truncated;                //  More points than the limit, or scan cap hit
+    uint64_t late;                 //  Late readings among those used
+} tm_history_result_t;
+
+//  Query one series in [from_ms, to_ms) (to_ms 0 = no end), raw (step_ms
+//  0) or per step, at most limit points (0 = TM_HISTORY_MAX_POINTS).
+//  0 with *result filled (free with tm_history_result_fini), -1 on a store
+//  or memory error. Stored chunks that do not decode are skipped (logged).
+int tm_history_query (tm_store_t *store, tm_twins_t *twins, const tm_twin_t *twin,
+                      const tm_prop_t *prop, int64_t from_ms, int64_t to_ms, int64_t step_ms,
+                      tm_history_agg_t agg, size_t limit, tm_history_result_t *result);
+
+void tm_history_result_fini (tm_history_result_t *result);
+
+#endif
