@@ -4,8 +4,10 @@
     twins of three kinds (air-quality stations, traffic counters, parking
     bays), each with a district and a location, whose properties follow a
     diurnal cycle with a per-twin phase and amplitude, noise and rare
-    spikes, clamped to physical ranges. Everything is deterministic from the
-    seed, so two runs with the same settings send the same readings.
+    spikes, clamped to physical ranges and rounded to what each sensor
+    reports (0.1 for air quality and weather, whole counts). Everything is
+    deterministic from the seed, so two runs with the same settings send
+    the same readings.
 
     Readings are generated round-robin: round r gives every series (twin,
     property) one reading at start_time + r * step, property-major so that
@@ -65,7 +67,7 @@ typedef struct {
     double spike_prob;             //  Probability of a spike per reading
     double spike;                  //  Spike size (added, times 1-2)
     double min, max;               //  Physical range the value is clamped to
-    bool integer;                  //  Counts: rounded to whole numbers
+    int decimals;                  //  Digits after the point the sensor reports
 } s_prop_t;
 
 typedef struct {
@@ -79,16 +81,16 @@ enum { S_AIR, S_TRAFFIC, S_PARKING, S_KINDS };
 
 static const s_kind_t s_kinds[S_KINDS] = {
     {"air", "air_station", 5, {
-        {"pm25", 18, 8, 9, 3, 0.002, 60, 0, 500, false},
-        {"pm10", 28, 10, 9, 5, 0.002, 80, 0, 600, false},
-        {"no2", 40, 15, 8, 6, 0.002, 90, 0, 400, false},
-        {"temperature", 14, 6, 15, 0.5, 0, 0, -30, 50, false},
-        {"humidity", 65, -15, 15, 3, 0, 0, 0, 100, false}}},
+        {"pm25", 18, 8, 9, 3, 0.002, 60, 0, 500, 1},
+        {"pm10", 28, 10, 9, 5, 0.002, 80, 0, 600, 1},
+        {"no2", 40, 15, 8, 6, 0.002, 90, 0, 400, 1},
+        {"temperature", 14, 6, 15, 0.5, 0, 0, -30, 50, 1},
+        {"humidity", 65, -15, 15, 3, 0, 0, 0, 100, 1}}},
     {"traffic", "traffic_counter", 2, {
-        {"vehicles", 300, 250, 17, 40, 0.003, 400, 0, 5000, true},
-        {"speed_kmh", 40, -12, 17, 5, 0.001, -25, 0, 130, false}}},
+        {"vehicles", 300, 250, 17, 40, 0.003, 400, 0, 5000, 0},
+        {"speed_kmh", 40, -12, 17, 5, 0.001, -25, 0, 130, 0}}},
     {"parking", "parking_bay", 1, {
-        {"occupied", 0, 0, 13, 0, 0, 0, 0, 1, true}}},
+        {"occupied", 0, 0, 13, 0, 0, 0, 0, 1, 0}}},
 };
 
 typedef struct {
@@ -238,9 +240,13 @@ s_value (s_city_t *city, s_twin_t *tw, const s_prop_t *pr, int64_t ts_ms)
              + pr->noise * s_gauss (&city->rng);
     if (pr->spike_prob > 0 && s_uniform (&city->rng) < pr->spike_prob)
         v += pr->spike * (1 + s_uniform (&city->rng));
-    if (pr->integer)
-        v = floor (v + 0.5);
-    return v < pr->min? pr->min: v > pr->max? pr->max: v;
+    v = v < pr->min? pr->min: v > pr->max? pr->max: v;
+    //  Round as the sensor reports (pm25 to 0.1 ug/m3, counts to 1): the
+    //  result is the double nearest the decimal, as a parsed "12.3" is,
+    //  which is what history compression and real feeds see.
+    static const double scale[] = {1, 10, 100};
+    double f = scale[pr->decimals < 0? 0: pr->decimals > 2? 2: pr->decimals];
+    return floor (v * f + 0.5) / f;
 }
 
 //  Encode the next n readings into buf; returns the bytes used (0 if the
