@@ -1,8 +1,10 @@
 /*  tm_twins - the worker's twins in memory: one open-addressing table  */
 #include "tm_twins.h"
 #include "tm_codec.h"
+#include "tm_log.h"
 #include "tm_varint.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +15,21 @@ typedef struct {
     char *name;                    //  Owned, NUL-terminated
     uint32_t len;
 } s_name_t;
+
+//  One model version's settings, one entry per model property. Self-
+//  contained (names copied): it outlives the model it was built from, so
+//  a twin still pointing at it after the model is replaced reads memory
+//  that is alive. Freed only by tm_twins_destroy.
+struct _tm_twins_table_t {
+    struct _tm_twins_table_t *next;    //  Every table built, newest first
+    char model[TM_MODEL_NAME_MAX + 1]; //  Model name
+    uint32_t version;                  //  Model version
+    uint64_t text_hash;                //  Hash of the canonical text (same version,
+                                       //  removed and loaded again, may differ)
+    uint32_t nprops;                   //  Entries in names and settings
+    char (*names)[TM_MODEL_NAME_MAX + 1];  //  Property names, model order; owned
+    tm_analytics_settings_t *settings; //  Per property; owned
+};
 
 struct _tm_twins_t {
     tm_twin_t **slots;             //  Open addressing, linear probing; NULL = empty
@@ -28,6 +45,12 @@ struct _tm_twins_t {
     tm_twins_pending_t **pending;  //  Per shard, history waiting for a checkpoint
     size_t npending;               //  Entries in all pending lists
     tm_analytics_settings_t defaults;  //  For properties without a model
+    const tm_models_t *models;     //  Registry of models, borrowed; NULL: none
+    uint64_t models_gen;           //  Its generation when current was built
+    bool models_seen;              //  current was built at least once
+    tm_twins_table_t *tables;      //  Every settings table built, owned
+    tm_twins_table_t **current;    //  Tables of the registry's models now, in its order
+    size_t ncurrent;               //  Entries in current
     uint64_t anomalies;            //  Readings flagged anomalous
     uint64_t out_of_range;         //  Readings outside their valid range
     size_t in_state[TM_SYNC_NSTATES];  //  Twins per sync state
@@ -116,6 +139,14 @@ tm_twins_destroy (tm_twins_t **self_p)
         for (uint32_t shard = 0; shard < TM_SHARDMAP_MAX_SHARDS; shard++)
             if (self->pending[shard])
                 tm_twins_pending_drop (self, shard);
+    while (self->tables) {
+        tm_twins_table_t *next = self->tables->next;
+        free (self->tables->names);
+        free (self->tables->settings);
+        free (self->tables);
+        self->tables = next;
+    }
+    free (self->current);
     free (self->pending);
     free (self->slots);
     free (self->names);
@@ -236,6 +267,7 @@ s_insert (tm_twins_t *self, const char *entity, size_t len, uint32_t shard)
     t->next_in_shard = self->shard_heads[t->shard];
     self->shard_heads[t->shard] = t;
     tm_analytics_sync_init (&t->sync);
+    t->models_gen = UINT64_MAX;    //  No table resolved yet
     self->in_state[t->sync.state]++;
     size_t j = t->hash & (self->nslots - 1);
     while (self->slots[j])
@@ -283,17 +315,162 @@ s_prop (tm_twins_t *self, tm_twin_t *t, const char *name, size_t len, bool creat
         t->cap = cap;
     }
     tm_prop_t *p = &t->props[t->nprops++];
-    *p = (tm_prop_t) {.name = interned};
+    *p = (tm_prop_t) {.name = interned, .sidx = TM_TWINS_SIDX_UNRESOLVED};
     tm_analytics_init (&p->an);
     return p;
+}
+
+//  -------------------------------------------------------------------------
+//  Model settings
+
+void
+tm_twins_set_models (tm_twins_t *self, const tm_models_t *models)
+{
+    self->models = models;
+    self->models_seen = false;     //  rebuild current at the next lookup
+    //  Twins resolved against another registry must look again.
+    for (size_t i = 0; i < self->nslots; i++)
+        if (self->slots[i])
+            self->slots[i]->models_gen = UINT64_MAX;
+}
+
+//  A model property's settings, mapped as docs/models.md describes. 0, or
+//  -1 if tm_analytics rejects them (the caller keeps the defaults).
+static int
+s_settings_from (const tm_analytics_settings_t *defaults, const tm_model_property_t *mp,
+                 tm_analytics_settings_t *out)
+{
+    *out = *defaults;
+    out->valid_min = mp->valid_min;
+    out->valid_max = mp->valid_max;
+    out->limit_lower = mp->limit_lower;
+    out->limit_upper = mp->limit_upper;
+    out->interval_ms = mp->expected_interval_ms > 0? mp->expected_interval_ms: 60000;
+    out->stale_factor = mp->stale_factor;
+    out->ewma_alpha = mp->ewma_alpha;
+    out->holt_alpha = mp->forecast_alpha;
+    out->holt_beta = mp->forecast_beta;
+    //  The horizon is in steps of the expected interval; saturate rather
+    //  than overflow on a silly model.
+    if (mp->forecast_horizon && out->interval_ms > INT64_MAX / mp->forecast_horizon)
+        out->horizon_ms = INT64_MAX;
+    else
+        out->horizon_ms = (int64_t) mp->forecast_horizon * out->interval_ms;
+    out->anomaly_sigmas = mp->anomaly_enabled? mp->anomaly_threshold_sigma: INFINITY;
+    out->warmup = mp->anomaly_warmup;
+    out->stuck_run = (uint8_t) (mp->stuck_run > 255? 255: mp->stuck_run);
+    return tm_analytics_settings_check (out) == 0? 0: -1;
+}
+
+//  FNV-1a over a model's canonical text: tells two contents of one version apart.
+static uint64_t
+s_text_hash (const tm_model_t *model)
+{
+    size_t len = 0;
+    const unsigned char *p = (const unsigned char *) tm_model_canonical (model, &len);
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+//  The settings table of a model, built if this version and content has
+//  none yet; NULL if memory is short (its twins use the defaults).
+static tm_twins_table_t *
+s_table_for (tm_twins_t *self, const tm_model_t *model)
+{
+    uint64_t text_hash = s_text_hash (model);
+    for (tm_twins_table_t *tb = self->tables; tb; tb = tb->next)
+        if (tb->version == model->version && tb->text_hash == text_hash
+            && strcmp (tb->model, model->name) == 0)
+            return tb;
+    tm_twins_table_t *tb = calloc (1, sizeof *tb);
+    uint32_t n = model->nproperties;
+    if (tb) {
+        tb->names = calloc (n? n: 1, sizeof *tb->names);
+        tb->settings = calloc (n? n: 1, sizeof *tb->settings);
+    }
+    if (!tb || !tb->names || !tb->settings) {
+        if (tb) {
+            free (tb->names);
+            free (tb->settings);
+        }
+        free (tb);
+        return NULL;
+    }
+    snprintf (tb->model, sizeof tb->model, "%s", model->name);
+    tb->version = model->version;
+    tb->text_hash = text_hash;
+    tb->nprops = n;
+    for (uint32_t i = 0; i < n; i++) {
+        const tm_model_property_t *mp = &model->properties[i];
+        snprintf (tb->names[i], sizeof tb->names[i], "%s", mp->name);
+        if (s_settings_from (&self->defaults, mp, &tb->settings[i]) != 0) {
+            tm_warn ("twins: model=%s version=%u property=%s: settings rejected by the "
+                     "analytics; using the defaults", model->name, model->version, mp->name);
+            tb->settings[i] = self->defaults;
+        }
+    }
+    tb->next = self->tables;
+    self->tables = tb;
+    return tb;
+}
+
+//  Bring current up to the registry's generation: once per change, not
+//  per twin.
+static void
+s_refresh_current (tm_twins_t *self)
+{
+    uint64_t gen = tm_models_generation (self->models);
+    if (self->models_seen && gen == self->models_gen)
+        return;
+    size_t n = tm_models_size (self->models);
+    tm_twins_table_t **current = calloc (n? n: 1, sizeof *current);
+    if (!current)
+        return;    //  keep the old list; try again at the next lookup
+    for (size_t i = 0; i < n; i++)
+        current[i] = s_table_for (self, tm_models_at (self->models, i));
+    free (self->current);
+    self->current = current;
+    self->ncurrent = n;
+    self->models_gen = gen;
+    self->models_seen = true;
 }
 
 const tm_analytics_settings_t *
 tm_twins_settings (tm_twins_t *self, const tm_twin_t *twin, const tm_prop_t *prop)
 {
-    (void) twin;
-    (void) prop;
-    return &self->defaults;
+    if (!self->models || !twin->model)
+        return &self->defaults;
+    //  The caches are ours, not the caller's: twins and properties are
+    //  allocated mutable, so writing through them is well defined.
+    tm_twin_t *t = (tm_twin_t *) twin;
+    tm_prop_t *p = (tm_prop_t *) prop;
+    uint64_t gen = tm_models_generation (self->models);
+    if (t->models_gen != gen) {
+        s_refresh_current (self);
+        t->table = NULL;
+        for (size_t i = 0; i < self->ncurrent; i++)
+            if (self->current[i] && strcmp (self->current[i]->model, t->model) == 0) {
+                t->table = self->current[i];
+                break;
+            }
+        t->models_gen = gen;
+        for (uint16_t i = 0; i < t->nprops; i++)
+            t->props[i].sidx = TM_TWINS_SIDX_UNRESOLVED;
+    }
+    const tm_twins_table_t *tb = t->table;
+    if (!tb)
+        return &self->defaults;
+    if (p->sidx == TM_TWINS_SIDX_UNRESOLVED) {
+        p->sidx = TM_TWINS_SIDX_NONE;
+        for (uint32_t i = 0; i < tb->nprops && i < TM_TWINS_SIDX_NONE; i++)
+            if (strcmp (tb->names[i], p->name) == 0) {
+                p->sidx = (uint8_t) i;
+                break;
+            }
+    }
+    return p->sidx < tb->nprops? &tb->settings[p->sidx]: &self->defaults;
 }
 
 //  Queue history for the shard's next checkpoint; NULL if memory is short.
@@ -438,6 +615,7 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
     }
     if (r->model_len && !t->model) {
         t->model = strndup (r->model, r->model_len);
+        t->models_gen = UINT64_MAX;    //  resolve its settings at the next lookup
         s_mark_dirty (self, t);
     }
     tm_prop_t *p = s_prop (self, t, r->property, r->property_len, true);

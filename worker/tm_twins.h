@@ -24,6 +24,7 @@
 
 #include "tm_analytics.h"
 #include "tm_gorilla.h"
+#include "tm_model.h"
 #include "tm_shardmap.h"
 #include "tm_wire.h"
 
@@ -43,7 +44,16 @@ typedef struct {
     uint64_t count;                //  Readings applied to this series
     tm_analytics_t an;             //  Latest value and timestamp, and analytics
     tm_gorilla_enc_t *hist;        //  Open history chunk, NULL until the first point
+    uint8_t sidx;                  //  Index in the twin's settings table, or a
+                                   //  TM_TWINS_SIDX_* value (fills padding: no growth)
 } tm_prop_t;
+
+//  Values of tm_prop_t.sidx besides an index into the settings table.
+#define TM_TWINS_SIDX_UNRESOLVED 0xff  //  Not looked up since the twin's table changed
+#define TM_TWINS_SIDX_NONE 0xfe        //  The model does not define the property
+
+//  A model's analytics settings, built once per model version (opaque).
+typedef struct _tm_twins_table_t tm_twins_table_t;
 
 typedef struct _tm_twin_t {
     char *entity;                  //  NUL-terminated entity id
@@ -57,6 +67,8 @@ typedef struct _tm_twin_t {
     tm_prop_t *props;              //  Owned array
     struct _tm_twin_t *next_in_shard;  //  The shard's twins, for checkpoints
     tm_analytics_sync_t sync;      //  Sync status (initializing .. error)
+    const tm_twins_table_t *table; //  Its model's settings, NULL: defaults (a cache)
+    uint64_t models_gen;           //  Registry generation table was resolved at
 } tm_twin_t;
 
 typedef enum {
@@ -111,8 +123,19 @@ typedef struct {
 } tm_twins_stats_t;
 void tm_twins_stats (tm_twins_t *self, tm_twins_stats_t *stats);
 
-//  The analytics settings a property of this twin uses (today, every
-//  property uses the defaults; models will supply their own).
+//  Use models from this registry (borrowed, must outlive the table; NULL:
+//  every property uses the defaults). A model's settings are built once,
+//  when the table first sees the model at a new registry generation.
+void tm_twins_set_models (tm_twins_t *self, const tm_models_t *models);
+
+//  The analytics settings a property of this twin uses: its model's, when
+//  the twin's model is in the registry and defines the property, else the
+//  defaults. O(1) per reading: the twin caches its model's settings table
+//  and the generation it was resolved at, each property the index of its
+//  settings (twin and prop are const to callers; only those caches move).
+//  The pointer stays valid until tm_twins_destroy: settings tables are
+//  never freed before (models change rarely, so the few old tables cost
+//  little, and no twin or caller can be left pointing at a freed one).
 const tm_analytics_settings_t *tm_twins_settings (tm_twins_t *self, const tm_twin_t *twin,
                                                   const tm_prop_t *prop);
 

@@ -17,6 +17,7 @@
 #include "tm_history.h"
 #include "tm_log.h"
 #include "tm_mapclient.h"
+#include "tm_modelsync.h"
 #include "tm_msg.h"
 #include "tm_net.h"
 #include "tm_store.h"
@@ -73,6 +74,7 @@ struct _tm_worker_t {
     tm_twins_t *twins;             //  Twin state in memory
     zsock_t *router;               //  APPEND and TWIN_GET from clients
     tm_mapclient_t *mapc;          //  Broker link: HELLO, shard map
+    tm_modelsync_t *msync;         //  Broker link for models (own DEALER)
     zpoller_t *poller;
     uint32_t num_shards;           //  From the map (0 until a map is known)
     uint8_t shard_key[TM_SHARDMAP_KEY_BYTES];  //  From the map
@@ -686,6 +688,12 @@ tm_worker_new (const tm_worker_config_t *config)
                                    config->cert);
     if (!self->mapc)
         goto fail;
+    //  Models come over their own DEALER: a big MODEL reply must not sit
+    //  in front of the map the data plane waits for.
+    self->msync = tm_modelsync_new (config->broker, config->broker_key, config->cert);
+    if (!self->msync)
+        goto fail;
+    tm_twins_set_models (self->twins, tm_modelsync_models (self->msync));
     s_load_saved_map (self);
 
     int64_t t0 = tm_util_mono_ms ();
@@ -719,7 +727,8 @@ tm_worker_new (const tm_worker_config_t *config)
             tm_warn ("worker: advertising a wildcard address endpoint=%s; set advertise",
                      self->endpoint);
     }
-    self->poller = zpoller_new (self->router, tm_mapclient_req_sock (self->mapc), NULL);
+    self->poller = zpoller_new (self->router, tm_mapclient_req_sock (self->mapc),
+                                tm_modelsync_sock (self->msync), NULL);
     if (!self->poller || !self->endpoint)
         goto fail;
     if (tm_mapclient_sub_sock (self->mapc))
@@ -764,6 +773,8 @@ tm_worker_destroy (tm_worker_t **self_p)
     tm_wlog_destroy (&self->wlog);
     tm_store_destroy (&self->store);
     tm_twins_destroy (&self->twins);
+    //  After the twins: they borrow its registry until then.
+    tm_modelsync_destroy (&self->msync);
     free (self->staged);
     free (self->id);
     free (self->endpoint);
@@ -790,6 +801,7 @@ tm_worker_run (tm_worker_t *self)
             //  resolution is plenty, and one pass over the table is cheap.
             tm_twins_tick (self->twins, tm_util_wall_ms ());
             s_heartbeat (self);
+            tm_modelsync_tick (self->msync, now);
             next_heartbeat = now + self->heartbeat_ms;
         }
         if (now >= next_checkpoint) {
@@ -816,6 +828,9 @@ tm_worker_run (tm_worker_t *self)
         void *which = zpoller_wait (self->poller, (int) (wait < 0? 0: wait > 1000? 1000: wait));
         if (which == self->router)
             s_drain (self);
+        else
+        if (which && which == tm_modelsync_sock (self->msync))
+            tm_modelsync_handle (self->msync, (zsock_t *) which);
         else
         if (which && (which == req || which == sub)) {
             if (tm_mapclient_handle (self->mapc, (zsock_t *) which) == 1)

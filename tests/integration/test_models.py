@@ -3,13 +3,15 @@
 The shipped examples load, read back as they were written, load again as
 unchanged; a second model under the same version is refused and a higher
 version replaces it; a file with a mistake never leaves twinctl; roles are
-enforced; and the catalogue is still there after the broker is killed.
-The tests run in order (test_1 ... test_7) on one cluster: each builds on
-the catalogue the one before left.
+enforced; the catalogue is still there after the broker is killed; and
+the workers fetch the models and judge readings by them (valid range,
+limits for forecasts). The tests run in order (test_1 ... test_8) on one
+cluster: each builds on the catalogue the one before left.
 """
 import glob
 import json
 import os
+import time
 import unittest
 
 from tmtest import HERE, client, cluster, main, tm_proto
@@ -26,7 +28,7 @@ def load_json(path):
 class ModelsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.c = cluster(workers=1, gateways=0)
+        cls.c = cluster(workers=1, gateways=1)
         cls.work = os.path.join(cls.c.tmp, "models")
         os.makedirs(cls.work)
 
@@ -199,6 +201,58 @@ class ModelsTest(unittest.TestCase):
         r = self.twinctl("model", "load", os.path.join(MODELS_DIR, "uci_multisensor.json"))
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("uci_multisensor v1: unchanged", r.stdout)
+
+    def wait_for(self, what, check, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            got = check()
+            if got:
+                return got
+            if time.monotonic() > deadline:
+                self.fail("timed out waiting for " + what)
+            time.sleep(0.2)
+
+    def twin(self, entity):
+        r = self.twinctl("twin", "get", entity, "--json")
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    def test_8_workers_use_models(self):
+        path = os.path.join(MODELS_DIR, "air_station.json")
+        doc = load_json(path)
+        # Refused as older after test_4 stored v2 (same properties): either
+        # way the broker holds an air_station.
+        self.twinctl("model", "load", path)
+        self.wait_for("the worker to install air_station",
+                      lambda: "modelsync: model installed name=air_station"
+                      in self.c.log("worker-0"))
+        pm25 = doc["properties"]["pm25"]
+        too_high = pm25["valid"]["max"] + 1
+        t0 = int(time.time() * 1000) - 60_000
+        # Rising good readings (a trend for the forecast), then one too high.
+        rs = [("mdl/air-1", "pm25", 10.0 + k, t0 + k * 1000, "air_station") for k in range(10)]
+        rs.append(("mdl/air-1", "pm25", too_high, t0 + 10 * 1000, "air_station"))
+        gw = client(self.c, "gateway-0", "producer")
+        try:
+            hdr, _ = gw.request(tm_proto.INGEST, b"".join(tm_proto.reading(*r) for r in rs))
+            self.assertEqual(hdr["status"], "OK", hdr)
+        finally:
+            gw.close()
+
+        def flagged():
+            t = self.twin("mdl/air-1")
+            props = {p["name"]: p for p in (t or {}).get("properties", [])}
+            p = props.get("pm25")
+            return p if p and p["value"] == too_high else None
+        p = self.wait_for("the reading to reach the twin", flagged)
+        self.assertIn("out_of_range", p["flags"], p)
+        self.assertEqual(p["in_range"], 10, p)
+
+        # No --limit: the model's limits are used.
+        if "limits" in pm25:
+            r = self.twinctl("twin", "forecast", "mdl/air-1", "pm25", "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            f = json.loads(r.stdout)
+            self.assertNotEqual(f["limit"]["status"], "no_limit", f)
 
 
 if __name__ == "__main__":

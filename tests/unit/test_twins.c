@@ -253,6 +253,83 @@ test_sync_tick (void **state)
     tm_twins_destroy (&twins);
 }
 
+//  A model's valid range and limits reach the twins of that model, and a
+//  higher version of the model replaces the settings used.
+static const char s_model_v1[] =
+    "{\"format\": 1, \"name\": \"probe\", \"version\": 1, \"properties\": {"
+    "\"pm25\": {\"valid\": {\"min\": 0, \"max\": 100}, \"limits\": {\"upper\": 35}}}}";
+static const char s_model_v2[] =
+    "{\"format\": 1, \"name\": \"probe\", \"version\": 2, \"properties\": {"
+    "\"pm25\": {\"valid\": {\"min\": 0, \"max\": 500}, \"limits\": {\"upper\": 50}}}}";
+
+static unsigned
+s_apply_flags (tm_twins_t *twins, const char *entity, const char *model, double value,
+               int64_t ts)
+{
+    tm_reading_t r = s_reading (entity, "pm25", value, ts);
+    r.model = model;
+    r.model_len = model? strlen (model): 0;
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, ts), TM_APPLY_APPLIED);
+    tm_twin_t *t = tm_twins_find (twins, entity, strlen (entity));
+    assert_non_null (t);
+    return tm_analytics_flags (&t->props[0].an, tm_twins_settings (twins, t, &t->props[0]));
+}
+
+static void
+test_model_settings (void **state)
+{
+    (void) state;
+    char err[TM_MODEL_ERR_SIZE];
+    tm_models_t *models = tm_models_new ();
+    tm_twins_t *twins = tm_twins_new ();
+    assert_non_null (models);
+    assert_non_null (twins);
+    tm_twins_set_models (twins, models);
+    //  Before the model is installed: defaults, nothing is out of range.
+    assert_int_equal (s_apply_flags (twins, "m/a", "probe", 150, 1000) & TM_ANALYTICS_OUT_OF_RANGE,
+                      0);
+    tm_model_t *m = tm_model_parse (s_model_v1, strlen (s_model_v1), "v1", err, sizeof err);
+    assert_non_null (m);
+    assert_int_equal (tm_models_put (models, &m, NULL, err, sizeof err), 0);
+    //  Now the same twin (cached at the old generation) and a new one use it.
+    assert_true (s_apply_flags (twins, "m/a", "probe", 150, 2000) & TM_ANALYTICS_OUT_OF_RANGE);
+    assert_true (s_apply_flags (twins, "m/b", "probe", 150, 2000) & TM_ANALYTICS_OUT_OF_RANGE);
+    assert_int_equal (s_apply_flags (twins, "m/b", "probe", 50, 3000) & TM_ANALYTICS_OUT_OF_RANGE,
+                      0);
+    //  A twin of another model, or none, keeps the defaults.
+    assert_int_equal (s_apply_flags (twins, "m/c", "other", 150, 1000) & TM_ANALYTICS_OUT_OF_RANGE,
+                      0);
+    assert_int_equal (s_apply_flags (twins, "m/d", NULL, 150, 1000) & TM_ANALYTICS_OUT_OF_RANGE,
+                      0);
+    tm_twin_t *t = tm_twins_find (twins, "m/b", 3);
+    const tm_analytics_settings_t *st = tm_twins_settings (twins, t, &t->props[0]);
+    assert_true (st->valid_max == 100);
+    assert_true (st->limit_upper == 35);
+    assert_int_equal (st->interval_ms, 60000);     //  expected_interval_ms 0 -> 60 s
+    //  An unknown property of a modelled twin: defaults.
+    tm_reading_t r = s_reading ("m/b", "noise", 1e9, 4000);
+    r.model = "probe";
+    r.model_len = 5;
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 4000), TM_APPLY_APPLIED);
+    assert_true (isinf (tm_twins_settings (twins, t, &t->props[1])->valid_max));
+
+    //  Version 2 widens the range: 150 is good again, and the old settings
+    //  are not used once the model is replaced.
+    m = tm_model_parse (s_model_v2, strlen (s_model_v2), "v2", err, sizeof err);
+    assert_non_null (m);
+    uint32_t previous = 0;
+    assert_int_equal (tm_models_put (models, &m, &previous, err, sizeof err), 0);
+    assert_int_equal (previous, 1);
+    assert_int_equal (s_apply_flags (twins, "m/b", "probe", 150, 5000) & TM_ANALYTICS_OUT_OF_RANGE,
+                      0);
+    st = tm_twins_settings (twins, t, &t->props[0]);
+    assert_true (st->valid_max == 500);
+    assert_true (st->limit_upper == 50);
+    assert_true (s_apply_flags (twins, "m/b", "probe", 600, 6000) & TM_ANALYTICS_OUT_OF_RANGE);
+    tm_twins_destroy (&twins);
+    tm_models_destroy (&models);
+}
+
 int
 main (void)
 {
@@ -262,6 +339,7 @@ main (void)
         cmocka_unit_test (test_against_reference),
         cmocka_unit_test (test_dirty_shards_and_roundtrip),
         cmocka_unit_test (test_sync_tick),
+        cmocka_unit_test (test_model_settings),
     };
     return cmocka_run_group_tests (tests, NULL, NULL);
 }
