@@ -807,8 +807,19 @@ s_cmd_wait_ready (int argc, char **argv)
             s_status_sanitize (cs);
             s_totals_t workers, gateways;
             s_totals (cs, &workers, &gateways);
+            //  A node routes with its own copy of the map: until every live
+            //  worker and gateway reports the broker's epoch (in its next
+            //  heartbeat), a first write can still meet "no shard map yet".
+            size_t lagging = 0;
+            for (size_t i = 0; i < cs->n_nodes; i++) {
+                const Twinmesh__NodeStatus *n = cs->nodes[i];
+                const char *role = n->info && n->info->role? n->info->role: "";
+                if (n->up && (!strcmp (role, "worker") || !strcmp (role, "gateway"))
+                    && (!n->info->stats || n->info->stats->map_epoch < cs->epoch))
+                    lagging++;
+            }
             bool ready = cs->epoch > 0 && cs->unassigned_shards == 0
-                      && (int64_t) workers.up >= want;
+                      && (int64_t) workers.up >= want && lagging == 0;
             if (ready) {
                 if (tm_cli_json (cli))
                     printf ("{\"ready\": true, \"epoch\": %llu, \"num_shards\": %u, "
@@ -828,9 +839,11 @@ s_cmd_wait_ready (int argc, char **argv)
             if (cs->epoch > 0 && cs->unassigned_shards)
                 snprintf (unassigned, sizeof unassigned, "%u shards unassigned; ",
                           cs->unassigned_shards);
-            snprintf (missing, sizeof missing, "%s%s%zu of %lld workers up (%zu known)",
+            snprintf (missing, sizeof missing,
+                      "%s%s%zu of %lld workers up (%zu known); %zu nodes behind map epoch %llu",
                       cs->epoch == 0? "map epoch 0 (no shards assigned yet); ": "", unassigned,
-                      workers.up, (long long) want, workers.count);
+                      workers.up, (long long) want, workers.count, lagging,
+                      (unsigned long long) cs->epoch);
             tm_codec_free (&cs);
         }
         else
@@ -1291,7 +1304,8 @@ static const s_command_t s_commands[] = {
      s_cmd_twin},
     {"model", "load|list|show ...", "load model files into the broker, list and show them",
      tm_models_cli_main},
-    {"wait-ready", "[--workers N]", "wait until every shard is assigned and N workers are up",
+    {"wait-ready", "[--workers N]",
+     "wait until every shard is assigned, N workers are up and all nodes have the map",
      s_cmd_wait_ready},
     {"sim", "...", "feed a gateway with a simulated city", tm_sim_main},
     {"replay", "...", "send a data set (CSV) through a gateway", tm_replay_main},
