@@ -853,3 +853,13 @@ tm_producer_test (bool verbose)
     if (verbose)
         printf ("OK\n");
 }
+
+void
+tm_producer_print_reading (const tm_reading_t *r, FILE *out)
+{
+    fprintf (out, "  %.*s %.*s=%.6g ts_ms=%lld", (int) r->entity_len, r->entity,
+             (int) r->property_len, r->property, r->value, (long long) r->ts_ms);
+    if (r->model)
+        fprintf (out, " model=%.*s", (int) r->model_len, r->model);
+    fprintf (out, "\n");
+}

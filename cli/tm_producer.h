@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "tm_wire.h"
+
 #include "tm_config.h"
 
 //  Outcomes of the blocking calls besides 0.
@@ -183,5 +185,8 @@ void tm_producer_print_json_string (const char *s, FILE *out);
 
 //  Selftest of the latency histogram and the window bookkeeping (offline).
 void tm_producer_test (bool verbose);
+
+//  One reading on one line, for --dry-run listings of sim and replay.
+void tm_producer_print_reading (const tm_reading_t *r, FILE *out);
 
 #endif

@@ -82,7 +82,7 @@ static const s_preset_t s_presets[] = {
         {"time_col", "Date"},
         {"time_format", "%m/%d/%Y"},
         {"props", "Daily Mean PM2.5 Concentration=pm25"},
-        {"model", "pm25_monitor"},
+        {"model", "epa_pm25_monitor"},
         {NULL, NULL}}},
     //  UCI Air Quality: one device, 13 channels, ';' and decimal commas,
     //  -200 for missing, local Italian time without DST (taken as CET).
@@ -95,7 +95,7 @@ static const s_preset_t s_presets[] = {
         {"delim", ";"},
         {"decimal_comma", "true"},
         {"missing", "-200"},
-        {"model", "multisensor_device"},
+        {"model", "uci_multisensor"},
         {NULL, NULL}}},
     //  Melbourne pedestrian counts, January 2019: wide, one column per
     //  sensor from the 3rd, hourly, AEDT (+11:00), -1 and "undefined" missing.
@@ -106,10 +106,10 @@ static const s_preset_t s_presets[] = {
         {"time_col", "Hour"},
         {"time_format", "%d/%m/%Y %H"},
         {"utc_offset", "+11:00"},
-        {"props", "pedestrians"},
+        {"props", "count"},
         {"missing", "-1,undefined"},
         {"entity_prefix", "melbourne/"},
-        {"model", "pedestrian_counter"},
+        {"model", "melbourne_pedestrian_counter"},
         {NULL, NULL}}},
 };
 #define S_PRESETS (sizeof s_presets / sizeof s_presets[0])
@@ -363,16 +363,6 @@ s_progress (void *arg)
                  (unsigned long long) self->rows, (unsigned long long) self->readings);
 }
 
-static void
-s_print_reading (const tm_reading_t *r, FILE *out)
-{
-    fprintf (out, "  %.*s %.*s=%.6g ts_ms=%lld", (int) r->entity_len, r->entity,
-             (int) r->property_len, r->property, r->value, (long long) r->ts_ms);
-    if (r->model)
-        fprintf (out, " model=%.*s", (int) r->model_len, r->model);
-    fprintf (out, "\n");
-}
-
 //  Send (or in a dry run validate) the batch being built.
 static void
 s_flush (s_replay_t *self)
@@ -393,7 +383,7 @@ s_flush (s_replay_t *self)
             tm_wire_iter_init (&it, self->buf, self->used);
             fprintf (stderr, "replay: first readings:\n");
             for (int i = 0; i < S_SHOW_READINGS && tm_wire_next (&it, &r) == 1; i++)
-                s_print_reading (&r, stderr);
+                tm_producer_print_reading (&r, stderr);
         }
     }
     else

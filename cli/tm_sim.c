@@ -309,16 +309,6 @@ s_progress (void *arg)
 }
 
 static void
-s_print_reading (const tm_reading_t *r, FILE *out)
-{
-    fprintf (out, "  %.*s %.*s=%.6g ts_ms=%lld", (int) r->entity_len, r->entity,
-             (int) r->property_len, r->property, r->value, (long long) r->ts_ms);
-    if (r->model)
-        fprintf (out, " model=%.*s", (int) r->model_len, r->model);
-    fprintf (out, "\n");
-}
-
-static void
 s_list_twins (s_city_t *city, size_t count)
 {
     printf ("id,kind,model,district,lat,lon\n");
@@ -492,7 +482,7 @@ tm_sim_main (int argc, char **argv)
                 tm_wire_iter_init (&it, buf, size);
                 fprintf (stderr, "sim: first readings:\n");
                 for (int i = 0; i < S_SHOW_READINGS && tm_wire_next (&it, &r) == 1; i++)
-                    s_print_reading (&r, stderr);
+                    tm_producer_print_reading (&r, stderr);
             }
         }
         else {
