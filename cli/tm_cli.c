@@ -895,7 +895,17 @@ s_print_twin_json (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
     tm_cli_json_string (stdout, ts->sync && *ts->sync? ts->sync: "unknown");
     fputs (", \"confidence\": ", stdout);
     tm_cli_json_number (stdout, ts->confidence);
-    fputs (", \"properties\": [", stdout);
+    //  Attribute values are JSON text the gateway checked and the worker
+    //  re-printed with jansson: they go in as they are.
+    fputs (", \"attributes\": {", stdout);
+    for (size_t i = 0; i < ts->n_attributes; i++) {
+        fputs (i? ", ": "", stdout);
+        tm_cli_json_string (stdout, ts->attributes[i]->name);
+        fputs (": ", stdout);
+        fputs (ts->attributes[i]->value && *ts->attributes[i]->value?
+               ts->attributes[i]->value: "null", stdout);
+    }
+    fputs ("}, \"properties\": [", stdout);
     for (size_t i = 0; i < ts->n_properties; i++) {
         const Twinmesh__PropertyState *p = ts->properties[i];
         char when[40];
@@ -921,6 +931,8 @@ s_print_twin_json (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
             else
                 tm_cli_json_number (stdout, stats[k].v);
         }
+        if (p->derived)
+            fputs (", \"derived\": true", stdout);
         fprintf (stdout, ", \"quality\": %u, \"flags\": ", p->quality);
         tm_cli_json_string (stdout, s_quality_text (p->quality));
         fputc ('}', stdout);
@@ -943,6 +955,15 @@ s_print_twin_text (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
     free (safe_entity);
     free (safe_model);
     free (safe_worker);
+    for (size_t i = 0; i < ts->n_attributes; i++) {
+        char *name = s_printable (ts->attributes[i]->name);
+        char *value = s_printable (ts->attributes[i]->value);
+        printf ("%-11s %s\n", name? name: "?", value? value: "?");
+        free (name);
+        free (value);
+    }
+    if (ts->n_attributes)
+        printf ("\n");
     if (ts->n_properties == 0) {
         printf ("(no properties yet)\n");
         return;
@@ -963,7 +984,7 @@ s_print_twin_text (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
         else
             snprintf (value, sizeof value, "%.6g", p->value);
         tm_cli_iso8601 (p->ts_ms, when, sizeof when);
-        snprintf (count, sizeof count, "%llu", (unsigned long long) p->count);
+        snprintf (count, sizeof count, p->derived? "-": "%llu", (unsigned long long) p->count);
         bool have = p->in_range > 0;
         snprintf (mean, sizeof mean, have? "%.4g": "-", p->mean);
         snprintf (sd, sizeof sd, have? "%.3g": "-", p->stddev);
@@ -973,7 +994,7 @@ s_print_twin_text (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
         snprintf (anomaly, sizeof anomaly, have? "%.1f": "-", p->anomaly);
         const char *row[] = {p->name, value, when,  count,   mean,
                              sd,      mn,    mx,    trend,   anomaly,
-                             s_quality_text (p->quality)};
+                             p->derived? "derived": s_quality_text (p->quality)};
         s_table_row (&table, row);
     }
     s_table_print (&table, stdout);

@@ -141,6 +141,7 @@ typedef struct {
     int64_t start_ms;              //  Timestamp of round 0
     int64_t step_ms;               //  Timestamp advance per round
     uint64_t rng;                  //  Value noise generator state
+    char name[S_MAX_CITY + 1];     //  City name, the prefix of ids and district ids
 } s_city_t;
 
 //  splitmix64: seeds and per-twin streams.
@@ -186,6 +187,7 @@ static int
 s_city_init (s_city_t *city, const char *name, size_t ntwins, uint64_t seed)
 {
     memset (city, 0, sizeof *city);
+    snprintf (city->name, sizeof city->name, "%s", name);
     city->twins = calloc (ntwins, sizeof *city->twins);
     if (!city->twins)
         return -1;
@@ -263,11 +265,24 @@ s_city_fill (s_city_t *city, uint8_t *buf, size_t cap, size_t n)
         const s_prop_t *pr = &kind->props[se->prop];
         double v = s_value (city, tw, pr, ts);
         const char *model = NULL;
+        //  The model and the attributes (district, location) ride on the
+        //  twin's first reading only: queries group and filter on them.
+        char district[S_MAX_CITY + 64], location[96];
+        tm_wire_attr_t attrs[2];
+        size_t nattrs = 0;
         if (!tw->announced) {
             model = kind->model;
             tw->announced = true;
+            int dl = snprintf (district, sizeof district, "\"%s/district/%s\"", city->name,
+                               s_districts[tw->district].name);
+            int ll = snprintf (location, sizeof location, "{\"lat\":%.6f,\"lon\":%.6f}",
+                               tw->lat, tw->lon);
+            attrs[0] = (tm_wire_attr_t) {"district", 8, district, (size_t) dl};
+            attrs[1] = (tm_wire_attr_t) {"location", 8, location, (size_t) ll};
+            nattrs = 2;
         }
-        size_t wrote = tm_wire_encode (buf + used, cap - used, tw->id, pr->name, v, ts, model);
+        size_t wrote = tm_wire_encode_attrs (buf + used, cap - used, tw->id, pr->name, v, ts,
+                                             model, attrs, nattrs);
         if (wrote == 0)
             return 0;
         used += wrote;
@@ -396,7 +411,9 @@ tm_sim_main (int argc, char **argv)
         goto done;
     }
 
-    size_t cap = (size_t) batch * tm_wire_encoded_max (strlen (city.twins[0].id) + 8, 16, 16);
+    //  Each reading may be a twin's first, with its two attributes.
+    size_t cap = (size_t) batch * (tm_wire_encoded_max (strlen (city.twins[0].id) + 8, 16, 16)
+                                   + 2 * S_MAX_CITY + 200);
     buf = malloc (cap);
     if (!buf) {
         fprintf (stderr, "twinctl sim: out of memory for the batch buffer\n");

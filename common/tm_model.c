@@ -12,6 +12,7 @@
     two must change together.
 */
 #include "tm_model.h"
+#include "tm_expr.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -967,6 +968,62 @@ s_check_namespace (s_ctx_t *ctx, const tm_model_t *m)
     return 0;
 }
 
+//  A derived property reads the model's properties, its aggregate series
+//  and the derived properties above it in the file (so there is an order
+//  to compute them in and no cycle). Checked here, once, so that a worker
+//  never meets an expression it cannot compile.
+typedef struct {
+    const tm_model_t *m;               //  The model
+    uint32_t before;                   //  Derived properties [0, before) are readable
+} s_derived_scope_t;
+
+static int
+s_derived_resolve (void *user, const char *name, size_t len, tm_expr_slot_t *out)
+{
+    const s_derived_scope_t *scope = (const s_derived_scope_t *) user;
+    (void) len;
+    const char *owner = s_series_owner (scope->m, name, NULL);
+    if (!owner)
+        return -1;
+    if (!strcmp (owner, "derived")) {
+        uint32_t i = 0;
+        while (i < scope->m->nderived && strcmp (scope->m->derived[i].name, name))
+            i++;
+        if (i >= scope->before)
+            return -1;
+    }
+    out->slot = 0;
+    out->type = TM_EXPR_NUMBER;
+    return 0;
+}
+
+static int
+s_check_derived_exprs (s_ctx_t *ctx, const tm_model_t *m)
+{
+    for (uint32_t i = 0; i < m->nderived; i++) {
+        s_derived_scope_t scope = {.m = m, .before = i};
+        tm_expr_options_t opts = {.resolve = s_derived_resolve, .user = &scope,
+                                  .expect = TM_EXPR_NUMBER};
+        tm_expr_error_t err;
+        tm_expr_t *e = tm_expr_compile (m->derived[i].expression, &opts, &err);
+        if (e) {
+            tm_expr_destroy (&e);
+            continue;
+        }
+        size_t saved = s_push (ctx, "derived");
+        s_push (ctx, m->derived[i].name);
+        s_push (ctx, "expression");
+        if (err.code == TM_EXPR_E_UNKNOWN_NAME)
+            s_fail (ctx, "%s (an expression reads the model's properties, aggregate series "
+                         "and the derived properties above it)", err.message);
+        else
+            s_fail (ctx, "%s", err.message);
+        s_pop (ctx, saved);
+        return -1;
+    }
+    return 0;
+}
+
 //  ---------------------------------------------------------------------
 //  The property index: FNV-1a into 128 slots, linear probing
 
@@ -1372,7 +1429,9 @@ s_parse_root (s_ctx_t *ctx, json_t *root, tm_model_t *m)
             s_pop (ctx, saved);
         }
     }
-    return s_check_namespace (ctx, m);
+    if (s_check_namespace (ctx, m) != 0)
+        return -1;
+    return s_check_derived_exprs (ctx, m);
 }
 
 tm_model_t *

@@ -1,5 +1,6 @@
 /*  tm_wire - readings straight from protobuf wire bytes, without allocation  */
 #include "tm_wire.h"
+#include "tm_attr.h"
 #include "tm_util.h"
 #include "tm_varint.h"
 
@@ -60,6 +61,53 @@ s_fail (tm_wire_iter_t *it, const char *why)
     return -1;
 }
 
+//  An Attribute sub-message: name and value spans; -1 if malformed.
+static int
+s_parse_attr (const uint8_t *p, const uint8_t *end, tm_wire_attr_t *a)
+{
+    memset (a, 0, sizeof *a);
+    while (p < end) {
+        uint64_t key, v;
+        if (tm_varint_get (&p, end, &key) != 0)
+            return -1;
+        unsigned field = (unsigned) (key >> 3), wt = (unsigned) (key & 7);
+        if ((field == 1 || field == 2) && wt == 2) {
+            if (tm_varint_get (&p, end, &v) != 0 || v > (uint64_t) (end - p))
+                return -1;
+            if (field == 1) {
+                a->name = (const char *) p;
+                a->name_len = (size_t) v;
+            }
+            else {
+                a->value = (const char *) p;
+                a->value_len = (size_t) v;
+            }
+            p += v;
+        }
+        else
+        if (field == 1 || field == 2 || field == 0 || s_skip (&p, end, wt) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+//  Check an attribute the first time its bytes are seen: a name queries
+//  can use and JSON the worker can type (tm_attr), so that nothing acked
+//  carries an attribute the worker would have to drop.
+static const char *
+s_check_attr (const tm_wire_attr_t *a)
+{
+    if (!tm_attr_name_valid (a->name, a->name_len))
+        return "attribute name must be 1 to 64 bytes of [A-Za-z0-9_], not starting with a digit";
+    if (a->value_len == 0 || a->value_len > TM_WIRE_MAX_ATTR_VALUE)
+        return "attribute value must be 1 to 1024 bytes of JSON";
+    tm_attr_t attr;
+    if (tm_attr_parse (a->value, a->value_len, &attr, NULL, 0) < 0)
+        return "attribute value is not a string, number, boolean, location, tags or null";
+    tm_attr_fini (&attr);
+    return NULL;
+}
+
 static int
 s_parse_reading (tm_wire_iter_t *it, const uint8_t *p, const uint8_t *end, tm_reading_t *r)
 {
@@ -107,7 +155,20 @@ s_parse_reading (tm_wire_iter_t *it, const uint8_t *p, const uint8_t *end, tm_re
             have_ts = true;
         }
         else
-        if (field >= 1 && field <= 5)
+        if (field == 6 && wt == 2) {
+            tm_wire_attr_t a;
+            if (tm_varint_get (&p, end, &v) != 0 || v > (uint64_t) (end - p)
+                || s_parse_attr (p, p + v, &a) != 0)
+                return s_fail (it, "attribute runs past the end or is malformed");
+            if (++r->nattrs > TM_WIRE_MAX_ATTRS)
+                return s_fail (it, "more than 64 attributes on one reading");
+            const char *why = it->trusted? NULL: s_check_attr (&a);
+            if (why)
+                return s_fail (it, why);
+            p += v;
+        }
+        else
+        if (field >= 1 && field <= 6)
             return s_fail (it, "field has the wrong wire type");
         else
         if (field == 0 || s_skip (&p, end, wt) != 0)
@@ -160,9 +221,37 @@ tm_wire_next (tm_wire_iter_t *it, tm_reading_t *r)
             return rc;
         r->raw = start;
         r->raw_len = (size_t) (it->pos - start);
+        r->body = body;
+        r->body_len = (size_t) len;
         it->index++;
         return 1;
     }
+    return 0;
+}
+
+int
+tm_wire_attr_next (const tm_reading_t *r, size_t *offset, tm_wire_attr_t *a)
+{
+    if (r->nattrs == 0 || !r->body)
+        return 0;
+    const uint8_t *p = r->body + *offset, *end = r->body + r->body_len;
+    while (p < end) {
+        uint64_t key, v;
+        if (tm_varint_get (&p, end, &key) != 0)
+            return 0;
+        unsigned field = (unsigned) (key >> 3), wt = (unsigned) (key & 7);
+        if (field == 6 && wt == 2) {
+            if (tm_varint_get (&p, end, &v) != 0 || v > (uint64_t) (end - p)
+                || s_parse_attr (p, p + v, a) != 0)
+                return 0;
+            p += v;
+            *offset = (size_t) (p - r->body);
+            return 1;
+        }
+        if (s_skip (&p, end, wt) != 0)
+            return 0;
+    }
+    *offset = r->body_len;
     return 0;
 }
 
@@ -199,13 +288,32 @@ size_t
 tm_wire_encode (uint8_t *buf, size_t cap, const char *entity, const char *property,
                 double value, int64_t ts_ms, const char *model)
 {
+    return tm_wire_encode_attrs (buf, cap, entity, property, value, ts_ms, model, NULL, 0);
+}
+
+size_t
+tm_wire_encode_attrs (uint8_t *buf, size_t cap, const char *entity, const char *property,
+                      double value, int64_t ts_ms, const char *model,
+                      const tm_wire_attr_t *attrs, size_t nattrs)
+{
     size_t el = entity? strlen (entity): 0, pl = property? strlen (property): 0;
     size_t ml = model? strlen (model): 0;
     if (el == 0 || el > TM_WIRE_MAX_ENTITY || pl == 0 || pl > TM_WIRE_MAX_PROPERTY
         || ml > TM_WIRE_MAX_MODEL)
         return 0;
+    if (nattrs > TM_WIRE_MAX_ATTRS)
+        return 0;
     size_t inner = 1 + tm_varint_len (el) + el + 1 + tm_varint_len (pl) + pl + 9 + 1
                  + tm_varint_len ((uint64_t) ts_ms) + (ml? 1 + tm_varint_len (ml) + ml: 0);
+    for (size_t i = 0; i < nattrs; i++) {
+        const tm_wire_attr_t *a = &attrs[i];
+        if (a->name_len == 0 || a->name_len > TM_WIRE_MAX_ATTR_NAME || a->value_len == 0
+            || a->value_len > TM_WIRE_MAX_ATTR_VALUE)
+            return 0;
+        size_t sub = 1 + tm_varint_len (a->name_len) + a->name_len + 1
+                   + tm_varint_len (a->value_len) + a->value_len;
+        inner += 1 + tm_varint_len (sub) + sub;
+    }
     size_t total = 1 + tm_varint_len (inner) + inner;
     if (total > cap)
         return 0;
@@ -232,6 +340,21 @@ tm_wire_encode (uint8_t *buf, size_t cap, const char *entity, const char *proper
         p += tm_varint_put (p, ml);
         memcpy (p, model, ml);
         p += ml;
+    }
+    for (size_t i = 0; i < nattrs; i++) {
+        const tm_wire_attr_t *a = &attrs[i];
+        size_t sub = 1 + tm_varint_len (a->name_len) + a->name_len + 1
+                   + tm_varint_len (a->value_len) + a->value_len;
+        *p++ = 0x32;
+        p += tm_varint_put (p, sub);
+        *p++ = 0x0A;
+        p += tm_varint_put (p, a->name_len);
+        memcpy (p, a->name, a->name_len);
+        p += a->name_len;
+        *p++ = 0x12;
+        p += tm_varint_put (p, a->value_len);
+        memcpy (p, a->value, a->value_len);
+        p += a->value_len;
     }
     return (size_t) (p - buf);
 }

@@ -21,6 +21,9 @@
 #define TM_WIRE_MAX_ENTITY 128
 #define TM_WIRE_MAX_PROPERTY 64
 #define TM_WIRE_MAX_MODEL 64
+#define TM_WIRE_MAX_ATTRS 64           //  Attributes on one reading
+#define TM_WIRE_MAX_ATTR_NAME 64
+#define TM_WIRE_MAX_ATTR_VALUE 1024    //  Bytes of an attribute's JSON text
 
 typedef struct {
     const char *entity;            //  Points into the batch; not NUL-terminated
@@ -33,7 +36,18 @@ typedef struct {
     int64_t ts_ms;
     const uint8_t *raw;            //  The whole repeated field: tag, length, bytes
     size_t raw_len;
+    const uint8_t *body;           //  The Reading message's bytes (inside raw)
+    size_t body_len;
+    uint32_t nattrs;               //  Attributes it carries (tm_wire_attr_next)
 } tm_reading_t;
+
+//  One attribute of a reading: name and JSON text, pointing into the batch.
+typedef struct {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+} tm_wire_attr_t;
 
 typedef struct {
     const uint8_t *pos;            //  Next unread byte
@@ -56,6 +70,11 @@ void tm_wire_iter_init_trusted (tm_wire_iter_t *it, const uint8_t *data, size_t 
 //  than readings are skipped.
 int tm_wire_next (tm_wire_iter_t *it, tm_reading_t *r);
 
+//  The reading's next attribute after *offset (start at 0): 1 with *a
+//  filled, 0 when there are no more. Only for readings tm_wire_next
+//  returned (their attributes are checked already).
+int tm_wire_attr_next (const tm_reading_t *r, size_t *offset, tm_wire_attr_t *a);
+
 //  Check a whole batch; returns the number of readings, or -1 with *error
 //  set and *bad_index the failing reading.
 long tm_wire_validate (const uint8_t *data, size_t size, const char **error, size_t *bad_index);
@@ -64,6 +83,11 @@ long tm_wire_validate (const uint8_t *data, size_t size, const char **error, siz
 //  bytes written, or 0 if cap is too small or a field is invalid.
 size_t tm_wire_encode (uint8_t *buf, size_t cap, const char *entity, const char *property,
                        double value, int64_t ts_ms, const char *model);
+
+//  tm_wire_encode with attributes (nattrs entries of attrs; may be 0).
+size_t tm_wire_encode_attrs (uint8_t *buf, size_t cap, const char *entity,
+                             const char *property, double value, int64_t ts_ms,
+                             const char *model, const tm_wire_attr_t *attrs, size_t nattrs);
 
 //  Upper bound of tm_wire_encode's output for these string lengths.
 size_t tm_wire_encoded_max (size_t entity_len, size_t property_len, size_t model_len);

@@ -53,6 +53,7 @@ struct _tm_twins_t {
     size_t ncurrent;               //  Entries in current
     uint64_t anomalies;            //  Readings flagged anomalous
     uint64_t out_of_range;         //  Readings outside their valid range
+    uint64_t attrs_refused;        //  Attribute values refused (type, limit)
     size_t in_state[TM_SYNC_NSTATES];  //  Twins per sync state
 };
 
@@ -118,6 +119,9 @@ s_twin_free (tm_twin_t *twin)
             free (twin->props[i].hist);
         }
     free (twin->props);
+    for (uint8_t i = 0; i < twin->nattrs; i++)
+        tm_attr_fini (&twin->attrs[i]);
+    free (twin->attrs);
     free (twin);
 }
 
@@ -229,6 +233,111 @@ s_intern (tm_twins_t *self, const char *name, size_t len)
     if (self->nnames * 10 > self->nnames_slots * 7)
         s_grow_names (self);   //  on failure the table stays usable, just fuller
     return copy;
+}
+
+const char *
+tm_twins_name_find (tm_twins_t *self, const char *name, size_t len)
+{
+    uint64_t h = s_hash (name, len);
+    size_t j = h & (self->nnames_slots - 1);
+    while (self->names[j].name) {
+        if (self->names[j].hash == h && self->names[j].len == len
+            && memcmp (self->names[j].name, name, len) == 0)
+            return self->names[j].name;
+        j = (j + 1) & (self->nnames_slots - 1);
+    }
+    return NULL;
+}
+
+const tm_attr_t *
+tm_twins_attr (const tm_twin_t *twin, const char *interned)
+{
+    for (uint8_t i = 0; i < twin->nattrs; i++)
+        if (twin->attrs[i].name == interned)
+            return &twin->attrs[i];
+    return NULL;
+}
+
+tm_twin_t *
+tm_twins_shard_first (tm_twins_t *self, uint32_t shard)
+{
+    return self->shard_heads[shard % TM_SHARDMAP_MAX_SHARDS];
+}
+
+uint64_t
+tm_twins_attrs_refused (tm_twins_t *self)
+{
+    return self->attrs_refused;
+}
+
+//  Set (or, for a null value, remove) one attribute from its JSON text.
+//  Attributes apply in log order: the newest reading that sets one wins.
+//  A value whose type contradicts the twin's model is refused and counted
+//  (the gateway cannot know the model's types; docs/models.md says so).
+static int
+s_set_attr (tm_twins_t *self, tm_twin_t *t, const char *name, size_t name_len,
+            const char *json, size_t json_len, bool check_model)
+{
+    const char *interned = s_intern (self, name, name_len);
+    if (!interned)
+        return -1;
+    tm_attr_t value;
+    int rc = tm_attr_parse (json, json_len, &value, NULL, 0);
+    if (rc < 0)
+        return -1;
+    if (rc == 0 && check_model && t->model && self->models) {
+        const tm_model_t *m = tm_models_find (self->models, t->model, strlen (t->model));
+        const tm_model_attribute_t *decl = m? tm_model_attribute_find (m, interned): NULL;
+        if (decl) {
+            bool fits = decl->type == TM_MODEL_ATTR_STRING? value.type == TM_EXPR_STRING && !value.tags:
+                        decl->type == TM_MODEL_ATTR_NUMBER? value.type == TM_EXPR_NUMBER:
+                        decl->type == TM_MODEL_ATTR_LOCATION? value.type == TM_EXPR_LOCATION:
+                        value.tags;
+            if (!fits) {
+                tm_attr_fini (&value);
+                return -1;
+            }
+        }
+    }
+    value.name = interned;
+    for (uint8_t i = 0; i < t->nattrs; i++) {
+        if (t->attrs[i].name != interned)
+            continue;
+        tm_attr_fini (&t->attrs[i]);
+        if (rc == 1)
+            t->attrs[i] = t->attrs[--t->nattrs];
+        else
+            t->attrs[i] = value;
+        return 0;
+    }
+    if (rc == 1)
+        return 0;
+    if (t->nattrs >= TM_ATTR_MAX_PER_TWIN) {
+        tm_attr_fini (&value);
+        return -1;
+    }
+    //  Exact-size growth: attributes change rarely and memory per twin counts.
+    tm_attr_t *grown = realloc (t->attrs, (t->nattrs + 1u) * sizeof *grown);
+    if (!grown) {
+        tm_attr_fini (&value);
+        return -1;
+    }
+    t->attrs = grown;
+    t->attrs[t->nattrs++] = value;
+    return 0;
+}
+
+static void s_mark_dirty (tm_twins_t *self, tm_twin_t *t);
+
+static void
+s_apply_attrs (tm_twins_t *self, tm_twin_t *t, const tm_reading_t *r)
+{
+    size_t offset = 0;
+    tm_wire_attr_t a;
+    while (tm_wire_attr_next (r, &offset, &a) == 1)
+        if (s_set_attr (self, t, a.name, a.name_len, a.value, a.value_len, true) != 0)
+            self->attrs_refused++;
+    s_mark_dirty (self, t);
 }
 
 tm_twin_t *
@@ -618,6 +727,8 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
         t->models_gen = UINT64_MAX;    //  resolve its settings at the next lookup
         s_mark_dirty (self, t);
     }
+    if (r->nattrs)
+        s_apply_attrs (self, t, r);
     tm_prop_t *p = s_prop (self, t, r->property, r->property_len, true);
     if (!p)
         return TM_APPLY_REJECTED;
@@ -712,7 +823,7 @@ s_name_len (const char *interned)
 //  write per reading. Version 2 is version 3 without the chunks.
 //  Version 1 (issue #2's workers) had no sync and, per property, only
 //  f64(value) zigzag(ts_ms) count; it is still read, with fresh analytics.
-#define S_SHARD_FORMAT 3
+#define S_SHARD_FORMAT 4
 
 static size_t
 s_put_f64 (uint8_t *p, double v)
@@ -852,6 +963,25 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
                 memcpy (p + n, hist, hlen);
                 n += hlen;
             }
+        }
+        //  Format 4: attributes, as name and JSON text.
+        if (!s_reserve (buf, cap, n + 10))
+            return 0;
+        n += tm_varint_put (*buf + n, t->nattrs);
+        for (uint8_t i = 0; i < t->nattrs; i++) {
+            char *json = tm_attr_json (&t->attrs[i]);
+            size_t nlen = s_name_len (t->attrs[i].name), jlen = json? strlen (json): 0;
+            if (!json || !s_reserve (buf, cap, n + 20 + nlen + jlen)) {
+                free (json);
+                return 0;
+            }
+            n += tm_varint_put (*buf + n, nlen);
+            memcpy (*buf + n, t->attrs[i].name, nlen);
+            n += nlen;
+            n += tm_varint_put (*buf + n, jlen);
+            memcpy (*buf + n, json, jlen);
+            n += jlen;
+            free (json);
         }
     }
     return n;
@@ -993,6 +1123,28 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
             pr->an.ts_ms = tm_unzigzag (zts);
             pr->count = count;
         }
+        if (format >= 4) {
+            uint64_t nattrs;
+            if (tm_varint_get (&p, end, &nattrs) != 0 || nattrs > TM_ATTR_MAX_PER_TWIN)
+                return -1;
+            for (uint64_t i = 0; i < nattrs; i++) {
+                uint64_t nlen, jlen;
+                if (tm_varint_get (&p, end, &nlen) != 0 || nlen > (uint64_t) (end - p))
+                    return -1;
+                const char *name = (const char *) p;
+                p += nlen;
+                if (tm_varint_get (&p, end, &jlen) != 0 || jlen > (uint64_t) (end - p))
+                    return -1;
+                const char *json = (const char *) p;
+                p += jlen;
+                if (!tm_attr_name_valid (name, (size_t) nlen))
+                    return -1;
+                const char *known = tm_twins_name_find (self, name, (size_t) nlen);
+                if ((known && tm_twins_attr (t, known))    //  the same attribute twice
+                    || s_set_attr (self, t, name, (size_t) nlen, json, (size_t) jlen, false) != 0)
+                    return -1;
+            }
+        }
         t->version = version;
         restored++;
     }
@@ -1001,7 +1153,8 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
 
 uint8_t *
 tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id, int64_t now_ms,
-                 size_t *size)
+                 const char *const *derived_names, const tm_expr_value_t *derived_values,
+                 size_t nderived, size_t *size)
 {
     Twinmesh__TwinState st = TWINMESH__TWIN_STATE__INIT;
     st.entity = twin->entity;
@@ -1011,8 +1164,8 @@ tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id,
     st.version = twin->version;
     st.sync = (char *) tm_analytics_sync_state_name (twin->sync.state);
     st.confidence = tm_analytics_sync_confidence (&twin->sync, now_ms);
-    Twinmesh__PropertyState props[TM_TWINS_MAX_PROPS];
-    Twinmesh__PropertyState *ptrs[TM_TWINS_MAX_PROPS];
+    Twinmesh__PropertyState props[TM_TWINS_MAX_PROPS + TM_MODEL_MAX_DERIVED];
+    Twinmesh__PropertyState *ptrs[TM_TWINS_MAX_PROPS + TM_MODEL_MAX_DERIVED];
     for (uint16_t i = 0; i < twin->nprops; i++) {
         const tm_prop_t *pr = &twin->props[i];
         const tm_analytics_t *a = &pr->an;
@@ -1033,7 +1186,43 @@ tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id,
         props[i].quality = tm_analytics_flags (a, tm_twins_settings (self, twin, pr));
         ptrs[i] = &props[i];
     }
-    st.n_properties = twin->nprops;
+    size_t np = twin->nprops;
+    //  Derived properties: computed now from the latest values; their time
+    //  is the newest of the twin's readings.
+    int64_t newest = 0;
+    for (uint16_t i = 0; i < twin->nprops; i++)
+        if (twin->props[i].an.ts_ms > newest)
+            newest = twin->props[i].an.ts_ms;
+    for (size_t i = 0; i < nderived && i < TM_MODEL_MAX_DERIVED; i++) {
+        if (derived_values[i].type != TM_EXPR_NUMBER)
+            continue;
+        twinmesh__property_state__init (&props[np]);
+        props[np].name = (char *) derived_names[i];
+        props[np].value = derived_values[i].num;
+        props[np].ts_ms = newest;
+        props[np].derived = true;
+        ptrs[np] = &props[np];
+        np++;
+    }
+    st.n_properties = np;
     st.properties = ptrs;
-    return tm_codec_pack_buf (&st.base, size);
+    Twinmesh__Attribute attrs[TM_ATTR_MAX_PER_TWIN];
+    Twinmesh__Attribute *aptrs[TM_ATTR_MAX_PER_TWIN];
+    uint8_t *out = NULL;
+    size_t na = 0;
+    for (; na < twin->nattrs; na++) {
+        twinmesh__attribute__init (&attrs[na]);
+        attrs[na].name = (char *) twin->attrs[na].name;
+        attrs[na].value = tm_attr_json (&twin->attrs[na]);
+        if (!attrs[na].value)
+            goto done;
+        aptrs[na] = &attrs[na];
+    }
+    st.n_attributes = na;
+    st.attributes = aptrs;
+    out = tm_codec_pack_buf (&st.base, size);
+done:
+    for (size_t i = 0; i < na; i++)
+        free (attrs[i].value);
+    return out;
 }

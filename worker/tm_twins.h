@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "tm_analytics.h"
+#include "tm_attr.h"
 #include "tm_gorilla.h"
 #include "tm_model.h"
 #include "tm_shardmap.h"
@@ -64,7 +65,9 @@ typedef struct _tm_twin_t {
     uint64_t version;              //  Bumped on every change
     uint16_t nprops;               //  Properties in use
     uint16_t cap;                  //  Properties allocated
+    uint8_t nattrs;                //  Attributes in attrs (fills padding)
     tm_prop_t *props;              //  Owned array
+    tm_attr_t *attrs;              //  Attributes (names interned), owned; NULL if none
     struct _tm_twin_t *next_in_shard;  //  The shard's twins, for checkpoints
     tm_analytics_sync_t sync;      //  Sync status (initializing .. error)
     const tm_twins_table_t *table; //  Its model's settings, NULL: defaults (a cache)
@@ -164,6 +167,21 @@ size_t tm_twins_pending_count (tm_twins_t *self);
 //  Readings and bytes in every open chunk (walks the table: for reports).
 void tm_twins_open_history (tm_twins_t *self, uint64_t *points, uint64_t *bytes);
 
+//  The interned copy of a property or attribute name, or NULL if no twin
+//  on this worker ever used it (then no twin has it: queries use this to
+//  compare names as pointers).
+const char *tm_twins_name_find (tm_twins_t *self, const char *name, size_t len);
+
+//  A twin's attribute by interned name; NULL if it has none.
+const tm_attr_t *tm_twins_attr (const tm_twin_t *twin, const char *interned);
+
+//  The first twin of a shard (then follow next_in_shard); NULL if none.
+tm_twin_t *tm_twins_shard_first (tm_twins_t *self, uint32_t shard);
+
+//  Attributes refused since the table was made (a model declares another
+//  type, or over the limit).
+uint64_t tm_twins_attrs_refused (tm_twins_t *self);
+
 //  Length of a property name (interned names carry it).
 size_t tm_twins_name_len (const char *interned);
 
@@ -181,9 +199,11 @@ long tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *da
                              size_t size);
 
 //  Encode a twin's state for TWIN replies (a TwinState protobuf with its
-//  analytics and sync status at now_ms; caller frees with free). NULL on
-//  allocation failure.
+//  analytics, attributes, sync status at now_ms, and nderived derived
+//  properties computed by the caller: names and values, null ones left
+//  out; caller frees with free). NULL on allocation failure.
 uint8_t *tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id,
-                          int64_t now_ms, size_t *size);
+                          int64_t now_ms, const char *const *derived_names,
+                          const tm_expr_value_t *derived_values, size_t nderived, size_t *size);
 
 #endif

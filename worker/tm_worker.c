@@ -25,6 +25,7 @@
 #include "tm_util.h"
 #include "tm_wire.h"
 #include "tm_wlog.h"
+#include "tm_derived.h"
 
 #include <math.h>
 #include <string.h>
@@ -72,6 +73,7 @@ struct _tm_worker_t {
     tm_history_retention_t retention;  //  Read by the store's compactions
     tm_wlog_t *wlog;               //  Log and checkpoints in it
     tm_twins_t *twins;             //  Twin state in memory
+    tm_derived_t *derived;         //  Compiled derived properties of the models
     zsock_t *router;               //  APPEND and TWIN_GET from clients
     tm_mapclient_t *mapc;          //  Broker link: HELLO, shard map
     tm_modelsync_t *msync;         //  Broker link for models (own DEALER)
@@ -286,7 +288,12 @@ s_handle_twin_get (tm_worker_t *self, tm_msg_t *msg)
     tm_twin_t *twin = tm_twins_find (self->twins, req->entity, len);
     if (twin) {
         size_t size;
-        uint8_t *buf = tm_twins_encode (self->twins, twin, self->id, tm_util_wall_ms (), &size);
+        const char *names[TM_MODEL_MAX_DERIVED];
+        tm_expr_value_t values[TM_MODEL_MAX_DERIVED];
+        size_t nderived = tm_derived_all (self->derived, tm_modelsync_models (self->msync), twin,
+                                          names, values, TM_MODEL_MAX_DERIVED);
+        uint8_t *buf = tm_twins_encode (self->twins, twin, self->id, tm_util_wall_ms (), names,
+                                        values, nderived, &size);
         tm_msg_reply (self->router, msg, type, buf? TWINMESH__STATUS__OK: TWINMESH__STATUS__RETRY_LATER,
                       tm_mapclient_epoch (self->mapc), NULL, buf, buf? size: 0);
         free (buf);
@@ -531,6 +538,7 @@ s_handle (tm_worker_t *self, tm_msg_t *msg, int rc)
     else
     if (msg->hdr.type == TWINMESH__MSG_TYPE__HISTORY_GET)
         s_handle_history (self, msg);
+
     else {
         self->stats.malformed++;
         char detail[96];
@@ -669,7 +677,8 @@ tm_worker_new (const tm_worker_config_t *config)
     self->my_index = -1;
     self->staged = calloc (S_DRAIN_MAX_PARTS, sizeof (s_staged_t));
     self->twins = tm_twins_new ();
-    if (!self->staged || !self->twins)
+    self->derived = self->twins? tm_derived_new (self->twins): NULL;
+    if (!self->staged || !self->twins || !self->derived)
         goto fail;
 
     if (tm_util_mkdir_p (config->data_dir) != 0) {
@@ -772,6 +781,7 @@ tm_worker_destroy (tm_worker_t **self_p)
     tm_mapclient_destroy (&self->mapc);
     tm_wlog_destroy (&self->wlog);
     tm_store_destroy (&self->store);
+    tm_derived_destroy (&self->derived);
     tm_twins_destroy (&self->twins);
     //  After the twins: they borrow its registry until then.
     tm_modelsync_destroy (&self->msync);

@@ -13,6 +13,8 @@ import zmq.auth
 INGEST, INGEST_ACK, APPEND, APPEND_ACK, HELLO, HELLO_ACK = 1, 2, 3, 4, 5, 6
 MAP_GET, MAP, STATUS, STATUS_REPLY, TWIN_GET, TWIN, ERROR = 7, 8, 9, 10, 11, 12, 13
 MODEL_PUT, MODEL_ACK, MODEL_LIST, MODEL_LIST_REPLY, MODEL_GET, MODEL = 16, 17, 18, 19, 20, 21
+QUERY, QUERY_RESULT, QUERY_SCAN, QUERY_PARTIAL = 24, 25, 26, 27
+SITE_QUERY, SITE_PARTIAL = 28, 29
 STATUS_NAMES = ["OK", "RETRY_LATER", "MALFORMED", "UNAUTHORIZED", "TOO_LARGE",
                 "WRONG_SHARD", "NOT_FOUND", "BAD_VERSION", "NOT_READY", "CONFLICT"]
 
@@ -47,16 +49,19 @@ def header(msg_type, request_id=0, epoch=0, version=1, seq=0):
             + field_varint(4, request_id) + field_varint(5, epoch))
 
 
-def reading(entity, prop, value, ts_ms, model=None):
+def reading(entity, prop, value, ts_ms, model=None, attributes=None):
+    """attributes: {name: JSON text} sent with the reading (Reading field 6)."""
     body = field_bytes(1, entity) + field_bytes(2, prop) + field_double(3, value) \
         + field_varint(4, ts_ms)
     if model:
         body += field_bytes(5, model)
+    for name, text in (attributes or {}).items():
+        body += field_bytes(6, field_bytes(1, name) + field_bytes(2, text))
     return field_bytes(1, body)
 
 
 def batch(readings):
-    """readings: iterable of (entity, property, value, ts_ms)."""
+    """readings: iterable of (entity, property, value, ts_ms[, model[, attributes]])."""
     return b"".join(reading(*r) for r in readings)
 
 

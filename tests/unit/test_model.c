@@ -691,6 +691,40 @@ test_rules (void **state)
 }
 
 //  Limits on counts, built rather than written out.
+//  Derived expressions compile at load: names are the model's series
+//  (properties, aggregate series, derived properties above), results numbers.
+static void
+test_derived_expressions (void **state)
+{
+    (void) state;
+    const char *ok = "{\"name\": \"m\", \"version\": 1, \"properties\": {\"a\": {}, \"b\": {}},"
+                     " \"aggregates\": {\"a\": {\"functions\": [\"mean\"]}},"
+                     " \"derived\": {\"d1\": {\"expression\": \"a - b\"},"
+                     " \"d2\": {\"expression\": \"d1 * 2 + a_mean\"}}}";
+    tm_model_t *m = s_parse (ok);
+    assert_int_equal (m->nderived, 2);
+    tm_model_destroy (&m);
+    char text[512];
+    static const struct {
+        const char *expr;
+        const char *why;
+    } bad[] = {
+        {"a - c", "unknown name"},
+        {"d2 + 1", "unknown name"},      //  below, not above
+        {"a >", "expected"},
+        {"a > 1", "number"},             //  a boolean is not a series value
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf (text, sizeof text, "{\"name\": \"m\", \"version\": 1, \"properties\": "
+                  "{\"a\": {}}, \"derived\": {\"d1\": {\"expression\": \"%s\"}, "
+                  "\"d2\": {\"expression\": \"a\"}}}", bad[i].expr);
+        const char *msg = s_refuse (text);
+        assert_non_null (strstr (msg, "derived.d1.expression: "));
+        if (!strstr (msg, bad[i].why))
+            fail_msg ("%s: %s", bad[i].expr, msg);
+    }
+}
+
 static void
 test_limits (void **state)
 {
@@ -724,12 +758,14 @@ test_limits (void **state)
             assert_string_equal (s_refuse (text),
                                  "t.json: properties: at most 64 properties, found 65");
     }
-    //  The largest expression passes, one byte more does not.
+    //  The largest expression passes, one byte more does not (a number
+    //  padded with spaces: it must also compile).
     for (int n = 1024; n <= 1025; n++) {
         int used = snprintf (text, 1 << 16,
                              "{\"name\": \"m\", \"version\": 1, \"derived\": {\"d\": "
                              "{\"expression\": \"");
-        memset (text + used, '1', (size_t) n);
+        memset (text + used, ' ', (size_t) n);
+        text[used] = '1';
         snprintf (text + used + n, 8, "\"}}}");
         if (n == 1024) {
             tm_model_t *m = s_parse (text);
@@ -1113,6 +1149,7 @@ main (int argc, char **argv)
         cmocka_unit_test (test_extensions),
         cmocka_unit_test (test_rules),
         cmocka_unit_test (test_limits),
+        cmocka_unit_test (test_derived_expressions),
         cmocka_unit_test (test_lookup),
         cmocka_unit_test (test_check_value),
         cmocka_unit_test (test_attribute_check),

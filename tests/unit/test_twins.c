@@ -64,6 +64,114 @@ test_apply_rules (void **state)
     assert_null (twins);
 }
 
+//  Decode a reading encoded by tm_wire (so nattrs and body are set).
+static tm_reading_t
+s_wire_reading (uint8_t *buf, size_t cap, const char *entity, const char *prop, double value,
+                int64_t ts, const tm_wire_attr_t *attrs, size_t nattrs)
+{
+    size_t n = tm_wire_encode_attrs (buf, cap, entity, prop, value, ts, NULL, attrs, nattrs);
+    assert_true (n > 0);
+    tm_wire_iter_t it;
+    tm_reading_t r;
+    tm_wire_iter_init (&it, buf, n);
+    assert_int_equal (tm_wire_next (&it, &r), 1);
+    return r;
+}
+
+static tm_wire_attr_t
+s_attr (const char *name, const char *json)
+{
+    return (tm_wire_attr_t) {name, strlen (name), json, strlen (json)};
+}
+
+//  Attributes: typed from their JSON, replaced by a later reading, removed
+//  by null, kept through a checkpoint blob, and refused when the twin's
+//  model gives the attribute another type.
+static void
+test_attributes (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    uint8_t buf[1024];
+    tm_wire_attr_t a[4] = {s_attr ("district", "\"milan/district/Brera\""),
+                           s_attr ("location", "{\"lat\": 45.4719, \"lon\": 9.1873}"),
+                           s_attr ("tags", "[\"roof\",\"test\"]"), s_attr ("lanes", "2")};
+    tm_reading_t r = s_wire_reading (buf, sizeof buf, "s-1", "pm25", 10, 1000, a, 4);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    tm_twin_t *t = tm_twins_find (twins, "s-1", 3);
+    assert_int_equal (t->nattrs, 4);
+    const tm_attr_t *d = tm_twins_attr (t, tm_twins_name_find (twins, "district", 8));
+    assert_non_null (d);
+    assert_int_equal (d->type, TM_EXPR_STRING);
+    assert_string_equal (d->str, "milan/district/Brera");
+    const tm_attr_t *l = tm_twins_attr (t, tm_twins_name_find (twins, "location", 8));
+    assert_int_equal (l->type, TM_EXPR_LOCATION);
+    assert_true (l->loc.lat == 45.4719 && l->loc.lon == 9.1873);
+    assert_null (tm_twins_name_find (twins, "nowhere", 7));
+    //  A later reading replaces one attribute and removes another.
+    tm_wire_attr_t b[2] = {s_attr ("district", "\"milan/district/Isola\""),
+                           s_attr ("lanes", "null")};
+    r = s_wire_reading (buf, sizeof buf, "s-1", "pm25", 11, 2000, b, 2);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    assert_int_equal (t->nattrs, 3);
+    d = tm_twins_attr (t, tm_twins_name_find (twins, "district", 8));
+    assert_string_equal (d->str, "milan/district/Isola");
+    assert_null (tm_twins_attr (t, tm_twins_name_find (twins, "lanes", 5)));
+    //  Through a checkpoint blob and back.
+    uint8_t *blob = NULL;
+    size_t cap = 0;
+    size_t size = tm_twins_encode_shard (twins, t->shard, &blob, &cap);
+    assert_true (size > 0);
+    tm_twins_t *back = tm_twins_new ();
+    assert_int_equal (tm_twins_restore_shard (back, t->shard, blob, size), 1);
+    tm_twin_t *t2 = tm_twins_find (back, "s-1", 3);
+    assert_int_equal (t2->nattrs, 3);
+    d = tm_twins_attr (t2, tm_twins_name_find (back, "district", 8));
+    assert_string_equal (d->str, "milan/district/Isola");
+    l = tm_twins_attr (t2, tm_twins_name_find (back, "location", 8));
+    assert_true (l->loc.lat == 45.4719 && l->loc.lon == 9.1873);
+    const tm_attr_t *tg = tm_twins_attr (t2, tm_twins_name_find (back, "tags", 4));
+    assert_true (tg->tags);
+    assert_string_equal (tg->str, "[\"roof\",\"test\"]");
+    //  The blob re-encodes to the same bytes.
+    uint8_t *blob2 = NULL;
+    size_t cap2 = 0;
+    assert_int_equal (tm_twins_encode_shard (back, t->shard, &blob2, &cap2), size);
+    assert_memory_equal (blob, blob2, size);
+    free (blob2);
+    //  A damaged blob (truncated anywhere) is refused, never crashes.
+    for (size_t cut = 1; cut < size; cut++) {
+        tm_twins_t *partial = tm_twins_new ();
+        assert_int_equal (tm_twins_restore_shard (partial, t->shard, blob, cut), -1);
+        tm_twins_destroy (&partial);
+    }
+    free (blob);
+    tm_twins_destroy (&back);
+
+    //  With a model that says district is a string, a number is refused.
+    tm_models_t *models = tm_models_new ();
+    const char *text = "{\"format\":1,\"name\":\"m\",\"version\":1,\"properties\":"
+                       "{\"pm25\":{}},\"attributes\":{\"district\":{\"type\":\"string\"}}}";
+    char err[256];
+    tm_model_t *m = tm_model_parse (text, strlen (text), "test", err, sizeof err);
+    assert_non_null (m);
+    assert_int_equal (tm_models_put (models, &m, NULL, err, sizeof err), 0);
+    tm_twins_set_models (twins, models);
+    size_t n = tm_wire_encode (buf, sizeof buf, "s-2", "pm25", 1, 1000, "m");
+    tm_wire_iter_t it;
+    tm_wire_iter_init (&it, buf, n);
+    assert_int_equal (tm_wire_next (&it, &r), 1);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    tm_wire_attr_t c[2] = {s_attr ("district", "7"), s_attr ("free", "7")};
+    r = s_wire_reading (buf, sizeof buf, "s-2", "pm25", 2, 2000, c, 2);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    t = tm_twins_find (twins, "s-2", 3);
+    assert_int_equal (t->nattrs, 1);   //  undeclared attributes are kept as they come
+    assert_int_equal (tm_twins_attrs_refused (twins), 1);
+    tm_twins_destroy (&twins);
+    tm_models_destroy (&models);
+}
+
 static void
 test_prop_limit (void **state)
 {
@@ -336,6 +444,7 @@ main (void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test (test_apply_rules),
         cmocka_unit_test (test_prop_limit),
+        cmocka_unit_test (test_attributes),
         cmocka_unit_test (test_against_reference),
         cmocka_unit_test (test_dirty_shards_and_roundtrip),
         cmocka_unit_test (test_sync_tick),

@@ -1,0 +1,203 @@
+/*  tm_attr - a twin's attribute values, typed from JSON text  */
+#include "tm_attr.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+bool
+tm_attr_name_valid (const char *name, size_t len)
+{
+    if (len == 0 || len > TM_ATTR_MAX_NAME || (name[0] >= '0' && name[0] <= '9'))
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+              || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+static int
+s_fail (char *err, size_t err_size, const char *why)
+{
+    if (err && err_size)
+        snprintf (err, err_size, "%s", why);
+    return -1;
+}
+
+int
+tm_attr_parse (const char *json, size_t len, tm_attr_t *out, char *err, size_t err_size)
+{
+    out->type = TM_EXPR_NULL;
+    out->tags = false;
+    out->len = 0;
+    out->str = NULL;
+    if (len == 0 || len > TM_ATTR_MAX_VALUE)
+        return s_fail (err, err_size, "attribute value must be 1 to 1024 bytes of JSON");
+    json_error_t jerr;
+    json_t *v = json_loadb (json, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+    if (!v)
+        return s_fail (err, err_size, "attribute value is not JSON");
+    int rc = 0;
+    if (json_is_null (v))
+        rc = 1;
+    else
+    if (json_is_string (v)) {
+        size_t n = json_string_length (v);
+        out->str = malloc (n + 1);
+        if (!out->str)
+            rc = s_fail (err, err_size, "out of memory");
+        else {
+            memcpy (out->str, json_string_value (v), n);
+            out->str[n] = 0;
+            out->len = (uint32_t) n;
+            out->type = TM_EXPR_STRING;
+        }
+    }
+    else
+    if (json_is_number (v)) {
+        out->num = json_number_value (v);
+        out->type = TM_EXPR_NUMBER;
+        if (!isfinite (out->num))
+            rc = s_fail (err, err_size, "attribute number is not finite");
+    }
+    else
+    if (json_is_boolean (v)) {
+        out->b = json_is_true (v);
+        out->type = TM_EXPR_BOOL;
+    }
+    else
+    if (json_is_object (v)) {
+        json_t *lat = json_object_get (v, "lat"), *lon = json_object_get (v, "lon");
+        if (json_object_size (v) != 2 || !json_is_number (lat) || !json_is_number (lon))
+            rc = s_fail (err, err_size, "an object attribute must be {\"lat\": .., \"lon\": ..}");
+        else {
+            double a = json_number_value (lat), o = json_number_value (lon);
+            if (!(a >= -90 && a <= 90) || !(o >= -180 && o <= 180))
+                rc = s_fail (err, err_size, "location out of range (lat -90..90, lon -180..180)");
+            else {
+                out->loc.lat = a;
+                out->loc.lon = o;
+                out->type = TM_EXPR_LOCATION;
+            }
+        }
+    }
+    else
+    if (json_is_array (v)) {
+        //  Tags: strings, kept as compact JSON text.
+        size_t i;
+        json_t *item;
+        json_array_foreach (v, i, item) {
+            if (!json_is_string (item) || json_string_length (item) == 0
+                || json_string_length (item) > 64) {
+                rc = s_fail (err, err_size, "tags must be strings of 1 to 64 bytes");
+                break;
+            }
+        }
+        if (rc == 0 && json_array_size (v) > 32)
+            rc = s_fail (err, err_size, "at most 32 tags");
+        if (rc == 0) {
+            out->str = json_dumps (v, JSON_COMPACT);
+            if (!out->str)
+                rc = s_fail (err, err_size, "out of memory");
+            else {
+                out->len = (uint32_t) strlen (out->str);
+                out->type = TM_EXPR_STRING;
+                out->tags = true;
+            }
+        }
+    }
+    json_decref (v);
+    return rc;
+}
+
+void
+tm_attr_fini (tm_attr_t *attr)
+{
+    if (attr->type == TM_EXPR_STRING)
+        free (attr->str);
+    attr->str = NULL;
+    attr->len = 0;
+    attr->type = TM_EXPR_NULL;
+    attr->tags = false;
+}
+
+tm_expr_value_t
+tm_attr_value (const tm_attr_t *attr)
+{
+    switch (attr->type) {
+        case TM_EXPR_STRING:
+            return tm_expr_string (attr->str, attr->len);
+        case TM_EXPR_NUMBER:
+            return tm_expr_number (attr->num);
+        case TM_EXPR_BOOL:
+            return tm_expr_bool (attr->b);
+        case TM_EXPR_LOCATION:
+            return tm_expr_location (attr->loc.lat, attr->loc.lon);
+        default:
+            return tm_expr_null ();
+    }
+}
+
+//  The shortest of %.15g .. %.17g that reads back as the same double: exact
+//  in checkpoints, and 45.4878 rather than 45.487878000000002 on screens.
+static void
+s_shortest (char *buf, size_t size, double v)
+{
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf (buf, size, "%.*g", prec, v);
+        if (strtod (buf, NULL) == v)
+            return;
+    }
+}
+
+char *
+tm_attr_json (const tm_attr_t *attr)
+{
+    char a[32], b[32], loc[80];
+    if (attr->type == TM_EXPR_NUMBER) {
+        s_shortest (a, sizeof a, attr->num);
+        return strdup (a);
+    }
+    if (attr->type == TM_EXPR_LOCATION) {
+        s_shortest (a, sizeof a, attr->loc.lat);
+        s_shortest (b, sizeof b, attr->loc.lon);
+        snprintf (loc, sizeof loc, "{\"lat\":%s,\"lon\":%s}", a, b);
+        return strdup (loc);
+    }
+    json_t *v = NULL;
+    switch (attr->type) {
+        case TM_EXPR_STRING:
+            //  Tags were kept as their JSON text: give it back as it came.
+            if (attr->tags) {
+                json_t *arr = json_loadb (attr->str, attr->len, 0, NULL);
+                if (arr && json_is_array (arr))
+                    v = arr;
+                else
+                    json_decref (arr);
+            }
+            if (!v)
+                v = json_stringn (attr->str, attr->len);
+            break;
+        case TM_EXPR_NUMBER:
+            v = json_real (attr->num);
+            break;
+        case TM_EXPR_BOOL:
+            v = json_boolean (attr->b);
+            break;
+        case TM_EXPR_LOCATION:
+            v = json_pack ("{s:f,s:f}", "lat", attr->loc.lat, "lon", attr->loc.lon);
+            break;
+        default:
+            v = json_null ();
+    }
+    if (!v)
+        return NULL;
+    char *text = json_dumps (v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION (17));
+    json_decref (v);
+    return text;
+}
