@@ -23,9 +23,11 @@
 #include "tm_auth.h"
 #include "tm_catalog.h"
 #include "tm_codec.h"
+#include "tm_coord.h"
 #include "tm_log.h"
 #include "tm_msg.h"
 #include "tm_net.h"
+#include "tm_query.h"
 #include "tm_shardmap.h"
 #include "tm_store.h"
 #include "tm_util.h"
@@ -62,6 +64,7 @@ struct _tm_broker_t {
     tm_store_t *store;             //  The broker's own RocksDB
     tm_shardmap_t *map;            //  Current map, always the persisted one
     tm_catalog_t *catalog;         //  Models by name, kept in store
+    tm_coord_t *coord;             //  Queries in flight and links to workers
     uint8_t *map_bytes;            //  Encoded current map, owned (MAP and PUB)
     size_t map_size;               //  Bytes in map_bytes
     zhashx_t *nodes;               //  "role/id" -> s_node_t, owned
@@ -820,6 +823,12 @@ s_handle_router (tm_broker_t *self)
     else
     if (msg.hdr.type == TWINMESH__MSG_TYPE__MODEL_GET)
         s_handle_model_get (self, &msg);
+    else
+    if (msg.hdr.type == TWINMESH__MSG_TYPE__QUERY)
+        tm_coord_query (self->coord, self->map, &msg);
+    else
+    if (msg.hdr.type == TWINMESH__MSG_TYPE__SITE_QUERY)
+        tm_coord_site_query (self->coord, self->map, &msg);
     else {
         char why[96];
         snprintf (why, sizeof why, "a broker does not take %s requests (type %d)",
@@ -879,8 +888,25 @@ tm_broker_new (const tm_broker_config_t *config)
     self->endpoint = tm_net_bound_endpoint (self->router);
     self->pub_endpoint = tm_net_bound_endpoint (self->pub);
     self->poller = zpoller_new (self->router, NULL);
-    if (!self->endpoint || !self->pub_endpoint || !self->poller)
+    self->coord = tm_coord_new (config->cert, self->router, config->query_deadline_ms);
+    if (!self->endpoint || !self->pub_endpoint || !self->poller || !self->coord
+        || tm_coord_attach (self->coord, self->poller) != 0)
         goto fail;
+    if (config->site && tm_coord_set_site (self->coord, config->site, &config->policy) != 0) {
+        tm_error ("broker: site name '%s' is not 1 to 64 bytes", config->site);
+        goto fail;
+    }
+    for (size_t i = 0; i < config->npeers; i++) {
+        const tm_broker_peer_t *peer = &config->peers[i];
+        if (!config->site_cert
+            || tm_coord_add_peer (self->coord, peer->name, peer->endpoint, peer->public_key,
+                                  config->site_cert) != 0) {
+            tm_error ("broker: cannot add peer site %s at %s (a duplicate, our own name, "
+                      "more than %d, or no site key)", peer->name, peer->endpoint,
+                      TM_QUERY_MAX_SITES);
+            goto fail;
+        }
+    }
     tm_info ("broker: ready endpoint=%s pub=%s epoch=%llu num_shards=%u", self->endpoint,
              self->pub_endpoint, (unsigned long long) self->map->epoch, self->map->num_shards);
     return self;
@@ -895,6 +921,7 @@ tm_broker_destroy (tm_broker_t **self_p)
     if (!self_p || !*self_p)
         return;
     tm_broker_t *self = *self_p;
+    tm_coord_destroy (&self->coord);
     zpoller_destroy (&self->poller);
     zsock_destroy (&self->router);
     zsock_destroy (&self->pub);
@@ -909,13 +936,18 @@ tm_broker_destroy (tm_broker_t **self_p)
     *self_p = NULL;
 }
 
-//  Handle one readable router or timer tick; shared by poll and the actor.
+//  Handle one readable socket (or none) and what timers are due; shared by
+//  poll and the actor.
 static void
-s_after_wait (tm_broker_t *self, bool readable)
+s_after_wait (tm_broker_t *self, void *which)
 {
-    if (readable)
+    if (which && which == self->router)
         s_handle_router (self);
+    else
+    if (which && tm_coord_owns (self->coord, which))
+        tm_coord_handle (self->coord, (zsock_t *) which);
     int64_t now = tm_util_mono_ms ();
+    tm_coord_tick (self->coord, now);
     if (now >= self->next_tick_ms) {
         s_tick (self, now);
         self->next_tick_ms = now + TM_BROKER_TICK_MS;
@@ -931,12 +963,14 @@ tm_broker_poll (tm_broker_t *self, int timeout_ms)
         int64_t wait = deadline - now;
         if (wait > self->next_tick_ms - now)
             wait = self->next_tick_ms - now;
+        if (wait > tm_coord_next_deadline (self->coord) - now)
+            wait = tm_coord_next_deadline (self->coord) - now;
         if (wait < 0)
             wait = 0;
         void *which = zpoller_wait (self->poller, (int) wait);
         if (!which && zpoller_terminated (self->poller))
             break;             //  a signal: let the caller look at it
-        s_after_wait (self, which == self->router);
+        s_after_wait (self, which);
         if (tm_util_mono_ms () >= deadline)
             break;
     }
@@ -969,8 +1003,12 @@ tm_broker_actor (zsock_t *pipe, void *args)
     if (!self)
         return;
     zpoller_t *poller = zpoller_new (pipe, self->router, NULL);
+    if (poller)
+        tm_coord_attach (self->coord, poller);
     while (poller) {
         int64_t wait = self->next_tick_ms - tm_util_mono_ms ();
+        if (wait > tm_coord_next_deadline (self->coord) - tm_util_mono_ms ())
+            wait = tm_coord_next_deadline (self->coord) - tm_util_mono_ms ();
         void *which = zpoller_wait (poller, wait > 0? (int) wait: 0);
         if (which == pipe) {
             char *command = zstr_recv (pipe);
@@ -987,7 +1025,7 @@ tm_broker_actor (zsock_t *pipe, void *args)
         }
         if (!which && zpoller_terminated (poller))
             break;
-        s_after_wait (self, which == self->router);
+        s_after_wait (self, which);
     }
     zpoller_destroy (&poller);
     tm_broker_destroy (&self);

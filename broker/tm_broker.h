@@ -18,6 +18,15 @@
 #include <czmq.h>
 #include <stdint.h>
 
+#include "tm_coord.h"
+
+//  A peer site (federation): its name, its broker's endpoint and key.
+typedef struct {
+    const char *name;              //  Site name, as queries name it
+    const char *endpoint;          //  Its broker's request endpoint
+    const char *public_key;        //  Its broker's Z85 public key
+} tm_broker_peer_t;
+
 typedef struct {
     const char *bind;              //  ROUTER endpoint for requests
     const char *pub_bind;          //  PUB endpoint for shard map epochs
@@ -27,6 +36,12 @@ typedef struct {
     uint32_t expect_workers;       //  Live workers the first assignment waits for
     int64_t assign_grace_ms;       //  After this, assign to the live workers present
     int64_t node_timeout_ms;       //  A node silent this long is shown down
+    int64_t query_deadline_ms;     //  Default deadline of a query (0: 3 s)
+    const char *site;              //  This site's name (NULL: "local")
+    tm_coord_policy_t policy;      //  What this site lets out to peers
+    zcert_t *site_cert;            //  Our key of role site, for peers; borrowed (NULL: no peers)
+    const tm_broker_peer_t *peers; //  Peer sites, npeers entries (copied)
+    size_t npeers;
 } tm_broker_config_t;
 
 typedef struct _tm_broker_t tm_broker_t;

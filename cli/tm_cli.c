@@ -19,6 +19,7 @@
 #include "tm_log.h"
 #include "tm_mapclient.h"
 #include "tm_models_cli.h"
+#include "tm_query_cli.h"
 #include "tm_net.h"
 #include "tm_replay.h"
 #include "tm_shardmap.h"
@@ -1325,6 +1326,8 @@ static const s_command_t s_commands[] = {
      s_cmd_twin},
     {"model", "load|list|show ...", "load model files into the broker, list and show them",
      tm_models_cli_main},
+    {"query", "'SELECT ...' [--format F]", "query the twins across the cluster (docs/queries.md)",
+     tm_query_cli_main},
     {"wait-ready", "[--workers N]",
      "wait until every shard is assigned, N workers are up and all nodes have the map",
      s_cmd_wait_ready},

@@ -6,7 +6,7 @@ set -euo pipefail
 BUILD_PKGS="build-essential pkg-config meson ninja-build protobuf-c-compiler
   libprotobuf-c-dev libzmq3-dev libczmq-dev librocksdb-dev libsodium-dev libjansson-dev"
 TEST_PKGS="libcmocka-dev python3 python3-zmq python3-nacl iproute2 procps"
-BENCH_PKGS="redis-server libhiredis-dev"
+BENCH_PKGS="redis-server libhiredis-dev postgresql python3-psycopg2"
 
 want="$BUILD_PKGS"
 case "${1:-build}" in

@@ -106,4 +106,11 @@ ctl status
 echo
 echo "run-local: one twin, as a user reads it:"
 ctl twin get milan/air-000000 || true
+echo
+echo "run-local: a query across every twin (docs/queries.md):"
+echo "  SELECT district, count(*), avg(pm25), p90(pm25), max(no2) FROM twins WHERE model = 'air_station' GROUP BY district ORDER BY avg(pm25) DESC"
+ctl query "SELECT district, count(*), avg(pm25), p90(pm25), max(no2) FROM twins WHERE model = 'air_station' GROUP BY district ORDER BY avg(pm25) DESC" || true
+echo
+echo "  SELECT model, status, count(*) FROM twins GROUP BY model, status"
+ctl query "SELECT model, status, count(*) FROM twins GROUP BY model, status" || true
 exit "$sim_rc"

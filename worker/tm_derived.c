@@ -96,7 +96,7 @@ s_entry (tm_derived_t *self, const tm_models_t *models, const tm_twin_t *twin)
         self->models = models;
         self->generation = tm_models_generation (models);
     }
-    const tm_model_t *m = tm_models_find (models, twin->model, strlen (twin->model));
+    const tm_model_t *m = tm_models_find (models, twin->model, tm_twins_name_len (twin->model));
     if (!m || m->nderived == 0)
         return NULL;
     for (s_entry_t *e = self->entries; e; e = e->next)

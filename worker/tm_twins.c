@@ -112,7 +112,6 @@ static void
 s_twin_free (tm_twin_t *twin)
 {
     free (twin->entity);
-    free (twin->model);
     for (uint16_t i = 0; i < twin->nprops; i++)
         if (twin->props[i].hist) {
             tm_gorilla_enc_fini (twin->props[i].hist);
@@ -258,6 +257,13 @@ tm_twins_attr (const tm_twin_t *twin, const char *interned)
     return NULL;
 }
 
+tm_twin_t *const *
+tm_twins_slots (tm_twins_t *self, size_t *nslots)
+{
+    *nslots = self->nslots;
+    return self->slots;
+}
+
 tm_twin_t *
 tm_twins_shard_first (tm_twins_t *self, uint32_t shard)
 {
@@ -286,7 +292,7 @@ s_set_attr (tm_twins_t *self, tm_twin_t *t, const char *name, size_t name_len,
     if (rc < 0)
         return -1;
     if (rc == 0 && check_model && t->model && self->models) {
-        const tm_model_t *m = tm_models_find (self->models, t->model, strlen (t->model));
+        const tm_model_t *m = tm_models_find (self->models, t->model, tm_twins_name_len (t->model));
         const tm_model_attribute_t *decl = m? tm_model_attribute_find (m, interned): NULL;
         if (decl) {
             bool fits = decl->type == TM_MODEL_ATTR_STRING? value.type == TM_EXPR_STRING && !value.tags:
@@ -723,7 +729,9 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
             return TM_APPLY_REJECTED;
     }
     if (r->model_len && !t->model) {
-        t->model = strndup (r->model, r->model_len);
+        //  Interned: a million twins of a few models share a few copies, and
+        //  its length is at hand (queries read it per twin).
+        t->model = s_intern (self, r->model, r->model_len);
         t->models_gen = UINT64_MAX;    //  resolve its settings at the next lookup
         s_mark_dirty (self, t);
     }
@@ -904,7 +912,7 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
     (*buf)[n++] = S_SHARD_FORMAT;
     n += tm_varint_put (*buf + n, ntwins);
     for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard) {
-        size_t mlen = t->model? strlen (t->model): 0;
+        size_t mlen = t->model? s_name_len (t->model): 0;
         //  Upper bound of this twin's bytes: 10 per varint.
         size_t need = n + 120 + t->entity_len + mlen;
         for (uint16_t i = 0; i < t->nprops; i++) {
@@ -1095,7 +1103,7 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
         s_state_moved (self, t->sync.state, sync.state);
         t->sync = sync;
         if (mlen)
-            t->model = strndup (model, mlen);
+            t->model = s_intern (self, model, mlen);
         for (uint64_t i = 0; i < nprops; i++) {
             uint64_t nlen;
             if (tm_varint_get (&p, end, &nlen) != 0 || nlen == 0 || nlen > TM_WIRE_MAX_PROPERTY
@@ -1158,7 +1166,7 @@ tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id,
 {
     Twinmesh__TwinState st = TWINMESH__TWIN_STATE__INIT;
     st.entity = twin->entity;
-    st.model = twin->model? twin->model: (char *) "";
+    st.model = (char *) (twin->model? twin->model: "");
     st.shard = twin->shard;
     st.worker = (char *) (worker_id? worker_id: "");
     st.version = twin->version;

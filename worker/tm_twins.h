@@ -61,7 +61,8 @@ typedef struct _tm_twin_t {
     uint32_t entity_len;
     uint32_t shard;                //  Shard of the entity (fixed per cluster)
     uint64_t hash;                 //  Table hash of the entity id
-    char *model;                   //  Model name, or NULL
+    const char *model;             //  Model name, interned like property names (its
+                                   //  length in the byte before it), or NULL
     uint64_t version;              //  Bumped on every change
     uint16_t nprops;               //  Properties in use
     uint16_t cap;                  //  Properties allocated
@@ -174,6 +175,12 @@ const char *tm_twins_name_find (tm_twins_t *self, const char *name, size_t len);
 
 //  A twin's attribute by interned name; NULL if it has none.
 const tm_attr_t *tm_twins_attr (const tm_twin_t *twin, const char *interned);
+
+//  The table's slot array (*nslots entries, NULL where empty), for scans
+//  that visit every twin: walking it is sequential, so a scan can prefetch
+//  twins ahead, which a shard's linked list does not allow. Borrowed; valid
+//  until the next apply or restore.
+tm_twin_t *const *tm_twins_slots (tm_twins_t *self, size_t *nslots);
 
 //  The first twin of a shard (then follow next_in_shard); NULL if none.
 tm_twin_t *tm_twins_shard_first (tm_twins_t *self, uint32_t shard);

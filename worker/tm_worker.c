@@ -26,6 +26,7 @@
 #include "tm_wire.h"
 #include "tm_wlog.h"
 #include "tm_derived.h"
+#include "tm_wquery.h"
 
 #include <math.h>
 #include <string.h>
@@ -515,6 +516,75 @@ s_handle_history (tm_worker_t *self, tm_msg_t *msg)
     tm_history_result_fini (&res);
 }
 
+//  QUERY_SCAN: the broker's plan over the twins of the shards it asks for
+//  that this worker owns now; the reply lists the shards scanned, so the
+//  broker knows which shards answered, whatever the epochs.
+static void
+s_handle_query_scan (tm_worker_t *self, tm_msg_t *msg)
+{
+    int type = TWINMESH__MSG_TYPE__QUERY_PARTIAL;
+    if (msg->role != TM_ROLE_BROKER) {
+        self->stats.unauthorized++;
+        s_reply_status (self, msg, type, TWINMESH__STATUS__UNAUTHORIZED,
+                        "only the broker scatters queries to workers");
+        return;
+    }
+    int64_t t0 = tm_util_mono_us ();
+    Twinmesh__QueryScan *req =
+        TM_UNPACK (QueryScan, query_scan, zframe_data (msg->body), zframe_size (msg->body));
+    tm_expr_error_t err = {0};
+    tm_query_t *plan = req? tm_query_plan_decode (req->plan.data, req->plan.len, &err): NULL;
+    if (!plan) {
+        self->stats.malformed++;
+        tm_codec_free (&req);
+        char detail[300];
+        snprintf (detail, sizeof detail, "query plan does not decode: %s",
+                  err.message[0]? err.message: "malformed QueryScan");
+        s_reply_status (self, msg, type, TWINMESH__STATUS__MALFORMED, detail);
+        return;
+    }
+    const tm_shardmap_t *map = tm_mapclient_map (self->mapc);
+    uint32_t *mine = malloc ((req->n_shards? req->n_shards: 1) * sizeof *mine);
+    size_t nmine = 0;
+    for (size_t i = 0; mine && map && self->my_index >= 0 && i < req->n_shards; i++) {
+        uint32_t shard = req->shards[i];
+        if (shard < map->num_shards && map->owners[shard] == (uint32_t) self->my_index)
+            mine[nmine++] = shard;
+    }
+    tm_qpartial_t *partial = mine? tm_qpartial_new (plan): NULL;
+    long scanned = partial? tm_wquery_scan (self->twins, tm_modelsync_models (self->msync),
+                                            self->derived, plan, mine, nmine, tm_util_wall_ms (),
+                                            partial): -1;
+    size_t size = 0;
+    uint8_t *bytes = scanned >= 0? tm_qpartial_encode (partial, &size): NULL;
+    uint8_t *out = NULL;
+    size_t out_size = 0;
+    if (bytes) {
+        Twinmesh__QueryPartialReply rep = TWINMESH__QUERY_PARTIAL_REPLY__INIT;
+        rep.partial.data = bytes;
+        rep.partial.len = size;
+        rep.n_shards = nmine;
+        rep.shards = mine;
+        rep.worker = self->id;
+        int64_t us = tm_util_mono_us () - t0;
+        rep.elapsed_us = us > UINT32_MAX? UINT32_MAX: (uint32_t) us;
+        out = tm_codec_pack_buf (&rep.base, &out_size);
+    }
+    if (out)
+        tm_msg_reply (self->router, msg, type, TWINMESH__STATUS__OK,
+                      tm_mapclient_epoch (self->mapc), NULL, out, out_size);
+    else
+        s_reply_status (self, msg, type, TWINMESH__STATUS__RETRY_LATER, "out of memory");
+    tm_debug ("worker: query scanned %ld twins in %u shards in %lld us", scanned,
+              (unsigned) nmine, (long long) (tm_util_mono_us () - t0));
+    free (out);
+    free (bytes);
+    tm_qpartial_destroy (&partial);
+    free (mine);
+    tm_query_destroy (&plan);
+    tm_codec_free (&req);
+}
+
 static void
 s_handle (tm_worker_t *self, tm_msg_t *msg, int rc)
 {
@@ -538,7 +608,9 @@ s_handle (tm_worker_t *self, tm_msg_t *msg, int rc)
     else
     if (msg->hdr.type == TWINMESH__MSG_TYPE__HISTORY_GET)
         s_handle_history (self, msg);
-
+    else
+    if (msg->hdr.type == TWINMESH__MSG_TYPE__QUERY_SCAN)
+        s_handle_query_scan (self, msg);
     else {
         self->stats.malformed++;
         char detail[96];

@@ -266,9 +266,11 @@ class Cluster:
         self._used_ports.add(port)
         return port
 
-    def start_all(self):
-        """Make keys, start every daemon in order, wait until the cluster is ready."""
-        self.keygen_all()
+    def start_all(self, keygen=True):
+        """Make keys (unless keygen is False: made already), start every daemon
+        in order, wait until the cluster is ready."""
+        if keygen:
+            self.keygen_all()
         deadline = time.monotonic() + self.ready_timeout
         self._start_group([self.procs["broker"]], deadline)
         self._start_group([p for p in self.procs.values() if p.kind == "worker"], deadline)
