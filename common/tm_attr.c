@@ -34,6 +34,7 @@ tm_attr_parse (const char *json, size_t len, tm_attr_t *out, char *err, size_t e
 {
     out->type = TM_EXPR_NULL;
     out->tags = false;
+    out->shared = false;
     out->len = 0;
     out->str = NULL;
     if (len == 0 || len > TM_ATTR_MAX_VALUE)
@@ -118,12 +119,13 @@ tm_attr_parse (const char *json, size_t len, tm_attr_t *out, char *err, size_t e
 void
 tm_attr_fini (tm_attr_t *attr)
 {
-    if (attr->type == TM_EXPR_STRING)
+    if (attr->type == TM_EXPR_STRING && !attr->shared)
         free (attr->str);
     attr->str = NULL;
     attr->len = 0;
     attr->type = TM_EXPR_NULL;
     attr->tags = false;
+    attr->shared = false;
 }
 
 tm_expr_value_t

@@ -31,11 +31,13 @@ typedef struct {
     const char *name;              //  Interned by the owner (the worker's twins), borrowed
     uint8_t type;                  //  TM_EXPR_STRING, _NUMBER, _BOOL or _LOCATION
     bool tags;                     //  A string holding tags as JSON text
+    bool shared;                   //  str belongs to the owner's table of values
+                                   //  (tm_attr_fini leaves it alone)
     uint32_t len;                  //  Bytes of str
     union {
         double num;                //  TM_EXPR_NUMBER
         bool b;                    //  TM_EXPR_BOOL
-        char *str;                 //  TM_EXPR_STRING: owned, NUL-terminated
+        char *str;                 //  TM_EXPR_STRING: NUL-terminated; owned unless shared
         struct {
             double lat, lon;       //  TM_EXPR_LOCATION: doubles, so a radius test
         } loc;                     //  agrees with the producer's own arithmetic

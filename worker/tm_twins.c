@@ -54,6 +54,7 @@ struct _tm_twins_t {
     uint64_t anomalies;            //  Readings flagged anomalous
     uint64_t out_of_range;         //  Readings outside their valid range
     uint64_t attrs_refused;        //  Attribute values refused (type, limit)
+    zhashx_t *values;              //  Attribute string values, shared: text -> s_value_t
     size_t in_state[TM_SYNC_NSTATES];  //  Twins per sync state
 };
 
@@ -83,6 +84,56 @@ s_hash (const void *data, size_t len)
     return h;
 }
 
+//  One attribute string value shared by every twin that has it: a city's
+//  million twins have a few dozen districts, so one copy each instead of a
+//  million saves memory, and a query grouping by district reads the same
+//  few cache lines instead of one miss per twin. Counted, freed at zero.
+typedef struct {
+    uint32_t refs;                 //  Attributes pointing at str
+    char str[];                    //  The value, NUL-terminated
+} s_value_t;
+
+static void
+s_value_destructor (void **item)
+{
+    free (*item);
+    *item = NULL;
+}
+
+//  The shared copy of str (one more reference), or NULL (keep your own).
+static char *
+s_value_intern (tm_twins_t *self, const char *str, size_t len)
+{
+    if (!self->values || strlen (str) != len)
+        return NULL;       //  no table, or a NUL inside: not a zhashx key
+    s_value_t *v = (s_value_t *) zhashx_lookup (self->values, str);
+    if (!v) {
+        v = malloc (sizeof *v + len + 1);
+        if (!v)
+            return NULL;
+        v->refs = 0;
+        memcpy (v->str, str, len + 1);
+        if (zhashx_insert (self->values, str, v) != 0) {
+            free (v);
+            return NULL;
+        }
+    }
+    v->refs++;
+    return v->str;
+}
+
+//  Drop what an attribute holds: its own string, or a shared reference.
+static void
+s_attr_drop (tm_twins_t *self, tm_attr_t *a)
+{
+    if (a->type == TM_EXPR_STRING && a->shared && self->values) {
+        s_value_t *v = (s_value_t *) zhashx_lookup (self->values, a->str);
+        if (v && --v->refs == 0)
+            zhashx_delete (self->values, a->str);
+    }
+    tm_attr_fini (a);
+}
+
 tm_twins_t *
 tm_twins_new (void)
 {
@@ -100,8 +151,11 @@ tm_twins_new (void)
     self->dirty = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof (uint32_t));
     self->pending = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof (tm_twins_pending_t *));
     tm_analytics_settings_defaults (&self->defaults);
+    self->values = zhashx_new ();
+    if (self->values)
+        zhashx_set_destructor (self->values, s_value_destructor);
     if (!self->slots || !self->names || !self->shard_heads || !self->shard_dirty
-        || !self->dirty || !self->pending) {
+        || !self->dirty || !self->pending || !self->values) {
         tm_twins_destroy (&self);
         return NULL;
     }
@@ -109,7 +163,7 @@ tm_twins_new (void)
 }
 
 static void
-s_twin_free (tm_twin_t *twin)
+s_twin_free (tm_twins_t *self, tm_twin_t *twin)
 {
     free (twin->entity);
     for (uint16_t i = 0; i < twin->nprops; i++)
@@ -119,7 +173,7 @@ s_twin_free (tm_twin_t *twin)
         }
     free (twin->props);
     for (uint8_t i = 0; i < twin->nattrs; i++)
-        tm_attr_fini (&twin->attrs[i]);
+        s_attr_drop (self, &twin->attrs[i]);
     free (twin->attrs);
     free (twin);
 }
@@ -133,7 +187,7 @@ tm_twins_destroy (tm_twins_t **self_p)
     if (self->slots)
         for (size_t i = 0; i < self->nslots; i++)
             if (self->slots[i])
-                s_twin_free (self->slots[i]);
+                s_twin_free (self, self->slots[i]);
     if (self->names)
         for (size_t i = 0; i < self->nnames_slots; i++)
             if (self->names[i].name)
@@ -149,6 +203,7 @@ tm_twins_destroy (tm_twins_t **self_p)
         free (self->tables);
         self->tables = next;
     }
+    zhashx_destroy (&self->values);
     free (self->current);
     free (self->pending);
     free (self->slots);
@@ -306,10 +361,18 @@ s_set_attr (tm_twins_t *self, tm_twin_t *t, const char *name, size_t name_len,
         }
     }
     value.name = interned;
+    if (rc == 0 && value.type == TM_EXPR_STRING) {
+        char *shared = s_value_intern (self, value.str, value.len);
+        if (shared) {
+            free (value.str);
+            value.str = shared;
+            value.shared = true;
+        }
+    }
     for (uint8_t i = 0; i < t->nattrs; i++) {
         if (t->attrs[i].name != interned)
             continue;
-        tm_attr_fini (&t->attrs[i]);
+        s_attr_drop (self, &t->attrs[i]);
         if (rc == 1)
             t->attrs[i] = t->attrs[--t->nattrs];
         else
@@ -319,13 +382,13 @@ s_set_attr (tm_twins_t *self, tm_twin_t *t, const char *name, size_t name_len,
     if (rc == 1)
         return 0;
     if (t->nattrs >= TM_ATTR_MAX_PER_TWIN) {
-        tm_attr_fini (&value);
+        s_attr_drop (self, &value);
         return -1;
     }
     //  Exact-size growth: attributes change rarely and memory per twin counts.
     tm_attr_t *grown = realloc (t->attrs, (t->nattrs + 1u) * sizeof *grown);
     if (!grown) {
-        tm_attr_fini (&value);
+        s_attr_drop (self, &value);
         return -1;
     }
     t->attrs = grown;

@@ -108,6 +108,12 @@ test_attributes (void **state)
     assert_int_equal (l->type, TM_EXPR_LOCATION);
     assert_true (l->loc.lat == 45.4719 && l->loc.lon == 9.1873);
     assert_null (tm_twins_name_find (twins, "nowhere", 7));
+    //  Twins with the same string value share one copy.
+    tm_reading_t r2 = s_wire_reading (buf, sizeof buf, "s-9", "pm25", 10, 1000, a, 1);
+    assert_int_equal (tm_twins_apply (twins, &r2, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    const tm_attr_t *d9 = tm_twins_attr (tm_twins_find (twins, "s-9", 3),
+                                         tm_twins_name_find (twins, "district", 8));
+    assert_true (d9->shared && d9->str == d->str);
     //  A later reading replaces one attribute and removes another.
     tm_wire_attr_t b[2] = {s_attr ("district", "\"milan/district/Isola\""),
                            s_attr ("lanes", "null")};
