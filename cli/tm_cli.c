@@ -598,7 +598,8 @@ s_print_status_json (FILE *out, const char *endpoint, const Twinmesh__ClusterSta
                      "%llu, \"wrong_shard\": %llu, \"retry_later\": %llu, \"twins\": %llu, "
                      "\"duplicates\": %llu, \"late\": %llu, \"shards\": %llu, \"map_epoch\": "
                      "%llu, \"anomalies\": %llu, \"out_of_range\": %llu, \"stale_twins\": "
-                     "%llu, \"error_twins\": %llu}}",
+                     "%llu, \"error_twins\": %llu, \"unmodelled\": %llu, "
+                     "\"unknown_property\": %llu, \"invalid_type\": %llu}}",
                      (unsigned long long) st->readings, (unsigned long long) st->batches,
                      (unsigned long long) st->refused, (unsigned long long) st->malformed,
                      (unsigned long long) st->wrong_shard, (unsigned long long) st->retry_later,
@@ -606,7 +607,9 @@ s_print_status_json (FILE *out, const char *endpoint, const Twinmesh__ClusterSta
                      (unsigned long long) st->late, (unsigned long long) st->shards,
                      (unsigned long long) st->map_epoch, (unsigned long long) st->anomalies,
                      (unsigned long long) st->out_of_range, (unsigned long long) st->stale_twins,
-                     (unsigned long long) st->error_twins);
+                     (unsigned long long) st->error_twins, (unsigned long long) st->unmodelled,
+                     (unsigned long long) st->unknown_property,
+                     (unsigned long long) st->invalid_type);
         else
             fputs ("null}", out);
     }
@@ -869,11 +872,13 @@ done:
 static const char *
 s_quality_text (uint32_t q)
 {
-    static char buf[64];
+    static char buf[128];
     if (q == 0)
         return "ok";
-    snprintf (buf, sizeof buf, "%s%s%s%s", q & 1? "out_of_range ": "", q & 2? "stuck ": "",
-              q & 4? "anomalous ": "", q & 8? "fault ": "");
+    snprintf (buf, sizeof buf, "%s%s%s%s%s%s%s", q & 1? "out_of_range ": "",
+              q & 2? "stuck ": "", q & 4? "anomalous ": "", q & 8? "fault ": "",
+              q & 16? "unmodelled ": "", q & 32? "unknown_property ": "",
+              q & 64? "invalid_type ": "");
     size_t n = strlen (buf);
     if (n && buf[n - 1] == ' ')
         buf[n - 1] = 0;

@@ -93,6 +93,7 @@ tm_query_builtin_type (const char *name)
         {"mean", TM_EXPR_NUMBER},   {"stddev", TM_EXPR_NUMBER}, {"min", TM_EXPR_NUMBER},
         {"max", TM_EXPR_NUMBER},    {"ewma", TM_EXPR_NUMBER},   {"score", TM_EXPR_NUMBER},
         {"anomalous", TM_EXPR_BOOL}, {"out_of_range", TM_EXPR_BOOL},
+        {"quality", TM_EXPR_STRING},
     };
     if (!name)
         return TM_EXPR_ANY;

@@ -94,7 +94,9 @@ tm_expr_type_t tm_query_column_type (const tm_query_t *self, size_t index);
 //  anomalous (any property anomalous now) (booleans); confidence (0..1),
 //  updated (ms of the newest reading) (numbers); and PROPERTY.FIELD with
 //  FIELD one of value, ts, count, mean, stddev, min, max, ewma, score
-//  (numbers) or anomalous, out_of_range (booleans). Returns the type, or
+//  (numbers), anomalous, out_of_range (booleans) or quality (the latest
+//  reading's class: good, out_of_range, invalid_type, unknown_property,
+//  unmodelled; docs/models.md). Returns the type, or
 //  TM_EXPR_ANY for any other name (a property or attribute).
 tm_expr_type_t tm_query_builtin_type (const char *name);
 

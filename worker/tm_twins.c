@@ -29,6 +29,7 @@ struct _tm_twins_table_t {
     uint32_t nprops;                   //  Entries in names and settings
     char (*names)[TM_MODEL_NAME_MAX + 1];  //  Property names, model order; owned
     tm_analytics_settings_t *settings; //  Per property; owned
+    uint8_t *types;                    //  Per property, tm_model_type_t; owned
 };
 
 struct _tm_twins_t {
@@ -54,6 +55,7 @@ struct _tm_twins_t {
     uint64_t anomalies;            //  Readings flagged anomalous
     uint64_t out_of_range;         //  Readings outside their valid range
     uint64_t attrs_refused;        //  Attribute values refused (type, limit)
+    uint64_t quality[TM_MODEL_Q_COUNT];    //  Readings applied, by quality class
     zhashx_t *values;              //  Attribute string values, shared: text -> s_value_t
     size_t in_state[TM_SYNC_NSTATES];  //  Twins per sync state
 };
@@ -200,6 +202,7 @@ tm_twins_destroy (tm_twins_t **self_p)
         tm_twins_table_t *next = self->tables->next;
         free (self->tables->names);
         free (self->tables->settings);
+        free (self->tables->types);
         free (self->tables);
         self->tables = next;
     }
@@ -567,11 +570,13 @@ s_table_for (tm_twins_t *self, const tm_model_t *model)
     if (tb) {
         tb->names = calloc (n? n: 1, sizeof *tb->names);
         tb->settings = calloc (n? n: 1, sizeof *tb->settings);
+        tb->types = calloc (n? n: 1, 1);
     }
-    if (!tb || !tb->names || !tb->settings) {
+    if (!tb || !tb->names || !tb->settings || !tb->types) {
         if (tb) {
             free (tb->names);
             free (tb->settings);
+            free (tb->types);
         }
         free (tb);
         return NULL;
@@ -583,6 +588,7 @@ s_table_for (tm_twins_t *self, const tm_model_t *model)
     for (uint32_t i = 0; i < n; i++) {
         const tm_model_property_t *mp = &model->properties[i];
         snprintf (tb->names[i], sizeof tb->names[i], "%s", mp->name);
+        tb->types[i] = (uint8_t) mp->type;
         if (s_settings_from (&self->defaults, mp, &tb->settings[i]) != 0) {
             tm_warn ("twins: model=%s version=%u property=%s: settings rejected by the "
                      "analytics; using the defaults", model->name, model->version, mp->name);
@@ -780,6 +786,23 @@ s_state_moved (tm_twins_t *self, int before, int after)
     }
 }
 
+//  The quality class of a reading (tm_twins_settings has resolved the
+//  twin's table and the property's index). Out of range is the analytics'
+//  own verdict (flags), not decided here.
+static tm_model_quality_t
+s_quality (const tm_twin_t *t, const tm_prop_t *p, double value)
+{
+    const tm_twins_table_t *tb = t->table;
+    if (!tb)
+        return TM_MODEL_Q_UNMODELLED;
+    if (p->sidx >= tb->nprops)
+        return TM_MODEL_Q_UNKNOWN_PROPERTY;
+    if ((tb->types[p->sidx] == TM_MODEL_INTEGER && value != floor (value))
+        || (tb->types[p->sidx] == TM_MODEL_BOOLEAN && value != 0 && value != 1))
+        return TM_MODEL_Q_INVALID_TYPE;
+    return TM_MODEL_Q_GOOD;
+}
+
 tm_apply_t
 tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
                 const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards, int64_t now_ms)
@@ -811,7 +834,24 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
     }
     s_hist_append (self, t, p, r->ts_ms, r->value);
     const tm_analytics_settings_t *settings = tm_twins_settings (self, t, p);
-    unsigned flags = tm_analytics_update (&p->an, settings, r->ts_ms, r->value);
+    //  docs/models.md, "Readings for unknown models and properties": kept
+    //  always, flagged, counted; a property the model lacks and a value of
+    //  the wrong type stay out of the statistics.
+    tm_model_quality_t q = s_quality (t, p, r->value);
+    p->quality = (uint8_t) q;
+    self->quality[q]++;
+    unsigned flags = 0;
+    if (q == TM_MODEL_Q_UNKNOWN_PROPERTY || q == TM_MODEL_Q_INVALID_TYPE) {
+        p->an.same_run = p->count && r->value == p->an.value && p->an.same_run < UINT8_MAX?
+                         (uint8_t) (p->an.same_run + 1): 1;
+        p->an.value = r->value;
+        p->an.ts_ms = r->ts_ms;
+    }
+    else {
+        flags = tm_analytics_update (&p->an, settings, r->ts_ms, r->value);
+        if (q == TM_MODEL_Q_GOOD && (flags & TM_ANALYTICS_OUT_OF_RANGE))
+            p->quality = TM_MODEL_Q_OUT_OF_RANGE;
+    }
     p->count++;
     self->anomalies += (flags & TM_ANALYTICS_ANOMALOUS) != 0;
     self->out_of_range += (flags & TM_ANALYTICS_OUT_OF_RANGE) != 0;
@@ -847,6 +887,9 @@ tm_twins_stats (tm_twins_t *self, tm_twins_stats_t *stats)
     stats->out_of_range = self->out_of_range;
     stats->stale = self->in_state[TM_SYNC_STALE];
     stats->error = self->in_state[TM_SYNC_ERROR];
+    stats->unmodelled = self->quality[TM_MODEL_Q_UNMODELLED];
+    stats->unknown_property = self->quality[TM_MODEL_Q_UNKNOWN_PROPERTY];
+    stats->invalid_type = self->quality[TM_MODEL_Q_INVALID_TYPE];
 }
 
 size_t
@@ -1255,6 +1298,9 @@ tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id,
         props[i].trend_per_s = (double) a->trend * 1000.0;
         props[i].anomaly = tm_analytics_score (a);
         props[i].quality = tm_analytics_flags (a, tm_twins_settings (self, twin, pr));
+        props[i].quality |= pr->quality == TM_MODEL_Q_UNMODELLED? 16u:
+                            pr->quality == TM_MODEL_Q_UNKNOWN_PROPERTY? 32u:
+                            pr->quality == TM_MODEL_Q_INVALID_TYPE? 64u: 0u;
         ptrs[i] = &props[i];
     }
     size_t np = twin->nprops;

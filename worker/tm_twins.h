@@ -47,6 +47,7 @@ typedef struct {
     tm_gorilla_enc_t *hist;        //  Open history chunk, NULL until the first point
     uint8_t sidx;                  //  Index in the twin's settings table, or a
                                    //  TM_TWINS_SIDX_* value (fills padding: no growth)
+    uint8_t quality;               //  tm_model_quality_t of the latest reading (padding too)
 } tm_prop_t;
 
 //  Values of tm_prop_t.sidx besides an index into the settings table.
@@ -124,6 +125,9 @@ typedef struct {
     uint64_t out_of_range;
     uint64_t stale;
     uint64_t error;
+    uint64_t unmodelled;           //  Readings of twins whose model is not loaded (or none)
+    uint64_t unknown_property;     //  Readings of properties their twin's model lacks
+    uint64_t invalid_type;         //  Fractional for an integer, not 0/1 for a boolean
 } tm_twins_stats_t;
 void tm_twins_stats (tm_twins_t *self, tm_twins_stats_t *stats);
 

@@ -705,6 +705,9 @@ s_heartbeat (tm_worker_t *self)
     st.out_of_range = ts.out_of_range;
     st.stale_twins = ts.stale;
     st.error_twins = ts.error;
+    st.unmodelled = ts.unmodelled;
+    st.unknown_property = ts.unknown_property;
+    st.invalid_type = ts.invalid_type;
     Twinmesh__NodeInfo info = TWINMESH__NODE_INFO__INIT;
     info.id = self->id;
     info.role = (char *) "worker";

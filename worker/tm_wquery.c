@@ -23,12 +23,12 @@ typedef enum {
 
 typedef enum {
     S_F_VALUE = 0, S_F_TS, S_F_COUNT, S_F_MEAN, S_F_STDDEV, S_F_MIN, S_F_MAX, S_F_EWMA,
-    S_F_SCORE, S_F_ANOMALOUS, S_F_OUT_OF_RANGE
+    S_F_SCORE, S_F_ANOMALOUS, S_F_OUT_OF_RANGE, S_F_QUALITY
 } s_field_t;
 
 static const char *s_field_names[] = {
     "value", "ts", "count", "mean", "stddev", "min", "max", "ewma", "score", "anomalous",
-    "out_of_range"
+    "out_of_range", "quality"
 };
 
 typedef struct {
@@ -163,6 +163,10 @@ s_field (s_ctx_t *ctx, const tm_twin_t *t, const tm_prop_t *p, s_field_t f)
         case S_F_MAX: return a->count? tm_expr_number (a->max): tm_expr_null ();
         case S_F_EWMA: return a->count? tm_expr_number (a->ewma): tm_expr_null ();
         case S_F_SCORE: return tm_expr_number (tm_analytics_score (a));
+        case S_F_QUALITY: {
+            const char *q = tm_model_quality_name ((tm_model_quality_t) p->quality);
+            return tm_expr_string (q, (uint32_t) strlen (q));
+        }
         case S_F_ANOMALOUS:
         case S_F_OUT_OF_RANGE: {
             unsigned flags = tm_analytics_flags (a, tm_twins_settings (ctx->twins, t, p));

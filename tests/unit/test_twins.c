@@ -178,6 +178,64 @@ test_attributes (void **state)
     tm_models_destroy (&models);
 }
 
+//  docs/models.md, "Readings for unknown models and properties": every
+//  reading is kept and flagged; unknown properties and wrong types stay out
+//  of the statistics, unmodelled twins get the generic rules.
+static void
+test_quality_classes (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    tm_models_t *models = tm_models_new ();
+    const char *text = "{\"name\":\"m\",\"version\":1,\"properties\":{\"pm25\":{},"
+                       "\"n\":{\"type\":\"integer\"},\"b\":{\"type\":\"boolean\"}}}";
+    char err[256];
+    tm_model_t *m = tm_model_parse (text, strlen (text), "test", err, sizeof err);
+    assert_non_null (m);
+    assert_int_equal (tm_models_put (models, &m, NULL, err, sizeof err), 0);
+    tm_twins_set_models (twins, models);
+    uint8_t buf[256];
+    static const struct {
+        const char *entity, *model, *prop;
+        double value;
+        tm_model_quality_t want;
+        uint32_t stats;            //  an.count after: in the statistics or not
+    } cases[] = {
+        {"t-1", "m", "pm25", 5, TM_MODEL_Q_GOOD, 1},
+        {"t-1", NULL, "zz", 7, TM_MODEL_Q_UNKNOWN_PROPERTY, 0},
+        {"t-1", NULL, "n", 1.5, TM_MODEL_Q_INVALID_TYPE, 0},
+        {"t-1", NULL, "b", 2, TM_MODEL_Q_INVALID_TYPE, 0},
+        {"t-2", "nope", "pm25", 5, TM_MODEL_Q_UNMODELLED, 1},
+        {"t-3", NULL, "pm25", 5, TM_MODEL_Q_UNMODELLED, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n = tm_wire_encode (buf, sizeof buf, cases[i].entity, cases[i].prop,
+                                   cases[i].value, 1000, cases[i].model);
+        tm_wire_iter_t it;
+        tm_reading_t r;
+        tm_wire_iter_init (&it, buf, n);
+        assert_int_equal (tm_wire_next (&it, &r), 1);
+        assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+        tm_twin_t *t = tm_twins_find (twins, cases[i].entity, strlen (cases[i].entity));
+        const tm_prop_t *p = NULL;
+        for (uint16_t k = 0; k < t->nprops; k++)
+            if (!strcmp (t->props[k].name, cases[i].prop))
+                p = &t->props[k];
+        assert_non_null (p);
+        assert_int_equal (p->quality, cases[i].want);
+        assert_int_equal (p->an.count, cases[i].stats);
+        assert_true (p->an.value == cases[i].value);   //  kept as the latest value
+        assert_int_equal (p->count, 1);
+    }
+    tm_twins_stats_t st;
+    tm_twins_stats (twins, &st);
+    assert_int_equal (st.unknown_property, 1);
+    assert_int_equal (st.invalid_type, 2);
+    assert_int_equal (st.unmodelled, 2);
+    tm_twins_destroy (&twins);
+    tm_models_destroy (&models);
+}
+
 static void
 test_prop_limit (void **state)
 {
@@ -451,6 +509,7 @@ main (void)
         cmocka_unit_test (test_apply_rules),
         cmocka_unit_test (test_prop_limit),
         cmocka_unit_test (test_attributes),
+        cmocka_unit_test (test_quality_classes),
         cmocka_unit_test (test_against_reference),
         cmocka_unit_test (test_dirty_shards_and_roundtrip),
         cmocka_unit_test (test_sync_tick),
