@@ -937,7 +937,7 @@ s_name_len (const char *interned)
 //  write per reading. Version 2 is version 3 without the chunks.
 //  Version 1 (issue #2's workers) had no sync and, per property, only
 //  f64(value) zigzag(ts_ms) count; it is still read, with fresh analytics.
-#define S_SHARD_FORMAT 4
+#define S_SHARD_FORMAT 5
 
 static size_t
 s_put_f64 (uint8_t *p, double v)
@@ -1078,24 +1078,38 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
                 n += hlen;
             }
         }
-        //  Format 4: attributes, as name and JSON text.
-        if (!s_reserve (buf, cap, n + 10))
+        //  Format 5: attributes, binary: name, type, value. (Format 4 had
+        //  their JSON text: printing and re-parsing every location at each
+        //  checkpoint and restart cost more than the rest of the twin.)
+        size_t need_attrs = n + 10;
+        for (uint8_t i = 0; i < t->nattrs; i++)
+            need_attrs += 40 + s_name_len (t->attrs[i].name) + t->attrs[i].len;
+        if (!s_reserve (buf, cap, need_attrs))
             return 0;
-        n += tm_varint_put (*buf + n, t->nattrs);
+        p = *buf;
+        n += tm_varint_put (p + n, t->nattrs);
         for (uint8_t i = 0; i < t->nattrs; i++) {
-            char *json = tm_attr_json (&t->attrs[i]);
-            size_t nlen = s_name_len (t->attrs[i].name), jlen = json? strlen (json): 0;
-            if (!json || !s_reserve (buf, cap, n + 20 + nlen + jlen)) {
-                free (json);
-                return 0;
-            }
-            n += tm_varint_put (*buf + n, nlen);
-            memcpy (*buf + n, t->attrs[i].name, nlen);
+            const tm_attr_t *a = &t->attrs[i];
+            size_t nlen = s_name_len (a->name);
+            n += tm_varint_put (p + n, nlen);
+            memcpy (p + n, a->name, nlen);
             n += nlen;
-            n += tm_varint_put (*buf + n, jlen);
-            memcpy (*buf + n, json, jlen);
-            n += jlen;
-            free (json);
+            p[n++] = (uint8_t) (a->type | (a->tags? 0x80: 0));
+            if (a->type == TM_EXPR_NUMBER)
+                n += s_put_f64 (p + n, a->num);
+            else
+            if (a->type == TM_EXPR_BOOL)
+                p[n++] = a->b;
+            else
+            if (a->type == TM_EXPR_LOCATION) {
+                n += s_put_f64 (p + n, a->loc.lat);
+                n += s_put_f64 (p + n, a->loc.lon);
+            }
+            else {
+                n += tm_varint_put (p + n, a->len);
+                memcpy (p + n, a->str, a->len);
+                n += a->len;
+            }
         }
     }
     return n;
@@ -1152,6 +1166,100 @@ s_get_hist (const uint8_t **p, const uint8_t *end, tm_prop_t *pr)
         return -1;
     }
     *p += hlen;
+    return 0;
+}
+
+//  The name of an attribute in a blob, checked; NULL if invalid or the
+//  twin has it already (a blob we did not write).
+static const char *
+s_get_attr_name (tm_twins_t *self, const tm_twin_t *t, const uint8_t **p, const uint8_t *end,
+                 size_t *len)
+{
+    uint64_t nlen;
+    if (tm_varint_get (p, end, &nlen) != 0 || nlen > (uint64_t) (end - *p)
+        || !tm_attr_name_valid ((const char *) *p, (size_t) nlen))
+        return NULL;
+    const char *name = (const char *) *p;
+    *p += nlen;
+    *len = (size_t) nlen;
+    const char *known = tm_twins_name_find (self, name, (size_t) nlen);
+    return known && tm_twins_attr (t, known)? NULL: name;
+}
+
+//  One attribute of a format-4 blob: its JSON text.
+static int
+s_get_attr_v4 (tm_twins_t *self, tm_twin_t *t, const uint8_t **p, const uint8_t *end)
+{
+    size_t nlen;
+    const char *name = s_get_attr_name (self, t, p, end, &nlen);
+    uint64_t jlen;
+    if (!name || tm_varint_get (p, end, &jlen) != 0 || jlen > (uint64_t) (end - *p))
+        return -1;
+    const char *json = (const char *) *p;
+    *p += jlen;
+    return s_set_attr (self, t, name, nlen, json, (size_t) jlen, false);
+}
+
+//  One attribute of a format-5 blob: type and binary value.
+static int
+s_get_attr (tm_twins_t *self, tm_twin_t *t, const uint8_t **p, const uint8_t *end)
+{
+    size_t nlen;
+    const char *name = s_get_attr_name (self, t, p, end, &nlen);
+    if (!name || end - *p < 1 || t->nattrs >= TM_ATTR_MAX_PER_TWIN)
+        return -1;
+    uint8_t tag = *(*p)++;
+    tm_attr_t a = {.name = s_intern (self, name, nlen), .type = tag & 0x7f,
+                   .tags = (tag & 0x80) != 0};
+    if (!a.name || (a.tags && a.type != TM_EXPR_STRING))
+        return -1;
+    if (a.type == TM_EXPR_NUMBER) {
+        if (s_get_f64 (p, end, &a.num) != 0 || !isfinite (a.num))
+            return -1;
+    }
+    else
+    if (a.type == TM_EXPR_BOOL) {
+        if (end - *p < 1 || **p > 1)
+            return -1;
+        a.b = *(*p)++;
+    }
+    else
+    if (a.type == TM_EXPR_LOCATION) {
+        if (s_get_f64 (p, end, &a.loc.lat) != 0 || s_get_f64 (p, end, &a.loc.lon) != 0
+            || !(a.loc.lat >= -90 && a.loc.lat <= 90) || !(a.loc.lon >= -180 && a.loc.lon <= 180))
+            return -1;
+    }
+    else
+    if (a.type == TM_EXPR_STRING) {
+        uint64_t slen;
+        if (tm_varint_get (p, end, &slen) != 0 || slen > (uint64_t) (end - *p)
+            || slen > TM_ATTR_MAX_VALUE)
+            return -1;
+        const char *str = (const char *) *p;
+        *p += slen;
+        char *copy = malloc ((size_t) slen + 1);
+        if (!copy)
+            return -1;
+        memcpy (copy, str, (size_t) slen);
+        copy[slen] = 0;
+        a.len = (uint32_t) slen;
+        char *shared = s_value_intern (self, copy, a.len);
+        if (shared) {
+            free (copy);
+            copy = shared;
+            a.shared = true;
+        }
+        a.str = copy;
+    }
+    else
+        return -1;
+    tm_attr_t *grown = realloc (t->attrs, (t->nattrs + 1u) * sizeof *grown);
+    if (!grown) {
+        s_attr_drop (self, &a);
+        return -1;
+    }
+    t->attrs = grown;
+    t->attrs[t->nattrs++] = a;
     return 0;
 }
 
@@ -1241,23 +1349,10 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
             uint64_t nattrs;
             if (tm_varint_get (&p, end, &nattrs) != 0 || nattrs > TM_ATTR_MAX_PER_TWIN)
                 return -1;
-            for (uint64_t i = 0; i < nattrs; i++) {
-                uint64_t nlen, jlen;
-                if (tm_varint_get (&p, end, &nlen) != 0 || nlen > (uint64_t) (end - p))
+            for (uint64_t i = 0; i < nattrs; i++)
+                if ((format == 4? s_get_attr_v4 (self, t, &p, end):
+                                  s_get_attr (self, t, &p, end)) != 0)
                     return -1;
-                const char *name = (const char *) p;
-                p += nlen;
-                if (tm_varint_get (&p, end, &jlen) != 0 || jlen > (uint64_t) (end - p))
-                    return -1;
-                const char *json = (const char *) p;
-                p += jlen;
-                if (!tm_attr_name_valid (name, (size_t) nlen))
-                    return -1;
-                const char *known = tm_twins_name_find (self, name, (size_t) nlen);
-                if ((known && tm_twins_attr (t, known))    //  the same attribute twice
-                    || s_set_attr (self, t, name, (size_t) nlen, json, (size_t) jlen, false) != 0)
-                    return -1;
-            }
         }
         t->version = version;
         restored++;

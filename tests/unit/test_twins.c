@@ -154,6 +154,37 @@ test_attributes (void **state)
     free (blob);
     tm_twins_destroy (&back);
 
+    //  A format-4 blob (attributes as JSON text) still restores: made from
+    //  a format-5 blob of a twin without attributes (its last byte is the
+    //  attribute count) with one JSON attribute appended.
+    {
+        tm_twins_t *one = tm_twins_new ();
+        tm_reading_t r4 = s_reading ("v4", "pm25", 1, 1000);
+        assert_int_equal (tm_twins_apply (one, &r4, s_key, 1024, 1000), TM_APPLY_APPLIED);
+        uint32_t sh = tm_twins_find (one, "v4", 2)->shard;
+        uint8_t *b4 = NULL;
+        size_t c4 = 0;
+        size_t n4 = tm_twins_encode_shard (one, sh, &b4, &c4);
+        assert_int_equal (b4[0], 5);
+        assert_int_equal (b4[n4 - 1], 0);
+        static const uint8_t tail[] = {1, 8, 'd', 'i', 's', 't', 'r', 'i', 'c', 't',
+                                       5, '"', 'a', '/', 'b', '"'};
+        uint8_t *v4 = malloc (n4 - 1 + sizeof tail);
+        memcpy (v4, b4, n4 - 1);
+        memcpy (v4 + n4 - 1, tail, sizeof tail);
+        v4[0] = 4;
+        tm_twins_t *back4 = tm_twins_new ();
+        assert_int_equal (tm_twins_restore_shard (back4, sh, v4, n4 - 1 + sizeof tail), 1);
+        const tm_attr_t *da = tm_twins_attr (tm_twins_find (back4, "v4", 2),
+                                             tm_twins_name_find (back4, "district", 8));
+        assert_non_null (da);
+        assert_string_equal (da->str, "a/b");
+        free (v4);
+        free (b4);
+        tm_twins_destroy (&back4);
+        tm_twins_destroy (&one);
+    }
+
     //  With a model that says district is a string, a number is refused.
     tm_models_t *models = tm_models_new ();
     const char *text = "{\"format\":1,\"name\":\"m\",\"version\":1,\"properties\":"
