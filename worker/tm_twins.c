@@ -334,6 +334,37 @@ tm_twins_attrs_refused (tm_twins_t *self)
     return self->attrs_refused;
 }
 
+//  Point a string value at the shared copy when there can be one.
+static void
+s_attr_share (tm_twins_t *self, tm_attr_t *a)
+{
+    if (a->type != TM_EXPR_STRING || a->shared)
+        return;
+    char *shared = s_value_intern (self, a->str, a->len);
+    if (shared) {
+        free (a->str);
+        a->str = shared;
+        a->shared = true;
+    }
+}
+
+//  Add an attribute the twin does not have yet (consumed in every case);
+//  0, or -1 over the limit or out of memory.
+static int
+s_attr_append (tm_twins_t *self, tm_twin_t *t, tm_attr_t *a)
+{
+    //  Exact-size growth: attributes change rarely and memory per twin counts.
+    tm_attr_t *grown = t->nattrs < TM_ATTR_MAX_PER_TWIN?
+                       realloc (t->attrs, (t->nattrs + 1u) * sizeof *grown): NULL;
+    if (!grown) {
+        s_attr_drop (self, a);
+        return -1;
+    }
+    t->attrs = grown;
+    t->attrs[t->nattrs++] = *a;
+    return 0;
+}
+
 //  Set (or, for a null value, remove) one attribute from its JSON text.
 //  Attributes apply in log order: the newest reading that sets one wins.
 //  A value whose type contradicts the twin's model is refused and counted
@@ -364,14 +395,8 @@ s_set_attr (tm_twins_t *self, tm_twin_t *t, const char *name, size_t name_len,
         }
     }
     value.name = interned;
-    if (rc == 0 && value.type == TM_EXPR_STRING) {
-        char *shared = s_value_intern (self, value.str, value.len);
-        if (shared) {
-            free (value.str);
-            value.str = shared;
-            value.shared = true;
-        }
-    }
+    if (rc == 0)
+        s_attr_share (self, &value);
     for (uint8_t i = 0; i < t->nattrs; i++) {
         if (t->attrs[i].name != interned)
             continue;
@@ -382,21 +407,7 @@ s_set_attr (tm_twins_t *self, tm_twin_t *t, const char *name, size_t name_len,
             t->attrs[i] = value;
         return 0;
     }
-    if (rc == 1)
-        return 0;
-    if (t->nattrs >= TM_ATTR_MAX_PER_TWIN) {
-        s_attr_drop (self, &value);
-        return -1;
-    }
-    //  Exact-size growth: attributes change rarely and memory per twin counts.
-    tm_attr_t *grown = realloc (t->attrs, (t->nattrs + 1u) * sizeof *grown);
-    if (!grown) {
-        s_attr_drop (self, &value);
-        return -1;
-    }
-    t->attrs = grown;
-    t->attrs[t->nattrs++] = value;
-    return 0;
+    return rc == 1? 0: s_attr_append (self, t, &value);
 }
 
 static void s_mark_dirty (tm_twins_t *self, tm_twin_t *t);
@@ -1243,24 +1254,12 @@ s_get_attr (tm_twins_t *self, tm_twin_t *t, const uint8_t **p, const uint8_t *en
         memcpy (copy, str, (size_t) slen);
         copy[slen] = 0;
         a.len = (uint32_t) slen;
-        char *shared = s_value_intern (self, copy, a.len);
-        if (shared) {
-            free (copy);
-            copy = shared;
-            a.shared = true;
-        }
         a.str = copy;
+        s_attr_share (self, &a);
     }
     else
         return -1;
-    tm_attr_t *grown = realloc (t->attrs, (t->nattrs + 1u) * sizeof *grown);
-    if (!grown) {
-        s_attr_drop (self, &a);
-        return -1;
-    }
-    t->attrs = grown;
-    t->attrs[t->nattrs++] = a;
-    return 0;
+    return s_attr_append (self, t, &a);
 }
 
 long
