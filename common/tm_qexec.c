@@ -2193,6 +2193,10 @@ tm_qresult_print (const tm_qresult_t *self, tm_qresult_format_t format, FILE *ou
         rc = s_print_json (self, out);
     else {
         rc = format == TM_QRESULT_CSV? s_print_csv (self, out): s_print_table (self, out);
+        //  The table first, then the trailer, also on a terminal where the
+        //  two streams meet (stderr is unbuffered, stdout is not).
+        if (fflush (out) != 0)
+            rc = -1;
         if (err)
             s_print_trailer (self, err);
     }

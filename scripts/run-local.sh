@@ -87,6 +87,10 @@ if ! ctl wait-ready --workers "$workers" --timeout 30s; then
     exit 1
 fi
 ctl status
+# The city's models (units, valid ranges, limits, derived properties); the workers
+# fetch them within a heartbeat.
+ctl model load models/*.json
+sleep 1.5
 
 echo
 echo "run-local: simulated city: $twins twins, rate ${rate/#0/as fast as acks allow}, duration $duration"
