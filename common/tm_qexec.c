@@ -97,7 +97,11 @@ struct _tm_qpartial_t {
     s_row_t **rows;                    //  Kept rows; a heap (worst on top) with ORDER BY
     size_t nrows;                      //  Rows kept
     size_t rows_cap;                   //  Allocated entries of rows
+    struct _tm_qbatch_t *batch;        //  Batch feeding's scratch, made on first use
 };
+
+typedef struct _tm_qbatch_t s_qbatch_t;
+static void s_qbatch_free (struct _tm_qpartial_t *self);
 
 //  One site's answer in a result.
 typedef struct {
@@ -536,6 +540,7 @@ tm_qpartial_destroy (tm_qpartial_t **self_p)
     free (self->scratch);
     tm_qpartial_drop_rows (self);
     free (self->rows);
+    s_qbatch_free (self);
     free (self);
     *self_p = NULL;
 }
@@ -652,6 +657,41 @@ s_feed_row (tm_qpartial_t *self, const tm_expr_value_t *values, size_t nvalues)
     s_row_offer (self, row);
 }
 
+//  Count one twin into its group: args[a] is aggregate a's argument
+//  (ignored for count(*)).
+static void
+s_group_add (tm_qpartial_t *self, s_group_t *g, const tm_expr_value_t *args)
+{
+    g->twins++;
+    for (size_t a = 0; a < self->naggs; a++) {
+        s_state_t *s = &g->states[a];
+        if (!self->arg[a]) {
+            s->count++;
+            continue;
+        }
+        const tm_expr_value_t *v = &args[a];
+        if (self->func[a] == TM_QUERY_AGG_COUNT) {
+            s->count += v->type != TM_EXPR_NULL;
+            continue;
+        }
+        if (v->type != TM_EXPR_NUMBER)
+            continue;
+        double x = v->num;
+        if (s->count == 0 || x < s->min)
+            s->min = x;
+        if (s->count == 0 || x > s->max)
+            s->max = x;
+        s->count++;
+        s->sum += x;
+        if (self->func[a] == TM_QUERY_AGG_QUANTILE && !s->noisy) {
+            if (!s->sketch)
+                s->sketch = tm_sketch_new (TM_SKETCH_DEFAULT_ALPHA);
+            if (!s->sketch || tm_sketch_add (s->sketch, x) != 0)
+                self->truncated = true;
+        }
+    }
+}
+
 static void
 s_feed_group (tm_qpartial_t *self, const tm_expr_value_t *values, size_t nvalues)
 {
@@ -667,35 +707,11 @@ s_feed_group (tm_qpartial_t *self, const tm_expr_value_t *values, size_t nvalues
     s_group_t *g = s_group_get (self, len);
     if (!g)
         return;
-    g->twins++;
-    for (size_t a = 0; a < self->naggs; a++) {
-        s_state_t *s = &g->states[a];
-        if (!self->arg[a]) {
-            s->count++;
-            continue;
-        }
-        tm_expr_value_t v;
-        tm_expr_eval (self->arg[a], values, nvalues, &v);
-        if (self->func[a] == TM_QUERY_AGG_COUNT) {
-            s->count += v.type != TM_EXPR_NULL;
-            continue;
-        }
-        if (v.type != TM_EXPR_NUMBER)
-            continue;
-        double x = v.num;
-        if (s->count == 0 || x < s->min)
-            s->min = x;
-        if (s->count == 0 || x > s->max)
-            s->max = x;
-        s->count++;
-        s->sum += x;
-        if (self->func[a] == TM_QUERY_AGG_QUANTILE && !s->noisy) {
-            if (!s->sketch)
-                s->sketch = tm_sketch_new (TM_SKETCH_DEFAULT_ALPHA);
-            if (!s->sketch || tm_sketch_add (s->sketch, x) != 0)
-                self->truncated = true;
-        }
-    }
+    tm_expr_value_t args[TM_QUERY_MAX_AGGREGATES];
+    for (size_t a = 0; a < self->naggs; a++)
+        if (self->arg[a])
+            tm_expr_eval (self->arg[a], values, nvalues, &args[a]);
+    s_group_add (self, g, args);
 }
 
 bool
@@ -713,6 +729,232 @@ tm_qpartial_feed (tm_qpartial_t *self, const tm_expr_value_t *values, size_t nva
     else
         s_feed_row (self, values, nvalues);
     return true;
+}
+
+//  ---------------------------------------------------------------------
+//  Feeding in batches
+//
+//  What tm_qpartial_feed does per twin, for many twins at once: WHERE,
+//  GROUP BY keys and aggregate arguments are evaluated a column at a time
+//  (tm_expr_eval_batch), and the group of a twin is looked up first in a
+//  small cache keyed by the identity of its key values (the same string
+//  pointer, the same bits of a number), which spares the encode, hash and
+//  compare of the group table for the twins of a group seen recently:
+//  worker strings such as districts are shared between twins, so that is
+//  most of them. Identical values always encode to identical keys, so the
+//  cache only ever finds the group the table would.
+
+#define S_BATCH 1024                   //  Twins per pass
+#define S_CACHE 64                     //  Entries of the group cache
+
+typedef struct {
+    s_group_t *group;                  //  NULL: empty
+    tm_expr_value_t keys[TM_QUERY_MAX_GROUP_KEYS];
+} s_cache_t;
+
+struct _tm_qbatch_t {
+    tm_expr_batch_t *where;            //  NULL without WHERE
+    tm_expr_batch_t *keys[TM_QUERY_MAX_GROUP_KEYS];
+    tm_expr_batch_t *args[TM_QUERY_MAX_AGGREGATES];   //  NULL for count(*)
+    tm_expr_value_t *wout;             //  S_BATCH results of WHERE
+    tm_expr_value_t *kout;             //  nkeys x S_BATCH
+    tm_expr_value_t *aout;             //  naggs x S_BATCH
+    uint32_t *sel;                     //  Twins of a pass that passed WHERE
+    s_cache_t *cache;                  //  S_CACHE entries
+};
+
+static void
+s_qbatch_free (tm_qpartial_t *self)
+{
+    s_qbatch_t *b = self->batch;
+    if (!b)
+        return;
+    tm_expr_batch_destroy (&b->where);
+    for (size_t i = 0; i < TM_QUERY_MAX_GROUP_KEYS; i++)
+        tm_expr_batch_destroy (&b->keys[i]);
+    for (size_t i = 0; i < TM_QUERY_MAX_AGGREGATES; i++)
+        tm_expr_batch_destroy (&b->args[i]);
+    free (b->wout);
+    free (b->kout);
+    free (b->aout);
+    free (b->sel);
+    free (b->cache);
+    free (b);
+    self->batch = NULL;
+}
+
+static s_qbatch_t *
+s_qbatch (tm_qpartial_t *self)
+{
+    if (self->batch)
+        return self->batch;
+    s_qbatch_t *b = (s_qbatch_t *) calloc (1, sizeof *b);
+    if (!b)
+        return NULL;
+    self->batch = b;
+    bool ok = true;
+    if (self->where)
+        ok = ok && (b->where = tm_expr_batch_new (self->where));
+    if (self->aggregate) {
+        for (size_t i = 0; i < self->nkeys; i++)
+            ok = ok && (b->keys[i] = tm_expr_batch_new (self->keys[i]));
+        for (size_t a = 0; a < self->naggs; a++)
+            if (self->arg[a])
+                ok = ok && (b->args[a] = tm_expr_batch_new (self->arg[a]));
+        ok = ok && (b->kout = (tm_expr_value_t *) malloc ((self->nkeys? self->nkeys: 1) * S_BATCH
+                                                          * sizeof (tm_expr_value_t)));
+        ok = ok && (b->aout = (tm_expr_value_t *) malloc ((self->naggs? self->naggs: 1) * S_BATCH
+                                                          * sizeof (tm_expr_value_t)));
+        ok = ok && (b->cache = (s_cache_t *) malloc (S_CACHE * sizeof (s_cache_t)));
+    }
+    ok = ok && (b->wout = (tm_expr_value_t *) malloc (S_BATCH * sizeof (tm_expr_value_t)));
+    ok = ok && (b->sel = (uint32_t *) malloc (S_BATCH * sizeof (uint32_t)));
+    if (!ok) {
+        s_qbatch_free (self);
+        return NULL;
+    }
+    return b;
+}
+
+//  Identity of a value: equal identities mean equal encoded keys.
+static uint64_t
+s_identity (const tm_expr_value_t *v)
+{
+    uint64_t h = (uint64_t) v->type * 0x9e3779b97f4a7c15ULL;
+    uint64_t bits = 0;
+    switch (v->type) {
+        case TM_EXPR_NUMBER:
+            memcpy (&bits, &v->num, sizeof bits);
+            break;
+        case TM_EXPR_STRING:
+            bits = (uint64_t) (uintptr_t) v->str ^ ((uint64_t) v->len << 48);
+            break;
+        case TM_EXPR_BOOL:
+            bits = v->b;
+            break;
+        case TM_EXPR_LOCATION: {
+            uint64_t lon;
+            memcpy (&bits, &v->lat, sizeof bits);
+            memcpy (&lon, &v->lon, sizeof lon);
+            bits ^= lon * 31;
+            break;
+        }
+        default:
+            break;
+    }
+    h ^= bits;
+    h *= 0xff51afd7ed558ccdULL;
+    return h ^ (h >> 32);
+}
+
+static bool
+s_identical (const tm_expr_value_t *a, const tm_expr_value_t *b)
+{
+    if (a->type != b->type)
+        return false;
+    switch (a->type) {
+        case TM_EXPR_NUMBER:
+            return memcmp (&a->num, &b->num, sizeof a->num) == 0;
+        case TM_EXPR_STRING:
+            return a->str == b->str && a->len == b->len;
+        case TM_EXPR_BOOL:
+            return a->b == b->b;
+        case TM_EXPR_LOCATION:
+            return memcmp (&a->lat, &b->lat, sizeof a->lat) == 0
+                   && memcmp (&a->lon, &b->lon, sizeof a->lon) == 0;
+        default:
+            return true;
+    }
+}
+
+void
+tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols, size_t ncols,
+                        size_t n, const uint8_t *skip)
+{
+    assert (self);
+    if (!cols)
+        ncols = 0;
+    if (ncols > TM_QUERY_MAX_COLUMNS)
+        ncols = TM_QUERY_MAX_COLUMNS;
+    s_qbatch_t *b = s_qbatch (self);
+    if (!b) {
+        //  No memory for the batch path: the twin-at-a-time one needs none.
+        tm_expr_value_t row[TM_QUERY_MAX_COLUMNS];
+        for (size_t i = 0; i < n; i++) {
+            if (skip && skip[i])
+                continue;
+            for (size_t c = 0; c < ncols; c++)
+                row[c] = cols[c]? cols[c][i]: tm_expr_null ();
+            tm_qpartial_feed (self, row, ncols);
+        }
+        return;
+    }
+    if (b->cache)
+        for (size_t e = 0; e < S_CACHE; e++)
+            b->cache[e].group = NULL;      //  Strings of an earlier call may be gone
+    const tm_expr_value_t *view[TM_QUERY_MAX_COLUMNS];
+    for (size_t from = 0; from < n; from += S_BATCH) {
+        size_t m = n - from < S_BATCH? n - from: S_BATCH;
+        for (size_t c = 0; c < ncols; c++)
+            view[c] = cols[c]? cols[c] + from: NULL;
+        if (b->where)
+            tm_expr_eval_batch (b->where, view, ncols, m, b->wout);
+        size_t nsel = 0;
+        for (size_t i = 0; i < m; i++) {
+            if (skip && skip[from + i])
+                continue;
+            self->scanned++;
+            if (!b->where || (b->wout[i].type == TM_EXPR_BOOL && b->wout[i].b))
+                b->sel[nsel++] = (uint32_t) i;
+        }
+        self->matched += nsel;
+        if (!nsel)
+            continue;
+        if (!self->aggregate) {
+            tm_expr_value_t row[TM_QUERY_MAX_COLUMNS];
+            for (size_t k = 0; k < nsel; k++) {
+                size_t i = b->sel[k];
+                for (size_t c = 0; c < ncols; c++)
+                    row[c] = view[c]? view[c][i]: tm_expr_null ();
+                s_feed_row (self, row, ncols);
+            }
+            continue;
+        }
+        for (size_t k = 0; k < self->nkeys; k++)
+            tm_expr_eval_batch (b->keys[k], view, ncols, m, b->kout + k * S_BATCH);
+        for (size_t a = 0; a < self->naggs; a++)
+            if (b->args[a])
+                tm_expr_eval_batch (b->args[a], view, ncols, m, b->aout + a * S_BATCH);
+        for (size_t k = 0; k < nsel; k++) {
+            size_t i = b->sel[k];
+            tm_expr_value_t keys[TM_QUERY_MAX_GROUP_KEYS];
+            uint64_t id = 0;
+            for (size_t j = 0; j < self->nkeys; j++) {
+                keys[j] = b->kout[j * S_BATCH + i];
+                id = id * 31 + s_identity (&keys[j]);
+            }
+            s_cache_t *entry = &b->cache[id & (S_CACHE - 1)];
+            s_group_t *g = entry->group;
+            for (size_t j = 0; g && j < self->nkeys; j++)
+                if (!s_identical (&entry->keys[j], &keys[j]))
+                    g = NULL;
+            if (!g) {
+                size_t len = self->nkeys? s_encode_key (self, keys): 0;
+                if (self->nkeys && !len)
+                    continue;
+                g = s_group_get (self, len);
+                if (!g)
+                    continue;
+                entry->group = g;
+                memcpy (entry->keys, keys, self->nkeys * sizeof keys[0]);
+            }
+            tm_expr_value_t args[TM_QUERY_MAX_AGGREGATES];
+            for (size_t a = 0; a < self->naggs; a++)
+                if (b->args[a])
+                    args[a] = b->aout[a * S_BATCH + i];
+            s_group_add (self, g, args);
+        }
+    }
 }
 
 uint64_t

@@ -58,6 +58,12 @@ struct _tm_twins_t {
     uint64_t quality[TM_MODEL_Q_COUNT];    //  Readings applied, by quality class
     zhashx_t *values;              //  Attribute string values, shared: text -> s_value_t
     size_t in_state[TM_SYNC_NSTATES];  //  Twins per sync state
+    tm_twin_t **rows;              //  Every twin by row (creation order)
+    size_t rows_cap;               //  Entries allocated in rows (count in use)
+    uint32_t *changed;             //  Rows changed since tm_twins_changed_clear
+    size_t nchanged;               //  Entries in changed
+    size_t changed_cap;            //  Allocated entries of changed
+    bool changed_overflow;         //  A change could not be listed: all rows changed
 };
 
 //  A table hash, not a keyed one: the shard hash that spreads entities
@@ -209,6 +215,8 @@ tm_twins_destroy (tm_twins_t **self_p)
     zhashx_destroy (&self->values);
     free (self->current);
     free (self->pending);
+    free (self->rows);
+    free (self->changed);
     free (self->slots);
     free (self->names);
     free (self->shard_heads);
@@ -437,11 +445,43 @@ tm_twins_find (tm_twins_t *self, const char *entity, size_t len)
     return NULL;
 }
 
+//  Note the twin's row as changed, once until the next clear. When the
+//  list cannot grow, every flag stays set and the list is dropped: the
+//  scan then takes the next changed list as "everything" (overflow).
+static void
+s_changed (tm_twins_t *self, tm_twin_t *t)
+{
+    if (t->changed)
+        return;
+    t->changed = 1;
+    if (self->nchanged == self->changed_cap) {
+        size_t cap = self->changed_cap? self->changed_cap * 2: 1024;
+        uint32_t *grown = realloc (self->changed, cap * sizeof *grown);
+        if (!grown) {
+            self->changed_overflow = true;
+            return;
+        }
+        self->changed = grown;
+        self->changed_cap = cap;
+    }
+    self->changed[self->nchanged++] = t->row;
+}
+
 //  Insert a new twin; NULL on allocation failure.
 static tm_twin_t *
 s_insert (tm_twins_t *self, const char *entity, size_t len, uint32_t shard)
 {
     if ((self->count + 1) * 10 > self->nslots * 7 && s_grow_twins (self) != 0)
+        return NULL;
+    if (self->count == self->rows_cap) {
+        size_t cap = self->rows_cap? self->rows_cap * 2: 1024;
+        tm_twin_t **grown = realloc (self->rows, cap * sizeof *grown);
+        if (!grown)
+            return NULL;
+        self->rows = grown;
+        self->rows_cap = cap;
+    }
+    if (self->count >= UINT32_MAX)
         return NULL;
     tm_twin_t *t = calloc (1, sizeof *t);
     if (!t)
@@ -465,7 +505,9 @@ s_insert (tm_twins_t *self, const char *entity, size_t len, uint32_t shard)
     while (self->slots[j])
         j = (j + 1) & (self->nslots - 1);
     self->slots[j] = t;
-    self->count++;
+    t->row = (uint32_t) self->count;
+    self->rows[self->count++] = t;
+    s_changed (self, t);
     return t;
 }
 
@@ -473,6 +515,7 @@ static void
 s_mark_dirty (tm_twins_t *self, tm_twin_t *t)
 {
     t->version++;
+    s_changed (self, t);
     tm_twins_mark_dirty (self, t->shard);
 }
 
@@ -1436,4 +1479,38 @@ done:
     for (size_t i = 0; i < na; i++)
         free (attrs[i].value);
     return out;
+}
+
+tm_twin_t *const *
+tm_twins_rows (tm_twins_t *self, size_t *nrows)
+{
+    *nrows = self->count;
+    return self->rows;
+}
+
+const uint32_t *
+tm_twins_changed (tm_twins_t *self, size_t *count)
+{
+    *count = self->nchanged;
+    return self->changed;
+}
+
+bool
+tm_twins_changed_overflow (tm_twins_t *self)
+{
+    return self->changed_overflow;
+}
+
+void
+tm_twins_changed_clear (tm_twins_t *self)
+{
+    if (self->changed_overflow) {
+        for (size_t r = 0; r < self->count; r++)
+            self->rows[r]->changed = 0;
+        self->changed_overflow = false;
+    }
+    else
+        for (size_t i = 0; i < self->nchanged; i++)
+            self->rows[self->changed[i]]->changed = 0;
+    self->nchanged = 0;
 }

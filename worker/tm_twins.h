@@ -68,10 +68,12 @@ typedef struct _tm_twin_t {
     uint16_t nprops;               //  Properties in use
     uint16_t cap;                  //  Properties allocated
     uint8_t nattrs;                //  Attributes in attrs (fills padding)
+    uint8_t changed;               //  In the changed-rows list (fills padding)
     tm_prop_t *props;              //  Owned array
     tm_attr_t *attrs;              //  Attributes (names interned), owned; NULL if none
     struct _tm_twin_t *next_in_shard;  //  The shard's twins, for checkpoints
     tm_analytics_sync_t sync;      //  Sync status (initializing .. error)
+    uint32_t row;                  //  Its row for columnar scans (tm_twins_rows)
     const tm_twins_table_t *table; //  Its model's settings, NULL: defaults (a cache)
     uint64_t models_gen;           //  Registry generation table was resolved at
 } tm_twin_t;
@@ -185,6 +187,26 @@ const tm_attr_t *tm_twins_attr (const tm_twin_t *twin, const char *interned);
 //  twins ahead, which a shard's linked list does not allow. Borrowed; valid
 //  until the next apply or restore.
 tm_twin_t *const *tm_twins_slots (tm_twins_t *self, size_t *nslots);
+
+//  Every twin by row: rows are numbered in creation order and a twin
+//  keeps its row for its life, so a columnar scan (worker/tm_wquery) can
+//  keep a query column as an array indexed by row. *nrows rows; borrowed,
+//  valid until the next apply or restore.
+tm_twin_t *const *tm_twins_rows (tm_twins_t *self, size_t *nrows);
+
+//  The rows whose twins changed since tm_twins_changed_clear: a new twin,
+//  a reading applied (latest value, analytics), a model or attributes
+//  set; not the sync timers of tm_twins_tick, nor duplicate or late
+//  readings (they change no latest value). Each row once, in order of
+//  first change. Borrowed, valid until the next apply or clear.
+const uint32_t *tm_twins_changed (tm_twins_t *self, size_t *count);
+
+//  True if a change could not be listed (out of memory): take every row
+//  as changed.
+bool tm_twins_changed_overflow (tm_twins_t *self);
+
+//  Forget the changed rows (a columnar scan has caught up with them).
+void tm_twins_changed_clear (tm_twins_t *self);
 
 //  The first twin of a shard (then follow next_in_shard); NULL if none.
 tm_twin_t *tm_twins_shard_first (tm_twins_t *self, uint32_t shard);

@@ -75,6 +75,7 @@ struct _tm_worker_t {
     tm_wlog_t *wlog;               //  Log and checkpoints in it
     tm_twins_t *twins;             //  Twin state in memory
     tm_derived_t *derived;         //  Compiled derived properties of the models
+    tm_wquery_t *wquery;           //  Query columns kept between scans
     zsock_t *router;               //  APPEND and TWIN_GET from clients
     tm_mapclient_t *mapc;          //  Broker link: HELLO, shard map
     tm_modelsync_t *msync;         //  Broker link for models (own DEALER)
@@ -552,7 +553,7 @@ s_handle_query_scan (tm_worker_t *self, tm_msg_t *msg)
             mine[nmine++] = shard;
     }
     tm_qpartial_t *partial = mine? tm_qpartial_new (plan): NULL;
-    long scanned = partial? tm_wquery_scan (self->twins, tm_modelsync_models (self->msync),
+    long scanned = partial? tm_wquery_scan (self->wquery, tm_modelsync_models (self->msync),
                                             self->derived, plan, mine, nmine, tm_util_wall_ms (),
                                             partial): -1;
     size_t size = 0;
@@ -753,7 +754,8 @@ tm_worker_new (const tm_worker_config_t *config)
     self->staged = calloc (S_DRAIN_MAX_PARTS, sizeof (s_staged_t));
     self->twins = tm_twins_new ();
     self->derived = self->twins? tm_derived_new (self->twins): NULL;
-    if (!self->staged || !self->twins || !self->derived)
+    self->wquery = self->twins? tm_wquery_new (self->twins): NULL;
+    if (!self->staged || !self->twins || !self->derived || !self->wquery)
         goto fail;
 
     if (tm_util_mkdir_p (config->data_dir) != 0) {
@@ -856,6 +858,7 @@ tm_worker_destroy (tm_worker_t **self_p)
     tm_mapclient_destroy (&self->mapc);
     tm_wlog_destroy (&self->wlog);
     tm_store_destroy (&self->store);
+    tm_wquery_destroy (&self->wquery);
     tm_derived_destroy (&self->derived);
     tm_twins_destroy (&self->twins);
     //  After the twins: they borrow its registry until then.

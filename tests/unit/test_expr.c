@@ -1273,6 +1273,209 @@ test_runtime_safety (void **state)
     assert_string_equal (tm_expr_type_name ((tm_expr_type_t) 9), "invalid");
 }
 
+
+//  ---------------------------------------------------------------------
+//  Batches: tm_expr_eval_batch must give, row for row, what tm_expr_eval
+//  gives. Random expressions over untyped slots (so nothing is refused at
+//  compile time and every operator meets every kind of value) and random
+//  rows with nulls, non-finite numbers, off-globe locations and shared
+//  string pointers.
+
+#define B_SLOTS 6
+
+static int
+s_resolve_any (void *user, const char *name, size_t len, tm_expr_slot_t *out)
+{
+    (void) user;
+    if (len == 2 && name[0] == 'v' && name[1] >= '0' && name[1] < '0' + B_SLOTS) {
+        out->slot = (uint32_t) (name[1] - '0');
+        out->type = TM_EXPR_ANY;
+        return 0;
+    }
+    return -1;
+}
+
+static uint64_t s_rng = 88172645463325252ULL;
+
+static uint32_t
+s_rand (uint32_t n)
+{
+    s_rng ^= s_rng << 13;
+    s_rng ^= s_rng >> 7;
+    s_rng ^= s_rng << 17;
+    return (uint32_t) (s_rng % n);
+}
+
+static const char *s_words[] = {"air", "traffic", "air_station", "", "Brera"};
+
+//  Append a random expression of at most depth levels to buf.
+static void
+s_gen_expr (char *buf, size_t cap, int depth)
+{
+    size_t len = strlen (buf);
+    char *p = buf + len;
+    size_t room = cap - len;
+    if (room < 64)
+        return;
+    uint32_t pick = depth <= 0? s_rand (3): s_rand (14);
+    switch (pick) {
+        case 0:
+            snprintf (p, room, "v%u", s_rand (B_SLOTS));
+            return;
+        case 1: {
+            static const char *lits[] = {"1", "20", "-3.5", "'air'", "'air_station'", "''",
+                                         "TRUE", "FALSE", "NULL", "45.46", "0"};
+            snprintf (p, room, "%s", lits[s_rand (sizeof lits / sizeof lits[0])]);
+            return;
+        }
+        case 2:
+            snprintf (p, room, "v%u", s_rand (B_SLOTS));
+            return;
+        case 3: case 4: {
+            static const char *cmp[] = {"=", "!=", "<", "<=", ">", ">="};
+            snprintf (p, room, "(v%u %s ", s_rand (B_SLOTS), cmp[s_rand (6)]);
+            s_gen_expr (buf, cap, 0);
+            strncat (buf, ")", cap - strlen (buf) - 1);
+            return;
+        }
+        case 5: case 6: {
+            static const char *ops[] = {" AND ", " OR ", " + ", " - ", " * ", " / ", " % ",
+                                        " = ", " < "};
+            const char *op = ops[s_rand (sizeof ops / sizeof ops[0])];
+            strncat (buf, "(", cap - strlen (buf) - 1);
+            uint32_t terms = 2 + s_rand (3);
+            for (uint32_t t = 0; t < terms; t++) {
+                if (t)
+                    strncat (buf, op, cap - strlen (buf) - 1);
+                s_gen_expr (buf, cap, depth - 1);
+            }
+            strncat (buf, ")", cap - strlen (buf) - 1);
+            return;
+        }
+        case 7:
+            strncat (buf, "NOT (", cap - strlen (buf) - 1);
+            s_gen_expr (buf, cap, depth - 1);
+            strncat (buf, ")", cap - strlen (buf) - 1);
+            return;
+        case 8:
+            snprintf (p, room, "within(v%u, 45.46, 9.19, %s)", s_rand (B_SLOTS),
+                      s_rand (4)? "2000": "-1");
+            return;
+        case 9:
+            snprintf (p, room, "(v%u IN ('air', 1, %s))", s_rand (B_SLOTS),
+                      s_rand (2)? "NULL": "'Brera'");
+            return;
+        case 10: {
+            static const char *fns[] = {"abs", "round", "coalesce", "min", "max", "sqrt"};
+            snprintf (p, room, "%s(", fns[s_rand (sizeof fns / sizeof fns[0])]);
+            s_gen_expr (buf, cap, depth - 1);
+            strncat (buf, ")", cap - strlen (buf) - 1);
+            return;
+        }
+        case 11:
+            snprintf (p, room, "(v%u IS NULL)", s_rand (B_SLOTS));
+            return;
+        case 12:
+            snprintf (p, room, "(v%u BETWEEN 1 AND 30)", s_rand (B_SLOTS));
+            return;
+        default:
+            snprintf (p, room, "(distance(v%u, 45.46, 9.19) < 1500)", s_rand (B_SLOTS));
+            return;
+    }
+}
+
+static tm_expr_value_t
+s_rand_value (void)
+{
+    switch (s_rand (9)) {
+        case 0: return tm_expr_null ();
+        case 1: return tm_expr_number ((double) s_rand (40) - 5);
+        case 2: return tm_expr_number (s_rand (2)? NAN: INFINITY);
+        case 3: {
+            const char *w = s_words[s_rand (sizeof s_words / sizeof s_words[0])];
+            return tm_expr_string (w, (uint32_t) strlen (w));
+        }
+        case 4: return tm_expr_bool (s_rand (2));
+        case 5: return tm_expr_location (45.46 + ((double) s_rand (200) - 100) / 5000,
+                                         9.19 + ((double) s_rand (200) - 100) / 5000);
+        case 6: return tm_expr_location (95, 9.19);
+        case 7: {
+            tm_expr_value_t v = tm_expr_string (NULL, 0);
+            return v;
+        }
+        default: return tm_expr_number (((double) s_rand (1000)) / 10);
+    }
+}
+
+static bool
+s_same (const tm_expr_value_t *a, const tm_expr_value_t *b)
+{
+    if (a->type != b->type)
+        return false;
+    switch (a->type) {
+        case TM_EXPR_NUMBER: return a->num == b->num;
+        case TM_EXPR_BOOL: return a->b == b->b;
+        case TM_EXPR_STRING:
+            return a->len == b->len && (a->len == 0 || memcmp (a->str, b->str, a->len) == 0);
+        case TM_EXPR_LOCATION: return a->lat == b->lat && a->lon == b->lon;
+        default: return true;
+    }
+}
+
+static void
+test_batch_matches_scalar (void **state)
+{
+    (void) state;
+    const tm_expr_options_t opts = {s_resolve_any, NULL, NULL, TM_EXPR_ANY};
+    enum { ROWS = 2500 };          //  More than one pass
+    tm_expr_value_t *cols[B_SLOTS];
+    for (int s = 0; s < B_SLOTS; s++) {
+        cols[s] = calloc (ROWS, sizeof (tm_expr_value_t));
+        assert_non_null (cols[s]);
+    }
+    tm_expr_value_t *out = calloc (ROWS, sizeof *out);
+    assert_non_null (out);
+    size_t compiled = 0, checked = 0;
+    for (int round = 0; round < 400; round++) {
+        char text[2048] = "";
+        s_gen_expr (text, sizeof text, 1 + s_rand (4));
+        tm_expr_error_t err;
+        tm_expr_t *e = tm_expr_compile (text, &opts, &err);
+        if (!e)
+            continue;
+        compiled++;
+        for (int s = 0; s < B_SLOTS; s++)
+            for (int i = 0; i < ROWS; i++)
+                cols[s][i] = s_rand_value ();
+        tm_expr_batch_t *b = tm_expr_batch_new (e);
+        assert_non_null (b);
+        //  Slot 5 absent: null in every row, as past nvalues in the scalar.
+        const tm_expr_value_t *view[B_SLOTS] = {cols[0], cols[1], cols[2], cols[3], cols[4],
+                                                NULL};
+        tm_expr_eval_batch (b, view, B_SLOTS, ROWS, out);
+        tm_expr_value_t row[B_SLOTS];
+        for (int i = 0; i < ROWS; i++) {
+            for (int s = 0; s < B_SLOTS - 1; s++)
+                row[s] = cols[s][i];
+            tm_expr_value_t want;
+            tm_expr_eval (e, row, B_SLOTS - 1, &want);
+            if (!s_same (&want, &out[i]))
+                fail_msg ("%s: row %d: batch gives type %d, scalar type %d", text, i,
+                          out[i].type, want.type);
+            checked++;
+        }
+        tm_expr_batch_destroy (&b);
+        assert_null (b);
+        tm_expr_destroy (&e);
+    }
+    //  The generator must really produce expressions.
+    assert_true (compiled > 200);
+    assert_true (checked > 200 * ROWS);
+    for (int s = 0; s < B_SLOTS; s++)
+        free (cols[s]);
+    free (out);
+}
+
 int
 main (void)
 {
@@ -1290,6 +1493,7 @@ main (void)
         cmocka_unit_test (test_compile_at),
         cmocka_unit_test (test_call_hook),
         cmocka_unit_test (test_runtime_safety),
+        cmocka_unit_test (test_batch_matches_scalar),
     };
     return cmocka_run_group_tests (tests, NULL, NULL);
 }
