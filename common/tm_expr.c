@@ -2680,30 +2680,57 @@ tm_expr_deserialise (const uint8_t *data, size_t size, const tm_expr_options_t *
 //  The scalar evaluator costs tens of nanoseconds a row, most of it the
 //  interpreter's dispatch and the copies of tagged values; a scan of a
 //  million twins pays that a million times per expression. Here the tree
-//  is walked once per batch, each operator node filling a vector of
-//  results for every row of the batch (kids before parents, so no
-//  recursion), and the common shapes (a slot compared with a constant,
-//  AND/OR/NOT, IN a constant list, within() a constant circle) have their
-//  own loops. Every other operator goes through s_apply row by row: the
-//  same function the scalar evaluator and the folder use, so the answers
-//  are the same by construction (tests/unit/test_expr.c checks it on
-//  random expressions and values).
+//  is walked once per pass of up to S_BATCH_ROWS rows, each operator node
+//  filling a vector of results for the rows of the pass (kids before
+//  parents, so no recursion). Operators whose result is always a boolean
+//  or null (comparisons, IN, BETWEEN, IS NULL, AND, OR, NOT, within,
+//  bbox) keep a byte per row (S_FALSE, S_TRUE, S_UNKNOWN) instead of a
+//  24-byte value: filters are mostly these, and a byte is what a scan
+//  over a million rows can afford to write and read back. The common
+//  shapes (a slot compared with a constant, AND/OR/NOT, IN a constant
+//  list, within() a constant circle) have loops of their own; every other
+//  operator goes through s_apply row by row, the function the scalar
+//  evaluator and the folder use, so the answers are the same by
+//  construction (tests/unit/test_expr.c and fuzz_expr check it).
 
 #define S_BATCH_ROWS 1024              //  Rows per pass at most
 #define S_BATCH_BYTES (1u << 22)       //  Scratch vectors, all nodes, at most
+
+enum { S_FALSE = 0, S_TRUE = 1, S_UNKNOWN = 2 };
 
 struct _tm_expr_batch_t {
     const tm_expr_t *expr;             //  Borrowed
     size_t rows;                       //  Rows a pass takes
     uint32_t *order;                   //  Operator nodes reachable from the root,
     uint32_t norder;                   //  kids before parents
-    tm_expr_value_t **vec;             //  Per node: its results (operator nodes)
-    tm_expr_value_t *store;            //  The vectors, in one block
+    tm_expr_value_t **vec;             //  Per node: its values (other operators)
+    uint8_t **tri;                     //  Per node: its truth bytes (boolean operators)
+    tm_expr_value_t *store;            //  The value vectors, in one block
+    uint8_t *tri_store;                //  The byte vectors, in one block
     tm_expr_value_t *args;             //  One row's operands (the generic path)
     uint32_t max_args;                 //  Entries of args
     uint8_t *acc;                      //  AND/OR state per row
     size_t base;                       //  This pass's first row in the columns
 };
+
+//  Operators whose result is a boolean or null, whatever their operands.
+static bool
+s_is_truth (int op)
+{
+    return (op >= S_EQ && op <= S_OR) || op == S_NOT || op == S_WITHIN || op == S_BBOX;
+}
+
+static inline uint8_t
+s_truth (const tm_expr_value_t *v)
+{
+    return v->type != TM_EXPR_BOOL? S_UNKNOWN: v->b? S_TRUE: S_FALSE;
+}
+
+static inline tm_expr_value_t
+s_from_truth (uint8_t t)
+{
+    return t == S_UNKNOWN? s_null (): s_bool (t == S_TRUE);
+}
 
 tm_expr_batch_t *
 tm_expr_batch_new (const tm_expr_t *expr)
@@ -2716,9 +2743,10 @@ tm_expr_batch_new (const tm_expr_t *expr)
     uint32_t n = expr->nnodes;
     self->order = (uint32_t *) malloc ((n? n: 1) * sizeof *self->order);
     self->vec = (tm_expr_value_t **) calloc (n? n: 1, sizeof *self->vec);
+    self->tri = (uint8_t **) calloc (n? n: 1, sizeof *self->tri);
     uint32_t *stack = (uint32_t *) malloc ((n? n: 1) * sizeof *stack);
     uint8_t *seen = (uint8_t *) calloc (n? n: 1, 1);
-    if (!self->order || !self->vec || !stack || !seen) {
+    if (!self->order || !self->vec || !self->tri || !stack || !seen) {
         free (stack);
         free (seen);
         tm_expr_batch_destroy (&self);
@@ -2749,23 +2777,37 @@ tm_expr_batch_new (const tm_expr_t *expr)
     }
     free (stack);
     free (seen);
-    size_t per_row = (size_t) self->norder * sizeof (tm_expr_value_t);
+    uint32_t nvec = 0, ntri = 0;
+    for (uint32_t i = 0; i < self->norder; i++) {
+        if (s_is_truth (expr->nodes[self->order[i]].op))
+            ntri++;
+        else
+            nvec++;
+    }
+    size_t per_row = (size_t) nvec * sizeof (tm_expr_value_t) + ntri;
     self->rows = per_row? S_BATCH_BYTES / per_row: S_BATCH_ROWS;
     if (self->rows > S_BATCH_ROWS)
         self->rows = S_BATCH_ROWS;
     if (self->rows == 0)
         self->rows = 1;
-    self->store = (tm_expr_value_t *) malloc ((self->norder? self->norder: 1) * self->rows
+    self->store = (tm_expr_value_t *) malloc ((nvec? nvec: 1) * self->rows
                                               * sizeof (tm_expr_value_t));
+    self->tri_store = (uint8_t *) malloc ((ntri? ntri: 1) * self->rows);
     self->args = (tm_expr_value_t *) malloc ((self->max_args? self->max_args: 1)
                                              * sizeof (tm_expr_value_t));
     self->acc = (uint8_t *) malloc (self->rows);
-    if (!self->store || !self->args || !self->acc) {
+    if (!self->store || !self->tri_store || !self->args || !self->acc) {
         tm_expr_batch_destroy (&self);
         return NULL;
     }
-    for (uint32_t i = 0; i < self->norder; i++)
-        self->vec[self->order[i]] = self->store + (size_t) i * self->rows;
+    uint32_t v = 0, t = 0;
+    for (uint32_t i = 0; i < self->norder; i++) {
+        uint32_t at = self->order[i];
+        if (s_is_truth (expr->nodes[at].op))
+            self->tri[at] = self->tri_store + (size_t) t++ * self->rows;
+        else
+            self->vec[at] = self->store + (size_t) v++ * self->rows;
+    }
     return self;
 }
 
@@ -2777,17 +2819,37 @@ tm_expr_batch_destroy (tm_expr_batch_t **self_p)
     tm_expr_batch_t *self = *self_p;
     free (self->order);
     free (self->vec);
+    free (self->tri);
     free (self->store);
+    free (self->tri_store);
     free (self->args);
     free (self->acc);
     free (self);
     *self_p = NULL;
 }
 
+bool
+tm_expr_is_slot (const tm_expr_t *self, uint32_t *slot)
+{
+    const s_node_t *root = &self->nodes[self->root];
+    if (root->kind != S_SLOT)
+        return false;
+    *slot = root->slot;
+    return true;
+}
+
 size_t
 tm_expr_batch_rows (const tm_expr_batch_t *self)
 {
     return self->rows;
+}
+
+//  The column of a slot node from this pass's first row, or NULL.
+static inline const tm_expr_value_t *
+s_col (const tm_expr_batch_t *b, const s_node_t *k, const tm_expr_value_t *const *cols,
+       size_t ncols)
+{
+    return k->slot < ncols && cols[k->slot]? cols[k->slot] + b->base: NULL;
 }
 
 //  Row i's value of a kid: a constant, a slot (as s_load reads it) or an
@@ -2801,12 +2863,15 @@ s_kid_value (const tm_expr_batch_t *b, uint32_t kid, const tm_expr_value_t *cons
         *out = k->value;
     else
     if (k->kind == S_SLOT) {
-        const tm_expr_value_t *col = k->slot < ncols? cols[k->slot]: NULL;
+        const tm_expr_value_t *col = s_col (b, k, cols, ncols);
         if (col)
-            s_load (out, col + b->base + i, 1, 0);
+            s_load (out, col + i, 1, 0);
         else
             *out = s_null ();
     }
+    else
+    if (b->tri[kid])
+        *out = s_from_truth (b->tri[kid][i]);
     else
         *out = b->vec[kid][i];
 }
@@ -2814,104 +2879,117 @@ s_kid_value (const tm_expr_batch_t *b, uint32_t kid, const tm_expr_value_t *cons
 //  kid <cmp> constant over the rows; the constant is on the right.
 static void
 s_batch_cmp_const (const tm_expr_batch_t *b, int op, uint32_t kid, const tm_expr_value_t *k,
-                   const tm_expr_value_t *const *cols, size_t ncols, size_t n,
-                   tm_expr_value_t *out)
+                   const tm_expr_value_t *const *cols, size_t ncols, size_t n, uint8_t *out)
 {
     const s_node_t *left = &b->expr->nodes[kid];
-    const tm_expr_value_t *col = NULL;
-    if (left->kind == S_SLOT && left->slot < ncols && cols[left->slot])
-        col = cols[left->slot] + b->base;
-    else
-    if (left->kind == S_OPNODE)
-        col = b->vec[kid];
+    const tm_expr_value_t *col = left->kind == S_SLOT? s_col (b, left, cols, ncols)
+                               : left->kind == S_OPNODE? b->vec[kid]: NULL;
     if (col && k->type == TM_EXPR_NUMBER) {
         double c = k->num;
         for (size_t i = 0; i < n; i++) {
             const tm_expr_value_t *v = &col[i];
             if (v->type == TM_EXPR_NUMBER && isfinite (v->num))
-                out[i] = s_bool (s_order_holds (op, v->num, c));
+                out[i] = s_order_holds (op, v->num, c)? S_TRUE: S_FALSE;
             else {
-                tm_expr_value_t x;
+                tm_expr_value_t x, r;
                 s_load (&x, v, 1, 0);
-                out[i] = s_compare (op, &x, k);
+                r = s_compare (op, &x, k);
+                out[i] = s_truth (&r);
             }
         }
         return;
     }
     if (col && k->type == TM_EXPR_STRING && (op == S_EQ || op == S_NE)) {
-        bool eq = op == S_EQ;
+        uint8_t yes = op == S_EQ? S_TRUE: S_FALSE, no = op == S_EQ? S_FALSE: S_TRUE;
+        //  Column strings are mostly shared (interned models, attribute
+        //  values): the last pointer found equal and the last found
+        //  different spare the compare of its bytes for the rows after.
+        const char *known_same = k->str, *known_other = NULL;
         for (size_t i = 0; i < n; i++) {
             const tm_expr_value_t *v = &col[i];
             if (v->type == TM_EXPR_STRING && v->str) {
-                bool same = v->len == k->len
-                            && (v->str == k->str || v->len == 0
-                                || memcmp (v->str, k->str, k->len) == 0);
-                out[i] = s_bool (same == eq);
+                bool same;
+                if (v->len != k->len)
+                    same = false;
+                else
+                if (v->str == known_same || v->len == 0)
+                    same = true;
+                else
+                if (v->str == known_other)
+                    same = false;
+                else {
+                    same = memcmp (v->str, k->str, k->len) == 0;
+                    if (same)
+                        known_same = v->str;
+                    else
+                        known_other = v->str;
+                }
+                out[i] = same? yes: no;
             }
             else {
-                tm_expr_value_t x;
+                tm_expr_value_t x, r;
                 s_load (&x, v, 1, 0);
-                out[i] = s_compare (op, &x, k);
+                r = s_compare (op, &x, k);
+                out[i] = s_truth (&r);
             }
         }
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        tm_expr_value_t x;
+        tm_expr_value_t x, r;
         s_kid_value (b, kid, cols, ncols, i, &x);
-        out[i] = s_compare (op, &x, k);
+        r = s_compare (op, &x, k);
+        out[i] = s_truth (&r);
     }
 }
 
-//  Three-valued AND / OR over the kids, kid by kid: acc is 0 while every
-//  kid so far was the neutral value, 1 once one was not a boolean, 2 once
-//  one decided the answer (false for AND, true for OR).
+//  Three-valued AND / OR over the kids, kid by kid: acc holds the answer
+//  so far, where a deciding kid (false for AND, true for OR) wins over
+//  unknown, and unknown over the neutral value.
 static void
 s_batch_logic (tm_expr_batch_t *b, const s_node_t *node, const tm_expr_value_t *const *cols,
-               size_t ncols, size_t n, tm_expr_value_t *out)
+               size_t ncols, size_t n, uint8_t *out)
 {
     bool is_and = node->op == S_AND;
-    uint8_t *acc = b->acc;
-    memset (acc, 0, n);
+    uint8_t neutral = is_and? S_TRUE: S_FALSE, decide = is_and? S_FALSE: S_TRUE;
+    uint8_t *acc = out;
+    memset (acc, neutral, n);
     for (uint32_t k = node->kid; k != S_NONE; k = b->expr->nodes[k].next) {
-        const s_node_t *kid = &b->expr->nodes[k];
-        if (kid->kind == S_OPNODE) {
-            const tm_expr_value_t *v = b->vec[k];
+        if (b->tri[k]) {
+            const uint8_t *v = b->tri[k];
             for (size_t i = 0; i < n; i++) {
-                if (acc[i] == 2)
-                    continue;
-                if (v[i].type == TM_EXPR_BOOL) {
-                    if (v[i].b != is_and)
-                        acc[i] = 2;
-                }
-                else
-                    acc[i] = 1;
+                uint8_t a = acc[i], x = v[i];
+                //  decide wins; else unknown wins; else neutral stays.
+                acc[i] = (a == decide || x == decide)? decide
+                       : (a == S_UNKNOWN || x == S_UNKNOWN)? S_UNKNOWN: neutral;
             }
             continue;
         }
         for (size_t i = 0; i < n; i++) {
-            if (acc[i] == 2)
+            if (acc[i] == decide)
                 continue;
             tm_expr_value_t v;
             s_kid_value (b, k, cols, ncols, i, &v);
-            if (v.type == TM_EXPR_BOOL) {
-                if (v.b != is_and)
-                    acc[i] = 2;
-            }
-            else
-                acc[i] = 1;
+            uint8_t x = s_truth (&v);
+            acc[i] = x == decide? decide: (acc[i] == S_UNKNOWN || x == S_UNKNOWN)? S_UNKNOWN
+                   : neutral;
         }
     }
-    for (size_t i = 0; i < n; i++)
-        out[i] = acc[i] == 2? s_bool (!is_and): acc[i] == 1? s_null (): s_bool (is_and);
 }
 
 //  within (location, lat, lon, metres) with constant lat, lon and metres:
-//  s_apply's arithmetic, with the argument checks made once.
+//  s_apply's arithmetic, with the argument checks made once, and a box
+//  around the circle that turns most rows away without trigonometry. The
+//  latitude side is s_apply's own shortcut. The longitude side: for a row
+//  that passed it, |lat - lat0| <= metres / R, so cos (lat) is at least
+//  the smaller cosine at the band's edges (cmin), and haversine's
+//  h >= cos (lat0) cmin sin^2 (dlon / 2); a row whose dlon makes that
+//  bound exceed h at the radius, with a margin far above rounding, is
+//  outside whatever the exact arithmetic says. Every other row gets the
+//  exact haversine, so the answers stay s_apply's.
 static void
 s_batch_within (const tm_expr_batch_t *b, const s_node_t *node,
-                const tm_expr_value_t *const *cols, size_t ncols, size_t n,
-                tm_expr_value_t *out)
+                const tm_expr_value_t *const *cols, size_t ncols, size_t n, uint8_t *out)
 {
     const s_node_t *nodes = b->expr->nodes;
     uint32_t k0 = node->kid, k1 = nodes[k0].next, k2 = nodes[k1].next, k3 = nodes[k2].next;
@@ -2919,20 +2997,59 @@ s_batch_within (const tm_expr_batch_t *b, const s_node_t *node,
     const tm_expr_value_t *radius = &nodes[k3].value;
     bool valid = lat->type == TM_EXPR_NUMBER && lon->type == TM_EXPR_NUMBER
                  && radius->type == TM_EXPR_NUMBER && s_lat_ok (lat->num) && s_lon_ok (lon->num);
+    double rad = S_PI / 180;
+    double dlon_max = 360;             //  No longitude cut
+    if (valid && radius->num >= 0 && radius->num < S_PI * TM_EXPR_EARTH_RADIUS_M / 4) {
+        double band = radius->num / TM_EXPR_EARTH_RADIUS_M / rad;      //  Degrees
+        double hi = lat->num + band, lo = lat->num - band;
+        if (hi < 89 && lo > -89) {
+            double cmin = fmin (cos (hi * rad), cos (lo * rad));
+            double s = sin (radius->num / (2 * TM_EXPR_EARTH_RADIUS_M));
+            double q = s * s * (1 + 1e-6) / (cos (lat->num * rad) * cmin);
+            if (q < 1)
+                dlon_max = 2 * asin (sqrt (q)) / rad * (1 + 1e-6) + 1e-9;
+        }
+    }
+    const s_node_t *k0n = &nodes[k0];
+    const tm_expr_value_t *col = k0n->kind == S_SLOT? s_col (b, k0n, cols, ncols): NULL;
     for (size_t i = 0; i < n; i++) {
         tm_expr_value_t loc;
-        s_kid_value (b, k0, cols, ncols, i, &loc);
-        if (!valid || loc.type != TM_EXPR_LOCATION) {
-            out[i] = s_null ();
-            continue;
+        if (col) {
+            //  A location column read in place: s_load's checks, inline.
+            const tm_expr_value_t *v = &col[i];
+            if (v->type != TM_EXPR_LOCATION || !valid) {
+                out[i] = S_UNKNOWN;
+                continue;
+            }
+            loc = *v;
+            if (!(s_lat_ok (loc.lat) && s_lon_ok (loc.lon))) {
+                out[i] = S_UNKNOWN;
+                continue;
+            }
+        }
+        else {
+            s_kid_value (b, k0, cols, ncols, i, &loc);
+            if (!valid || loc.type != TM_EXPR_LOCATION) {
+                out[i] = S_UNKNOWN;
+                continue;
+            }
         }
         if (radius->num >= 0
             && fabs (loc.lat - lat->num) * (S_PI / 180) * TM_EXPR_EARTH_RADIUS_M > radius->num) {
-            out[i] = s_bool (false);
+            out[i] = S_FALSE;
             continue;
         }
+        if (dlon_max < 360) {
+            double dlon = fabs (loc.lon - lon->num);
+            if (dlon > 180)
+                dlon = 360 - dlon;
+            if (dlon > dlon_max) {
+                out[i] = S_FALSE;
+                continue;
+            }
+        }
         double d = s_haversine (loc.lat, loc.lon, lat->num, lon->num);
-        out[i] = radius->num >= 0? s_bool (d <= radius->num): s_null ();
+        out[i] = radius->num >= 0? (d <= radius->num? S_TRUE: S_FALSE): S_UNKNOWN;
     }
 }
 
@@ -2948,24 +3065,31 @@ s_rest_constant (const tm_expr_t *e, const s_node_t *node)
 
 static void
 s_batch_node (tm_expr_batch_t *b, uint32_t at, const tm_expr_value_t *const *cols,
-              size_t ncols, size_t n, tm_expr_value_t *out)
+              size_t ncols, size_t n)
 {
     const tm_expr_t *e = b->expr;
     const s_node_t *node = &e->nodes[at];
     int op = node->op;
     uint32_t first = node->kid;
+    uint8_t *tri = b->tri[at];
     if (op >= S_EQ && op <= S_GE && node->nkids == 2
         && e->nodes[e->nodes[first].next].kind == S_LIT) {
         s_batch_cmp_const (b, op, first, &e->nodes[e->nodes[first].next].value, cols, ncols,
-                           n, out);
+                           n, tri);
         return;
     }
     if (op == S_AND || op == S_OR) {
-        s_batch_logic (b, node, cols, ncols, n, out);
+        s_batch_logic (b, node, cols, ncols, n, tri);
+        return;
+    }
+    if (op == S_NOT && b->tri[first]) {
+        const uint8_t *v = b->tri[first];
+        for (size_t i = 0; i < n; i++)
+            tri[i] = v[i] == S_UNKNOWN? S_UNKNOWN: v[i] == S_TRUE? S_FALSE: S_TRUE;
         return;
     }
     if (op == S_WITHIN && node->nkids == 4 && s_rest_constant (e, node)) {
-        s_batch_within (b, node, cols, ncols, n, out);
+        s_batch_within (b, node, cols, ncols, n, tri);
         return;
     }
     if (op == S_IN && s_rest_constant (e, node)) {
@@ -2974,9 +3098,10 @@ s_batch_node (tm_expr_batch_t *b, uint32_t at, const tm_expr_value_t *const *col
         for (uint32_t k = e->nodes[first].next; k != S_NONE; k = e->nodes[k].next)
             b->args[m++] = e->nodes[k].value;
         for (size_t i = 0; i < n; i++) {
-            tm_expr_value_t x;
+            tm_expr_value_t x, r;
             s_kid_value (b, first, cols, ncols, i, &x);
-            out[i] = s_in (&x, b->args, m);
+            r = s_in (&x, b->args, m);
+            tri[i] = s_truth (&r);
         }
         return;
     }
@@ -2985,8 +3110,24 @@ s_batch_node (tm_expr_batch_t *b, uint32_t at, const tm_expr_value_t *const *col
         uint32_t m = 0;
         for (uint32_t k = first; k != S_NONE && m < b->max_args; k = e->nodes[k].next)
             s_kid_value (b, k, cols, ncols, i, &b->args[m++]);
-        s_apply (op, b->args, m, &out[i]);
+        tm_expr_value_t r;
+        s_apply (op, b->args, m, &r);
+        if (tri)
+            tri[i] = s_truth (&r);
+        else
+            b->vec[at][i] = r;
     }
+}
+
+//  Evaluate one pass of rows [from, from + rows); the root's results stay
+//  in its vector (or are the constant or the column).
+static void
+s_batch_pass (tm_expr_batch_t *b, const tm_expr_value_t *const *cols, size_t ncols,
+              size_t from, size_t rows)
+{
+    b->base = from;
+    for (uint32_t k = 0; k < b->norder; k++)
+        s_batch_node (b, b->order[k], cols, ncols, rows);
 }
 
 void
@@ -2999,18 +3140,32 @@ tm_expr_eval_batch (tm_expr_batch_t *b, const tm_expr_value_t *const *cols, size
         ncols = 0;
     for (size_t from = 0; from < n; from += b->rows) {
         size_t rows = n - from < b->rows? n - from: b->rows;
-        b->base = from;
-        const s_node_t *root = &e->nodes[e->root];
-        if (root->kind != S_OPNODE) {
+        s_batch_pass (b, cols, ncols, from, rows);
+        for (size_t i = 0; i < rows; i++)
+            s_kid_value (b, e->root, cols, ncols, i, &out[from + i]);
+    }
+}
+
+void
+tm_expr_match_batch (tm_expr_batch_t *b, const tm_expr_value_t *const *cols, size_t ncols,
+                     size_t n, uint8_t *match)
+{
+    assert (b);
+    const tm_expr_t *e = b->expr;
+    if (!cols)
+        ncols = 0;
+    for (size_t from = 0; from < n; from += b->rows) {
+        size_t rows = n - from < b->rows? n - from: b->rows;
+        s_batch_pass (b, cols, ncols, from, rows);
+        const uint8_t *tri = b->tri[e->root];
+        if (tri && e->nodes[e->root].kind == S_OPNODE)
             for (size_t i = 0; i < rows; i++)
-                s_kid_value (b, e->root, cols, ncols, i, &out[from + i]);
-            continue;
-        }
-        //  The root's vector is the caller's: no copy at the end.
-        tm_expr_value_t *root_vec = b->vec[e->root];
-        b->vec[e->root] = out + from;
-        for (uint32_t k = 0; k < b->norder; k++)
-            s_batch_node (b, b->order[k], cols, ncols, rows, b->vec[b->order[k]]);
-        b->vec[e->root] = root_vec;
+                match[from + i] = tri[i] == S_TRUE;
+        else
+            for (size_t i = 0; i < rows; i++) {
+                tm_expr_value_t v;
+                s_kid_value (b, e->root, cols, ncols, i, &v);
+                match[from + i] = v.type == TM_EXPR_BOOL && v.b;
+            }
     }
 }

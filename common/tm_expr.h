@@ -34,6 +34,7 @@
 #ifndef TM_EXPR_H_INCLUDED
 #define TM_EXPR_H_INCLUDED
 
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -172,6 +173,10 @@ tm_expr_batch_t *tm_expr_batch_new (const tm_expr_t *expr);
 //  Destroy; accepts NULL, nulls the pointer.
 void tm_expr_batch_destroy (tm_expr_batch_t **self_p);
 
+//  True if the whole expression is one identifier, with its slot: a
+//  caller holding that slot's values can read them without evaluating.
+bool tm_expr_is_slot (const tm_expr_t *self, uint32_t *slot);
+
 //  Rows one pass takes (any n may be given; larger ones take more passes).
 size_t tm_expr_batch_rows (const tm_expr_batch_t *self);
 
@@ -181,6 +186,11 @@ size_t tm_expr_batch_rows (const tm_expr_batch_t *self);
 //  Strings in out are borrowed from the expression or the columns.
 void tm_expr_eval_batch (tm_expr_batch_t *self, const tm_expr_value_t *const *cols,
                          size_t ncols, size_t n, tm_expr_value_t *out);
+
+//  The same with WHERE semantics: match[i] is 1 if row i's result is the
+//  boolean true, else 0 (tm_expr_match for each row).
+void tm_expr_match_batch (tm_expr_batch_t *self, const tm_expr_value_t *const *cols,
+                          size_t ncols, size_t n, uint8_t *match);
 
 //  The static type of the result (TM_EXPR_ANY when only known at run time,
 //  TM_EXPR_NULL when the expression folded to null).
@@ -251,6 +261,37 @@ tm_expr_location (double lat, double lon)
 {
     tm_expr_value_t v = {.type = TM_EXPR_LOCATION, .lat = lat, .lon = lon};
     return v;
+}
+
+//  A value as the evaluator reads it from a slot (tm_expr_eval's rule):
+//  numbers that are not finite, locations off the globe and unknown type
+//  tags become null, a string without bytes the empty string.
+static inline void
+tm_expr_load (tm_expr_value_t *to, const tm_expr_value_t *from)
+{
+    *to = *from;
+    switch (to->type) {
+        case TM_EXPR_NUMBER:
+            if (!isfinite (to->num))
+                *to = tm_expr_null ();
+            break;
+        case TM_EXPR_STRING:
+            if (!to->str) {
+                to->str = "";
+                to->len = 0;
+            }
+            break;
+        case TM_EXPR_BOOL:
+        case TM_EXPR_NULL:
+            break;
+        case TM_EXPR_LOCATION:
+            if (!(to->lat >= -90 && to->lat <= 90 && to->lon >= -180 && to->lon <= 180))
+                *to = tm_expr_null ();
+            break;
+        default:
+            *to = tm_expr_null ();
+            break;
+    }
 }
 
 #endif

@@ -754,9 +754,11 @@ typedef struct {
 
 struct _tm_qbatch_t {
     tm_expr_batch_t *where;            //  NULL without WHERE
+    int32_t key_slot[TM_QUERY_MAX_GROUP_KEYS];     //  A bare column's slot, else -1
+    int32_t arg_slot[TM_QUERY_MAX_AGGREGATES];     //  Likewise for arguments
     tm_expr_batch_t *keys[TM_QUERY_MAX_GROUP_KEYS];
     tm_expr_batch_t *args[TM_QUERY_MAX_AGGREGATES];   //  NULL for count(*)
-    tm_expr_value_t *wout;             //  S_BATCH results of WHERE
+    uint8_t *wout;                     //  S_BATCH matches of WHERE
     tm_expr_value_t *kout;             //  nkeys x S_BATCH
     tm_expr_value_t *aout;             //  naggs x S_BATCH
     uint32_t *sel;                     //  Twins of a pass that passed WHERE
@@ -796,18 +798,29 @@ s_qbatch (tm_qpartial_t *self)
     if (self->where)
         ok = ok && (b->where = tm_expr_batch_new (self->where));
     if (self->aggregate) {
-        for (size_t i = 0; i < self->nkeys; i++)
-            ok = ok && (b->keys[i] = tm_expr_batch_new (self->keys[i]));
-        for (size_t a = 0; a < self->naggs; a++)
-            if (self->arg[a])
+        //  GROUP BY district, avg(pm25): a bare column is read where the
+        //  twin passed, not evaluated for every twin.
+        for (size_t i = 0; i < self->nkeys; i++) {
+            uint32_t slot;
+            b->key_slot[i] = tm_expr_is_slot (self->keys[i], &slot)
+                             && slot < TM_QUERY_MAX_COLUMNS? (int32_t) slot: -1;
+            if (b->key_slot[i] < 0)
+                ok = ok && (b->keys[i] = tm_expr_batch_new (self->keys[i]));
+        }
+        for (size_t a = 0; a < self->naggs; a++) {
+            uint32_t slot;
+            b->arg_slot[a] = self->arg[a] && tm_expr_is_slot (self->arg[a], &slot)
+                             && slot < TM_QUERY_MAX_COLUMNS? (int32_t) slot: -1;
+            if (self->arg[a] && b->arg_slot[a] < 0)
                 ok = ok && (b->args[a] = tm_expr_batch_new (self->arg[a]));
+        }
         ok = ok && (b->kout = (tm_expr_value_t *) malloc ((self->nkeys? self->nkeys: 1) * S_BATCH
                                                           * sizeof (tm_expr_value_t)));
         ok = ok && (b->aout = (tm_expr_value_t *) malloc ((self->naggs? self->naggs: 1) * S_BATCH
                                                           * sizeof (tm_expr_value_t)));
         ok = ok && (b->cache = (s_cache_t *) malloc (S_CACHE * sizeof (s_cache_t)));
     }
-    ok = ok && (b->wout = (tm_expr_value_t *) malloc (S_BATCH * sizeof (tm_expr_value_t)));
+    ok = ok && (b->wout = (uint8_t *) malloc (S_BATCH));
     ok = ok && (b->sel = (uint32_t *) malloc (S_BATCH * sizeof (uint32_t)));
     if (!ok) {
         s_qbatch_free (self);
@@ -898,13 +911,13 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols,
         for (size_t c = 0; c < ncols; c++)
             view[c] = cols[c]? cols[c] + from: NULL;
         if (b->where)
-            tm_expr_eval_batch (b->where, view, ncols, m, b->wout);
+            tm_expr_match_batch (b->where, view, ncols, m, b->wout);
         size_t nsel = 0;
         for (size_t i = 0; i < m; i++) {
             if (skip && skip[from + i])
                 continue;
             self->scanned++;
-            if (!b->where || (b->wout[i].type == TM_EXPR_BOOL && b->wout[i].b))
+            if (!b->where || b->wout[i])
                 b->sel[nsel++] = (uint32_t) i;
         }
         self->matched += nsel;
@@ -921,7 +934,8 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols,
             continue;
         }
         for (size_t k = 0; k < self->nkeys; k++)
-            tm_expr_eval_batch (b->keys[k], view, ncols, m, b->kout + k * S_BATCH);
+            if (b->keys[k])
+                tm_expr_eval_batch (b->keys[k], view, ncols, m, b->kout + k * S_BATCH);
         for (size_t a = 0; a < self->naggs; a++)
             if (b->args[a])
                 tm_expr_eval_batch (b->args[a], view, ncols, m, b->aout + a * S_BATCH);
@@ -930,7 +944,14 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols,
             tm_expr_value_t keys[TM_QUERY_MAX_GROUP_KEYS];
             uint64_t id = 0;
             for (size_t j = 0; j < self->nkeys; j++) {
-                keys[j] = b->kout[j * S_BATCH + i];
+                int32_t slot = b->key_slot[j];
+                if (slot < 0)
+                    keys[j] = b->kout[j * S_BATCH + i];
+                else
+                if ((size_t) slot < ncols && view[slot])
+                    tm_expr_load (&keys[j], &view[slot][i]);
+                else
+                    keys[j] = tm_expr_null ();
                 id = id * 31 + s_identity (&keys[j]);
             }
             s_cache_t *entry = &b->cache[id & (S_CACHE - 1)];
@@ -949,9 +970,19 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols,
                 memcpy (entry->keys, keys, self->nkeys * sizeof keys[0]);
             }
             tm_expr_value_t args[TM_QUERY_MAX_AGGREGATES];
-            for (size_t a = 0; a < self->naggs; a++)
+            for (size_t a = 0; a < self->naggs; a++) {
+                int32_t slot = b->arg_slot[a];
                 if (b->args[a])
                     args[a] = b->aout[a * S_BATCH + i];
+                else
+                if (slot < 0)
+                    continue;      //  count(*)
+                else
+                if ((size_t) slot < ncols && view[slot])
+                    tm_expr_load (&args[a], &view[slot][i]);
+                else
+                    args[a] = tm_expr_null ();
+            }
             s_group_add (self, g, args);
         }
     }

@@ -121,6 +121,37 @@ s_check_eval (const tm_expr_t *e)
     tm_expr_eval (e, v, 1, &r);
     if (r.type == TM_EXPR_NUMBER && !isfinite (r.num))
         abort ();
+    //  In a batch, row by row the same answers: rows i hold the values
+    //  rotated by i, so every slot meets every kind of value.
+    enum { ROWS = NVALUES };
+    static tm_expr_value_t cells[NVALUES][ROWS];
+    const tm_expr_value_t *cols[NVALUES];
+    for (int c = 0; c < NVALUES; c++) {
+        for (int i = 0; i < ROWS; i++)
+            cells[c][i] = v[(c + i) % NVALUES];
+        cols[c] = cells[c];
+    }
+    tm_expr_batch_t *b = tm_expr_batch_new (e);
+    if (!b)
+        return;
+    tm_expr_value_t out[ROWS];
+    tm_expr_eval_batch (b, cols, NVALUES, ROWS, out);
+    for (int i = 0; i < ROWS; i++) {
+        tm_expr_value_t row[NVALUES], want;
+        for (int c = 0; c < NVALUES; c++)
+            row[c] = cells[c][i];
+        tm_expr_eval (e, row, NVALUES, &want);
+        if (want.type != out[i].type)
+            abort ();
+        if (want.type == TM_EXPR_NUMBER && want.num != out[i].num)
+            abort ();
+        if (want.type == TM_EXPR_BOOL && want.b != out[i].b)
+            abort ();
+        if (want.type == TM_EXPR_STRING
+            && (want.len != out[i].len || (want.len && memcmp (want.str, out[i].str, want.len))))
+            abort ();
+    }
+    tm_expr_batch_destroy (&b);
 }
 
 //  A failure names a code and a place inside the input, and its message
