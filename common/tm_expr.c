@@ -2696,7 +2696,16 @@ tm_expr_deserialise (const uint8_t *data, size_t size, const tm_expr_options_t *
 #define S_BATCH_ROWS 1024              //  Rows per pass at most
 #define S_BATCH_BYTES (1u << 22)       //  Scratch vectors, all nodes, at most
 
-enum { S_FALSE = 0, S_TRUE = 1, S_UNKNOWN = 2 };
+//  Ordered so that three-valued AND is the smallest of its operands and
+//  OR the largest (false < unknown < true), and NOT is S_TRUE - x.
+enum { S_FALSE = 0, S_UNKNOWN = 1, S_TRUE = 2 };
+
+//  A node's answers per dictionary entry (s_batch_lut).
+typedef struct {
+    const tm_expr_value_t *dict;       //  The dictionary they were worked out for
+    uint32_t ndict;
+    uint8_t *table;                    //  ndict answers
+} s_lut_t;
 
 struct _tm_expr_batch_t {
     const tm_expr_t *expr;             //  Borrowed
@@ -2709,7 +2718,7 @@ struct _tm_expr_batch_t {
     uint8_t *tri_store;                //  The byte vectors, in one block
     tm_expr_value_t *args;             //  One row's operands (the generic path)
     uint32_t max_args;                 //  Entries of args
-    uint8_t *acc;                      //  AND/OR state per row
+    s_lut_t *luts;                     //  Per node, made on first use
     size_t base;                       //  This pass's first row in the columns
 };
 
@@ -2744,9 +2753,10 @@ tm_expr_batch_new (const tm_expr_t *expr)
     self->order = (uint32_t *) malloc ((n? n: 1) * sizeof *self->order);
     self->vec = (tm_expr_value_t **) calloc (n? n: 1, sizeof *self->vec);
     self->tri = (uint8_t **) calloc (n? n: 1, sizeof *self->tri);
+    self->luts = (s_lut_t *) calloc (n? n: 1, sizeof *self->luts);
     uint32_t *stack = (uint32_t *) malloc ((n? n: 1) * sizeof *stack);
     uint8_t *seen = (uint8_t *) calloc (n? n: 1, 1);
-    if (!self->order || !self->vec || !self->tri || !stack || !seen) {
+    if (!self->order || !self->vec || !self->tri || !self->luts || !stack || !seen) {
         free (stack);
         free (seen);
         tm_expr_batch_destroy (&self);
@@ -2795,8 +2805,7 @@ tm_expr_batch_new (const tm_expr_t *expr)
     self->tri_store = (uint8_t *) malloc ((ntri? ntri: 1) * self->rows);
     self->args = (tm_expr_value_t *) malloc ((self->max_args? self->max_args: 1)
                                              * sizeof (tm_expr_value_t));
-    self->acc = (uint8_t *) malloc (self->rows);
-    if (!self->store || !self->tri_store || !self->args || !self->acc) {
+    if (!self->store || !self->tri_store || !self->args) {
         tm_expr_batch_destroy (&self);
         return NULL;
     }
@@ -2823,7 +2832,10 @@ tm_expr_batch_destroy (tm_expr_batch_t **self_p)
     free (self->store);
     free (self->tri_store);
     free (self->args);
-    free (self->acc);
+    if (self->luts)
+        for (uint32_t i = 0; i < self->expr->nnodes; i++)
+            free (self->luts[i].table);
+    free (self->luts);
     free (self);
     *self_p = NULL;
 }
@@ -2844,28 +2856,28 @@ tm_expr_batch_rows (const tm_expr_batch_t *self)
     return self->rows;
 }
 
-//  The column of a slot node from this pass's first row, or NULL.
-static inline const tm_expr_value_t *
-s_col (const tm_expr_batch_t *b, const s_node_t *k, const tm_expr_value_t *const *cols,
-       size_t ncols)
+//  The column of a slot node, or NULL (null in every row). Rows are read
+//  at b->base + i: the pass's first row plus the row in the pass.
+static inline const tm_expr_col_t *
+s_col (const s_node_t *k, const tm_expr_col_t *cols, size_t ncols)
 {
-    return k->slot < ncols && cols[k->slot]? cols[k->slot] + b->base: NULL;
+    return k->slot < ncols && cols[k->slot].kind != TM_EXPR_COL_NULL? &cols[k->slot]: NULL;
 }
 
 //  Row i's value of a kid: a constant, a slot (as s_load reads it) or an
 //  operator's result.
 static inline void
-s_kid_value (const tm_expr_batch_t *b, uint32_t kid, const tm_expr_value_t *const *cols,
-             size_t ncols, size_t i, tm_expr_value_t *out)
+s_kid_value (const tm_expr_batch_t *b, uint32_t kid, const tm_expr_col_t *cols, size_t ncols,
+             size_t i, tm_expr_value_t *out)
 {
     const s_node_t *k = &b->expr->nodes[kid];
     if (k->kind == S_LIT)
         *out = k->value;
     else
     if (k->kind == S_SLOT) {
-        const tm_expr_value_t *col = s_col (b, k, cols, ncols);
+        const tm_expr_col_t *col = s_col (k, cols, ncols);
         if (col)
-            s_load (out, col + i, 1, 0);
+            tm_expr_col_get (col, b->base + i, out);
         else
             *out = s_null ();
     }
@@ -2879,15 +2891,30 @@ s_kid_value (const tm_expr_batch_t *b, uint32_t kid, const tm_expr_value_t *cons
 //  kid <cmp> constant over the rows; the constant is on the right.
 static void
 s_batch_cmp_const (const tm_expr_batch_t *b, int op, uint32_t kid, const tm_expr_value_t *k,
-                   const tm_expr_value_t *const *cols, size_t ncols, size_t n, uint8_t *out)
+                   const tm_expr_col_t *cols, size_t ncols, size_t n, uint8_t *out)
 {
     const s_node_t *left = &b->expr->nodes[kid];
-    const tm_expr_value_t *col = left->kind == S_SLOT? s_col (b, left, cols, ncols)
-                               : left->kind == S_OPNODE? b->vec[kid]: NULL;
-    if (col && k->type == TM_EXPR_NUMBER) {
+    const tm_expr_value_t *vals = NULL;
+    if (left->kind == S_SLOT) {
+        const tm_expr_col_t *col = s_col (left, cols, ncols);
+        if (col && col->kind == TM_EXPR_COL_NUMBERS && k->type == TM_EXPR_NUMBER) {
+            const double *x = col->nums + b->base;
+            double c = k->num;
+            for (size_t i = 0; i < n; i++)
+                out[i] = !isfinite (x[i])? S_UNKNOWN
+                       : s_order_holds (op, x[i], c)? S_TRUE: S_FALSE;
+            return;
+        }
+        if (col && col->kind == TM_EXPR_COL_VALUES)
+            vals = col->values + b->base;
+    }
+    else
+    if (left->kind == S_OPNODE && b->vec[kid])
+        vals = b->vec[kid];
+    if (vals && k->type == TM_EXPR_NUMBER) {
         double c = k->num;
         for (size_t i = 0; i < n; i++) {
-            const tm_expr_value_t *v = &col[i];
+            const tm_expr_value_t *v = &vals[i];
             if (v->type == TM_EXPR_NUMBER && isfinite (v->num))
                 out[i] = s_order_holds (op, v->num, c)? S_TRUE: S_FALSE;
             else {
@@ -2899,14 +2926,14 @@ s_batch_cmp_const (const tm_expr_batch_t *b, int op, uint32_t kid, const tm_expr
         }
         return;
     }
-    if (col && k->type == TM_EXPR_STRING && (op == S_EQ || op == S_NE)) {
+    if (vals && k->type == TM_EXPR_STRING && (op == S_EQ || op == S_NE)) {
         uint8_t yes = op == S_EQ? S_TRUE: S_FALSE, no = op == S_EQ? S_FALSE: S_TRUE;
-        //  Column strings are mostly shared (interned models, attribute
-        //  values): the last pointer found equal and the last found
-        //  different spare the compare of its bytes for the rows after.
+        //  Strings are mostly shared (interned models, attribute values):
+        //  the last pointer found equal and the last found different
+        //  spare the compare of its bytes for the rows after.
         const char *known_same = k->str, *known_other = NULL;
         for (size_t i = 0; i < n; i++) {
-            const tm_expr_value_t *v = &col[i];
+            const tm_expr_value_t *v = &vals[i];
             if (v->type == TM_EXPR_STRING && v->str) {
                 bool same;
                 if (v->len != k->len)
@@ -2943,36 +2970,98 @@ s_batch_cmp_const (const tm_expr_batch_t *b, int op, uint32_t kid, const tm_expr
     }
 }
 
-//  Three-valued AND / OR over the kids, kid by kid: acc holds the answer
-//  so far, where a deciding kid (false for AND, true for OR) wins over
-//  unknown, and unknown over the neutral value.
+//  A truth-valued node over one column of strings and constants (model =
+//  'x', district IN (...), kind IS NULL): its answer depends only on the
+//  row's dictionary entry, so it is worked out once per entry (s_apply,
+//  as ever) and each row looks its answer up. The table is kept while the
+//  dictionary stays the same. False if the node is not of that shape.
+static bool
+s_batch_lut (tm_expr_batch_t *b, uint32_t at, const tm_expr_col_t *cols, size_t ncols,
+             size_t n)
+{
+    const tm_expr_t *e = b->expr;
+    const s_node_t *node = &e->nodes[at];
+    const tm_expr_col_t *col = NULL;
+    uint32_t nslots = 0;
+    for (uint32_t k = node->kid; k != S_NONE; k = e->nodes[k].next) {
+        const s_node_t *kid = &e->nodes[k];
+        if (kid->kind == S_SLOT) {
+            col = s_col (kid, cols, ncols);
+            nslots++;
+        }
+        else
+        if (kid->kind != S_LIT)
+            return false;
+    }
+    if (nslots != 1 || !col || col->kind != TM_EXPR_COL_STRINGS || node->nkids > b->max_args)
+        return false;
+    s_lut_t *lut = &b->luts[at];
+    if (lut->dict != col->dict || lut->ndict != col->ndict || !lut->table) {
+        uint8_t *table = (uint8_t *) realloc (lut->table, col->ndict? col->ndict: 1);
+        if (!table)
+            return false;
+        lut->table = table;
+        lut->dict = col->dict;
+        lut->ndict = col->ndict;
+        for (uint32_t d = 0; d < col->ndict; d++) {
+            uint32_t m = 0;
+            for (uint32_t k = node->kid; k != S_NONE; k = e->nodes[k].next) {
+                if (e->nodes[k].kind == S_SLOT)
+                    tm_expr_load (&b->args[m++], &col->dict[d]);
+                else
+                    b->args[m++] = e->nodes[k].value;
+            }
+            tm_expr_value_t r;
+            s_apply (node->op, b->args, m, &r);
+            table[d] = s_truth (&r);
+        }
+    }
+    const uint32_t *ids = col->ids + b->base;
+    const uint8_t *table = lut->table;
+    uint32_t nd = lut->ndict;
+    uint8_t *out = b->tri[at];
+    //  An id past the dictionary reads null: what s_apply makes of null.
+    uint8_t past = S_UNKNOWN;
+    {
+        uint32_t m = 0;
+        for (uint32_t k = node->kid; k != S_NONE; k = e->nodes[k].next)
+            b->args[m++] = e->nodes[k].kind == S_SLOT? s_null (): e->nodes[k].value;
+        tm_expr_value_t r;
+        s_apply (node->op, b->args, m, &r);
+        past = s_truth (&r);
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = ids[i] < nd? table[ids[i]]: past;
+    return true;
+}
+
+//  Three-valued AND / OR over the kids, kid by kid: with false < unknown
+//  < true, AND is the smallest truth and OR the largest (loops a compiler
+//  turns into vector minimums and maximums).
 static void
-s_batch_logic (tm_expr_batch_t *b, const s_node_t *node, const tm_expr_value_t *const *cols,
+s_batch_logic (tm_expr_batch_t *b, const s_node_t *node, const tm_expr_col_t *cols,
                size_t ncols, size_t n, uint8_t *out)
 {
     bool is_and = node->op == S_AND;
-    uint8_t neutral = is_and? S_TRUE: S_FALSE, decide = is_and? S_FALSE: S_TRUE;
     uint8_t *acc = out;
-    memset (acc, neutral, n);
+    memset (acc, is_and? S_TRUE: S_FALSE, n);
     for (uint32_t k = node->kid; k != S_NONE; k = b->expr->nodes[k].next) {
-        if (b->tri[k]) {
-            const uint8_t *v = b->tri[k];
-            for (size_t i = 0; i < n; i++) {
-                uint8_t a = acc[i], x = v[i];
-                //  decide wins; else unknown wins; else neutral stays.
-                acc[i] = (a == decide || x == decide)? decide
-                       : (a == S_UNKNOWN || x == S_UNKNOWN)? S_UNKNOWN: neutral;
-            }
+        const uint8_t *v = b->tri[k];
+        if (v && is_and) {
+            for (size_t i = 0; i < n; i++)
+                acc[i] = v[i] < acc[i]? v[i]: acc[i];
+            continue;
+        }
+        if (v) {
+            for (size_t i = 0; i < n; i++)
+                acc[i] = v[i] > acc[i]? v[i]: acc[i];
             continue;
         }
         for (size_t i = 0; i < n; i++) {
-            if (acc[i] == decide)
-                continue;
-            tm_expr_value_t v;
-            s_kid_value (b, k, cols, ncols, i, &v);
-            uint8_t x = s_truth (&v);
-            acc[i] = x == decide? decide: (acc[i] == S_UNKNOWN || x == S_UNKNOWN)? S_UNKNOWN
-                   : neutral;
+            tm_expr_value_t x;
+            s_kid_value (b, k, cols, ncols, i, &x);
+            uint8_t t = s_truth (&x);
+            acc[i] = is_and? (t < acc[i]? t: acc[i]): (t > acc[i]? t: acc[i]);
         }
     }
 }
@@ -2988,8 +3077,8 @@ s_batch_logic (tm_expr_batch_t *b, const s_node_t *node, const tm_expr_value_t *
 //  outside whatever the exact arithmetic says. Every other row gets the
 //  exact haversine, so the answers stay s_apply's.
 static void
-s_batch_within (const tm_expr_batch_t *b, const s_node_t *node,
-                const tm_expr_value_t *const *cols, size_t ncols, size_t n, uint8_t *out)
+s_batch_within (const tm_expr_batch_t *b, const s_node_t *node, const tm_expr_col_t *cols,
+                size_t ncols, size_t n, uint8_t *out)
 {
     const s_node_t *nodes = b->expr->nodes;
     uint32_t k0 = node->kid, k1 = nodes[k0].next, k2 = nodes[k1].next, k3 = nodes[k2].next;
@@ -2999,56 +3088,78 @@ s_batch_within (const tm_expr_batch_t *b, const s_node_t *node,
                  && radius->type == TM_EXPR_NUMBER && s_lat_ok (lat->num) && s_lon_ok (lon->num);
     double rad = S_PI / 180;
     double dlon_max = 360;             //  No longitude cut
+    //  The inside cut: sin x <= x bounds h from above by
+    //  (dlat/2)^2 + cos (lat0) cmax (dlon/2)^2 (cmax: the larger cosine in
+    //  the band, 1 if it holds the equator); a row whose bound stays under
+    //  h at the radius by the same margin is inside.
+    double inner = -1, inner_c = 0;    //  inner < 0: no inside cut
     if (valid && radius->num >= 0 && radius->num < S_PI * TM_EXPR_EARTH_RADIUS_M / 4) {
         double band = radius->num / TM_EXPR_EARTH_RADIUS_M / rad;      //  Degrees
         double hi = lat->num + band, lo = lat->num - band;
         if (hi < 89 && lo > -89) {
             double cmin = fmin (cos (hi * rad), cos (lo * rad));
-            double s = sin (radius->num / (2 * TM_EXPR_EARTH_RADIUS_M));
-            double q = s * s * (1 + 1e-6) / (cos (lat->num * rad) * cmin);
+            double cmax = lo <= 0 && hi >= 0? 1: fmax (cos (hi * rad), cos (lo * rad));
+            double c0 = cos (lat->num * rad);
+            double sr = sin (radius->num / (2 * TM_EXPR_EARTH_RADIUS_M));
+            double q = sr * sr * (1 + 1e-6) / (c0 * cmin);
             if (q < 1)
                 dlon_max = 2 * asin (sqrt (q)) / rad * (1 + 1e-6) + 1e-9;
+            inner = sr * sr * (1 - 1e-6);
+            inner_c = c0 * cmax * (1 + 1e-9);
         }
     }
     const s_node_t *k0n = &nodes[k0];
-    const tm_expr_value_t *col = k0n->kind == S_SLOT? s_col (b, k0n, cols, ncols): NULL;
+    const tm_expr_col_t *col = k0n->kind == S_SLOT? s_col (k0n, cols, ncols): NULL;
+    const double *pairs = col && col->kind == TM_EXPR_COL_LOCATIONS? col->latlon + 2 * b->base
+                        : NULL;
+    const tm_expr_value_t *vals = col && col->kind == TM_EXPR_COL_VALUES? col->values + b->base
+                                : NULL;
     for (size_t i = 0; i < n; i++) {
-        tm_expr_value_t loc;
-        if (col) {
-            //  A location column read in place: s_load's checks, inline.
-            const tm_expr_value_t *v = &col[i];
-            if (v->type != TM_EXPR_LOCATION || !valid) {
-                out[i] = S_UNKNOWN;
-                continue;
-            }
-            loc = *v;
-            if (!(s_lat_ok (loc.lat) && s_lon_ok (loc.lon))) {
-                out[i] = S_UNKNOWN;
-                continue;
-            }
+        double la, lo;
+        if (pairs) {
+            la = pairs[2 * i];
+            lo = pairs[2 * i + 1];
+        }
+        else
+        if (vals && vals[i].type == TM_EXPR_LOCATION) {
+            la = vals[i].lat;
+            lo = vals[i].lon;
         }
         else {
+            tm_expr_value_t loc;
             s_kid_value (b, k0, cols, ncols, i, &loc);
-            if (!valid || loc.type != TM_EXPR_LOCATION) {
+            if (loc.type != TM_EXPR_LOCATION) {
                 out[i] = S_UNKNOWN;
                 continue;
             }
+            la = loc.lat;
+            lo = loc.lon;
+        }
+        //  s_load's rule: a location off the globe (NaN included) is null.
+        if (!valid || !(s_lat_ok (la) && s_lon_ok (lo))) {
+            out[i] = S_UNKNOWN;
+            continue;
         }
         if (radius->num >= 0
-            && fabs (loc.lat - lat->num) * (S_PI / 180) * TM_EXPR_EARTH_RADIUS_M > radius->num) {
+            && fabs (la - lat->num) * (S_PI / 180) * TM_EXPR_EARTH_RADIUS_M > radius->num) {
             out[i] = S_FALSE;
             continue;
         }
         if (dlon_max < 360) {
-            double dlon = fabs (loc.lon - lon->num);
+            double dlon = fabs (lo - lon->num);
             if (dlon > 180)
                 dlon = 360 - dlon;
             if (dlon > dlon_max) {
                 out[i] = S_FALSE;
                 continue;
             }
+            double hx = (la - lat->num) * (rad / 2), hy = dlon * (rad / 2);
+            if (hx * hx + inner_c * hy * hy <= inner) {
+                out[i] = S_TRUE;
+                continue;
+            }
         }
-        double d = s_haversine (loc.lat, loc.lon, lat->num, lon->num);
+        double d = s_haversine (la, lo, lat->num, lon->num);
         out[i] = radius->num >= 0? (d <= radius->num? S_TRUE: S_FALSE): S_UNKNOWN;
     }
 }
@@ -3064,14 +3175,16 @@ s_rest_constant (const tm_expr_t *e, const s_node_t *node)
 }
 
 static void
-s_batch_node (tm_expr_batch_t *b, uint32_t at, const tm_expr_value_t *const *cols,
-              size_t ncols, size_t n)
+s_batch_node (tm_expr_batch_t *b, uint32_t at, const tm_expr_col_t *cols, size_t ncols,
+              size_t n)
 {
     const tm_expr_t *e = b->expr;
     const s_node_t *node = &e->nodes[at];
     int op = node->op;
     uint32_t first = node->kid;
     uint8_t *tri = b->tri[at];
+    if (tri && s_batch_lut (b, at, cols, ncols, n))
+        return;
     if (op >= S_EQ && op <= S_GE && node->nkids == 2
         && e->nodes[e->nodes[first].next].kind == S_LIT) {
         s_batch_cmp_const (b, op, first, &e->nodes[e->nodes[first].next].value, cols, ncols,
@@ -3085,7 +3198,7 @@ s_batch_node (tm_expr_batch_t *b, uint32_t at, const tm_expr_value_t *const *col
     if (op == S_NOT && b->tri[first]) {
         const uint8_t *v = b->tri[first];
         for (size_t i = 0; i < n; i++)
-            tri[i] = v[i] == S_UNKNOWN? S_UNKNOWN: v[i] == S_TRUE? S_FALSE: S_TRUE;
+            tri[i] = (uint8_t) (S_TRUE - v[i]);
         return;
     }
     if (op == S_WITHIN && node->nkids == 4 && s_rest_constant (e, node)) {
@@ -3122,8 +3235,8 @@ s_batch_node (tm_expr_batch_t *b, uint32_t at, const tm_expr_value_t *const *col
 //  Evaluate one pass of rows [from, from + rows); the root's results stay
 //  in its vector (or are the constant or the column).
 static void
-s_batch_pass (tm_expr_batch_t *b, const tm_expr_value_t *const *cols, size_t ncols,
-              size_t from, size_t rows)
+s_batch_pass (tm_expr_batch_t *b, const tm_expr_col_t *cols, size_t ncols, size_t from,
+              size_t rows)
 {
     b->base = from;
     for (uint32_t k = 0; k < b->norder; k++)
@@ -3131,8 +3244,8 @@ s_batch_pass (tm_expr_batch_t *b, const tm_expr_value_t *const *cols, size_t nco
 }
 
 void
-tm_expr_eval_batch (tm_expr_batch_t *b, const tm_expr_value_t *const *cols, size_t ncols,
-                    size_t n, tm_expr_value_t *out)
+tm_expr_eval_batch (tm_expr_batch_t *b, const tm_expr_col_t *cols, size_t ncols, size_t n,
+                    tm_expr_value_t *out)
 {
     assert (b);
     const tm_expr_t *e = b->expr;
@@ -3147,8 +3260,8 @@ tm_expr_eval_batch (tm_expr_batch_t *b, const tm_expr_value_t *const *cols, size
 }
 
 void
-tm_expr_match_batch (tm_expr_batch_t *b, const tm_expr_value_t *const *cols, size_t ncols,
-                     size_t n, uint8_t *match)
+tm_expr_match_batch (tm_expr_batch_t *b, const tm_expr_col_t *cols, size_t ncols, size_t n,
+                     uint8_t *match)
 {
     assert (b);
     const tm_expr_t *e = b->expr;

@@ -72,7 +72,7 @@ typedef enum {
 } tm_expr_type_t;
 
 //  A value: a slot's content, a constant, a result.
-typedef struct {
+typedef struct _tm_expr_value_t {
     tm_expr_type_t type;               //  Never TM_EXPR_ANY in a value
     uint32_t len;                      //  Bytes of str (TM_EXPR_STRING)
     union {
@@ -164,7 +164,38 @@ bool tm_expr_match (const tm_expr_t *self, const tm_expr_value_t *values, size_t
 //  batch walks the expression once per pass of up to about a thousand
 //  rows, so the interpreter's cost is paid per pass, not per row. The
 //  scratch (a tm_expr_batch_t) belongs to one expression and one thread.
+//
+//  A slot's values for the rows come as a column. A scan is bound by the
+//  bytes it reads, so a column may be typed: numbers as doubles (NaN for
+//  null: the evaluator reads every non-finite number as null anyway),
+//  strings as ids into a small dictionary of distinct values (a filter on
+//  them is then worked out once per distinct value), locations as lat/lon
+//  pairs (NaN latitude for null); or any mix of values, 24 bytes a row.
+typedef enum {
+    TM_EXPR_COL_NULL = 0,              //  Null in every row (data unused)
+    TM_EXPR_COL_VALUES,                //  values[i]: any value
+    TM_EXPR_COL_NUMBERS,               //  nums[i]: a number, NaN for null
+    TM_EXPR_COL_STRINGS,               //  dict[ids[i]]: each dict entry a string or null
+    TM_EXPR_COL_LOCATIONS              //  latlon[2i], latlon[2i+1]; NaN latitude: null
+} tm_expr_col_kind_t;
+
+typedef struct {
+    tm_expr_col_kind_t kind;
+    union {
+        const struct _tm_expr_value_t *values;
+        const double *nums;
+        const uint32_t *ids;
+        const double *latlon;
+    };
+    const struct _tm_expr_value_t *dict;   //  STRINGS: the distinct values
+    uint32_t ndict;                    //  Entries in dict; every id is below it
+} tm_expr_col_t;
+
 typedef struct _tm_expr_batch_t tm_expr_batch_t;
+
+//  A batch caches what it worked out per dictionary entry of a column of
+//  strings: between two calls with the same scratch, a dictionary at the
+//  same address with as many entries must hold the same values.
 
 //  Scratch for evaluating expr (borrowed: it must outlive the scratch) in
 //  batches; NULL on allocation failure.
@@ -180,17 +211,17 @@ bool tm_expr_is_slot (const tm_expr_t *self, uint32_t *slot);
 //  Rows one pass takes (any n may be given; larger ones take more passes).
 size_t tm_expr_batch_rows (const tm_expr_batch_t *self);
 
-//  Evaluate rows 0 .. n-1, where the value of slot s in row i is
-//  cols[s][i] (cols[s] NULL, or s >= ncols: null in every row). out[i]
-//  gets row i's result, exactly what tm_expr_eval gives for that row.
-//  Strings in out are borrowed from the expression or the columns.
-void tm_expr_eval_batch (tm_expr_batch_t *self, const tm_expr_value_t *const *cols,
-                         size_t ncols, size_t n, tm_expr_value_t *out);
+//  Evaluate rows 0 .. n-1, where the value of slot s in row i is row i of
+//  cols[s] (s >= ncols: null in every row; cols may be NULL). out[i] gets
+//  row i's result, exactly what tm_expr_eval gives for that row. Strings
+//  in out are borrowed from the expression or the columns.
+void tm_expr_eval_batch (tm_expr_batch_t *self, const tm_expr_col_t *cols, size_t ncols,
+                         size_t n, tm_expr_value_t *out);
 
 //  The same with WHERE semantics: match[i] is 1 if row i's result is the
 //  boolean true, else 0 (tm_expr_match for each row).
-void tm_expr_match_batch (tm_expr_batch_t *self, const tm_expr_value_t *const *cols,
-                          size_t ncols, size_t n, uint8_t *match);
+void tm_expr_match_batch (tm_expr_batch_t *self, const tm_expr_col_t *cols, size_t ncols,
+                          size_t n, uint8_t *match);
 
 //  The static type of the result (TM_EXPR_ANY when only known at run time,
 //  TM_EXPR_NULL when the expression folded to null).
@@ -292,6 +323,49 @@ tm_expr_load (tm_expr_value_t *to, const tm_expr_value_t *from)
             *to = tm_expr_null ();
             break;
     }
+}
+
+//  Row i of a column as the evaluator reads it (tm_expr_load's rule).
+static inline void
+tm_expr_col_get (const tm_expr_col_t *col, size_t i, tm_expr_value_t *out)
+{
+    switch (col->kind) {
+        case TM_EXPR_COL_VALUES:
+            tm_expr_load (out, &col->values[i]);
+            return;
+        case TM_EXPR_COL_NUMBERS:
+            *out = isfinite (col->nums[i])? tm_expr_number (col->nums[i]): tm_expr_null ();
+            return;
+        case TM_EXPR_COL_STRINGS:
+            if (col->ids[i] < col->ndict)
+                tm_expr_load (out, &col->dict[col->ids[i]]);
+            else
+                *out = tm_expr_null ();
+            return;
+        case TM_EXPR_COL_LOCATIONS: {
+            tm_expr_value_t v = tm_expr_location (col->latlon[2 * i], col->latlon[2 * i + 1]);
+            tm_expr_load (out, &v);
+            return;
+        }
+        default:
+            *out = tm_expr_null ();
+            return;
+    }
+}
+
+//  The column from row `by` on.
+static inline tm_expr_col_t
+tm_expr_col_shift (const tm_expr_col_t *col, size_t by)
+{
+    tm_expr_col_t c = *col;
+    switch (c.kind) {
+        case TM_EXPR_COL_VALUES: c.values += by; break;
+        case TM_EXPR_COL_NUMBERS: c.nums += by; break;
+        case TM_EXPR_COL_STRINGS: c.ids += by; break;
+        case TM_EXPR_COL_LOCATIONS: c.latlon += 2 * by; break;
+        default: break;
+    }
+    return c;
 }
 
 #endif

@@ -745,7 +745,7 @@ tm_qpartial_feed (tm_qpartial_t *self, const tm_expr_value_t *values, size_t nva
 //  cache only ever finds the group the table would.
 
 #define S_BATCH 1024                   //  Twins per pass
-#define S_CACHE 64                     //  Entries of the group cache
+#define S_CACHE 256                    //  Entries of the group cache
 
 typedef struct {
     s_group_t *group;                  //  NULL: empty
@@ -881,8 +881,8 @@ s_identical (const tm_expr_value_t *a, const tm_expr_value_t *b)
 }
 
 void
-tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols, size_t ncols,
-                        size_t n, const uint8_t *skip)
+tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_col_t *cols, size_t ncols, size_t n,
+                        const uint8_t *skip)
 {
     assert (self);
     if (!cols)
@@ -897,7 +897,7 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols,
             if (skip && skip[i])
                 continue;
             for (size_t c = 0; c < ncols; c++)
-                row[c] = cols[c]? cols[c][i]: tm_expr_null ();
+                tm_expr_col_get (&cols[c], i, &row[c]);
             tm_qpartial_feed (self, row, ncols);
         }
         return;
@@ -905,11 +905,11 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols,
     if (b->cache)
         for (size_t e = 0; e < S_CACHE; e++)
             b->cache[e].group = NULL;      //  Strings of an earlier call may be gone
-    const tm_expr_value_t *view[TM_QUERY_MAX_COLUMNS];
+    tm_expr_col_t view[TM_QUERY_MAX_COLUMNS];
     for (size_t from = 0; from < n; from += S_BATCH) {
         size_t m = n - from < S_BATCH? n - from: S_BATCH;
         for (size_t c = 0; c < ncols; c++)
-            view[c] = cols[c]? cols[c] + from: NULL;
+            view[c] = tm_expr_col_shift (&cols[c], from);
         if (b->where)
             tm_expr_match_batch (b->where, view, ncols, m, b->wout);
         size_t nsel = 0;
@@ -928,7 +928,7 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols,
             for (size_t k = 0; k < nsel; k++) {
                 size_t i = b->sel[k];
                 for (size_t c = 0; c < ncols; c++)
-                    row[c] = view[c]? view[c][i]: tm_expr_null ();
+                    tm_expr_col_get (&view[c], i, &row[c]);
                 s_feed_row (self, row, ncols);
             }
             continue;
@@ -948,8 +948,8 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols,
                 if (slot < 0)
                     keys[j] = b->kout[j * S_BATCH + i];
                 else
-                if ((size_t) slot < ncols && view[slot])
-                    tm_expr_load (&keys[j], &view[slot][i]);
+                if ((size_t) slot < ncols)
+                    tm_expr_col_get (&view[slot], i, &keys[j]);
                 else
                     keys[j] = tm_expr_null ();
                 id = id * 31 + s_identity (&keys[j]);
@@ -978,8 +978,8 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols,
                 if (slot < 0)
                     continue;      //  count(*)
                 else
-                if ((size_t) slot < ncols && view[slot])
-                    tm_expr_load (&args[a], &view[slot][i]);
+                if ((size_t) slot < ncols)
+                    tm_expr_col_get (&view[slot], i, &args[a]);
                 else
                     args[a] = tm_expr_null ();
             }

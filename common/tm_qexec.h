@@ -58,14 +58,14 @@ void tm_qpartial_destroy (tm_qpartial_t **self_p);
 //  truncated.
 bool tm_qpartial_feed (tm_qpartial_t *self, const tm_expr_value_t *values, size_t nvalues);
 
-//  Offer n twins at once, column by column: cols[c][i] is column c of
-//  twin i (cols[c] NULL: null for every twin; ncols may be short). skip
+//  Offer n twins at once, column by column: row i of cols[c] is column c
+//  of twin i (tm_expr_col_t; ncols may be short: null past it). skip
 //  (NULL: none) flags, non-zero, the twins that are not this query's:
 //  they are not counted. The partial ends up exactly as if each twin not
 //  skipped were fed in turn with tm_qpartial_feed, in a fraction of the
 //  time. Strings are borrowed for the call (copied if kept).
-void tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_value_t *const *cols,
-                             size_t ncols, size_t n, const uint8_t *skip);
+void tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_col_t *cols, size_t ncols,
+                             size_t n, const uint8_t *skip);
 
 //  Encode as a QueryPartial protobuf. Returns a new buffer (caller frees
 //  with free) with *size, or NULL on allocation failure.

@@ -1,6 +1,7 @@
 /*  tm_wquery - a query plan evaluated over the worker's twins  */
 #include "tm_wquery.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,28 +317,52 @@ tm_wquery_scan_rows (tm_twins_t *twins, const tm_models_t *models, tm_derived_t 
 //  -------------------------------------------------------------------------
 //  The columnar scan
 //
-//  Measured on the twin-at-a-time scan above: about 400 ns a twin, most of
-//  it waiting for the memory of each twin, its properties and attributes,
-//  and the engine's own per-twin work. Here a query column is an array of
-//  values indexed by twin row (tm_twins_rows), filled with s_fill, the
-//  very function the row scan uses, so both see the same values; a scan
-//  is then one tm_qpartial_feed_batch over dense arrays. Columns are kept
-//  between queries and caught up from the rows that changed since
-//  (tm_twins_changed): ingest pays a flag test per reading, a query pays
-//  for the twins that changed, not for all of them. Columns that depend on
-//  the clock (status, stale, confidence: the sync timers move them without
-//  a reading) are filled afresh for each scan.
+//  Measured on the twin-at-a-time scan above: about 250-400 ns a twin,
+//  most of it waiting for the memory of each twin, its properties and
+//  attributes. Here a query column is an array indexed by twin row
+//  (tm_twins_rows), filled with s_fill, the very function the row scan
+//  uses, so both see the same values; a scan is then one
+//  tm_qpartial_feed_batch over dense arrays. A scan is bound by the bytes
+//  it reads, so a column is typed while its values allow (tm_expr_col_t):
+//  numbers as doubles, strings as ids into a dictionary of their distinct
+//  values, locations as lat/lon pairs; a column whose values mix kinds
+//  (or whose strings are too many to be worth a dictionary, like entity
+//  ids) holds 24-byte values. Columns are kept between queries and caught
+//  up from the rows that changed since (tm_twins_changed): ingest pays a
+//  flag test per reading, a query pays for the twins that changed. Columns
+//  that move with the clock (status, stale, confidence: the sync timers
+//  change them without a reading) are filled afresh for each scan.
 
 #define S_MAX_CACHED 16                //  Columns kept between scans
 #define S_IDLE_MS (10 * 60 * 1000)     //  A column unused this long is dropped
+#define S_MAX_DICT 65536               //  Distinct strings a typed column keeps
+#define S_PTR_CACHE 64                 //  String pointer -> id cache entries
+
+//  A column's distinct strings. Entry 0 is null; each other entry owns a
+//  copy of its bytes, so its pointer stays valid for the column's life
+//  (a twin's own string may be freed when its attribute changes).
+typedef struct {
+    tm_expr_value_t *entries;      //  ndict values
+    uint32_t ndict;
+    uint32_t cap;
+    uint32_t *index;               //  Open addressing over entries: id + 1, 0 = empty
+    uint32_t index_size;           //  Power of two, at least twice ndict
+    const char *ptr[S_PTR_CACHE];  //  Recently seen twin string -> its id (checked)
+    uint32_t ptr_id[S_PTR_CACHE];
+} s_dict_t;
 
 typedef struct {
     char *name;                    //  Column name, owned
     s_col_t col;                   //  As resolved when filled (name borrowed from us)
-    tm_expr_value_t *cells;        //  One per row; strings borrowed from the twins,
-                                   //  the models or static tables
+    tm_expr_col_kind_t kind;       //  TM_EXPR_COL_NULL until a value is seen
+    tm_expr_value_t *values;       //  VALUES (strings borrowed from twins, models,
+                                   //  static tables or the dictionary)
+    double *nums;                  //  NUMBERS: NaN for null
+    uint32_t *ids;                 //  STRINGS: into dict
+    double *latlon;                //  LOCATIONS: pairs, NaN latitude for null
+    s_dict_t dict;
     size_t nrows;                  //  Rows filled
-    size_t cap;                    //  Cells allocated
+    size_t cap;                    //  Rows the arrays hold
     int64_t used_ms;               //  Last scan that read it (worker clock)
 } s_cached_t;
 
@@ -350,6 +375,9 @@ struct _tm_wquery_t {
     uint16_t *shard;               //  Per row, its twin's shard (fixed for life)
     size_t nshard;                 //  Rows in shard
     size_t shard_cap;
+    uint32_t *present;             //  The shards that have rows (a scan that asks for
+    size_t npresent;               //  all of them needs no per-row skip flags)
+    uint8_t *has_rows;             //  Per shard: in present
     uint8_t *skip;                 //  Per row, for one scan: not asked for
     size_t skip_cap;
     tm_expr_value_t *fresh[TM_QUERY_MAX_COLUMNS];   //  Clock-dependent columns of a scan
@@ -369,12 +397,20 @@ tm_wquery_new (tm_twins_t *twins)
 static void
 s_cached_free (s_cached_t **c_p)
 {
-    if (*c_p) {
-        free ((*c_p)->name);
-        free ((*c_p)->cells);
-        free (*c_p);
-        *c_p = NULL;
-    }
+    s_cached_t *c = *c_p;
+    if (!c)
+        return;
+    for (uint32_t d = 1; d < c->dict.ndict; d++)
+        free ((char *) c->dict.entries[d].str);
+    free (c->dict.entries);
+    free (c->dict.index);
+    free (c->name);
+    free (c->values);
+    free (c->nums);
+    free (c->ids);
+    free (c->latlon);
+    free (c);
+    *c_p = NULL;
 }
 
 static void
@@ -393,6 +429,8 @@ tm_wquery_destroy (tm_wquery_t **self_p)
     tm_wquery_t *self = *self_p;
     s_drop_all (self);
     free (self->shard);
+    free (self->present);
+    free (self->has_rows);
     free (self->skip);
     for (size_t i = 0; i < TM_QUERY_MAX_COLUMNS; i++)
         free (self->fresh[i]);
@@ -422,27 +460,271 @@ s_same_col (const s_col_t *a, const s_col_t *b)
            && a->has_default == b->has_default && a->has_derived == b->has_derived;
 }
 
-//  Fill rows [from, to) of a cached column; -1 if its cells cannot grow.
+static uint64_t
+s_str_hash (const char *s, uint32_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (uint32_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t) s[i]) * 0x100000001b3ULL;
+    return h ^ (h >> 31);
+}
+
+static int
+s_dict_grow_index (s_dict_t *d)
+{
+    uint32_t size = d->index_size? d->index_size * 2: 64;
+    uint32_t *index = calloc (size, sizeof *index);
+    if (!index)
+        return -1;
+    for (uint32_t id = 1; id < d->ndict; id++) {
+        uint32_t j = (uint32_t) s_str_hash (d->entries[id].str, d->entries[id].len) & (size - 1);
+        while (index[j])
+            j = (j + 1) & (size - 1);
+        index[j] = id + 1;
+    }
+    free (d->index);
+    d->index = index;
+    d->index_size = size;
+    return 0;
+}
+
+//  The id of a string in the dictionary, added if new; UINT32_MAX when
+//  the dictionary is full (the column then holds values instead).
+static uint32_t
+s_dict_id (s_dict_t *d, const char *str, uint32_t len)
+{
+    size_t slot = ((uintptr_t) str >> 3) & (S_PTR_CACHE - 1);
+    uint32_t id = d->ptr_id[slot];
+    if (d->ptr[slot] == str && id && id < d->ndict && d->entries[id].len == len
+        && (len == 0 || memcmp (d->entries[id].str, str, len) == 0))
+        return id;
+    if (!d->ndict) {
+        d->entries = malloc (64 * sizeof *d->entries);
+        if (!d->entries)
+            return UINT32_MAX;
+        d->cap = 64;
+        d->entries[0] = tm_expr_null ();
+        d->ndict = 1;
+    }
+    if (!d->index && s_dict_grow_index (d) != 0)
+        return UINT32_MAX;
+    uint64_t h = s_str_hash (str, len);
+    uint32_t j = (uint32_t) h & (d->index_size - 1);
+    while (d->index[j]) {
+        id = d->index[j] - 1;
+        if (d->entries[id].len == len && (len == 0 || memcmp (d->entries[id].str, str, len) == 0)) {
+            d->ptr[slot] = str;
+            d->ptr_id[slot] = id;
+            return id;
+        }
+        j = (j + 1) & (d->index_size - 1);
+    }
+    if (d->ndict >= S_MAX_DICT)
+        return UINT32_MAX;
+    if (d->ndict == d->cap) {
+        tm_expr_value_t *grown = realloc (d->entries, 2 * d->cap * sizeof *grown);
+        if (!grown)
+            return UINT32_MAX;
+        d->entries = grown;
+        d->cap *= 2;
+    }
+    char *copy = malloc (len + 1);
+    if (!copy)
+        return UINT32_MAX;
+    memcpy (copy, str, len);
+    copy[len] = 0;
+    id = d->ndict++;
+    d->entries[id] = tm_expr_string (copy, len);
+    d->index[j] = id + 1;
+    if (d->ndict * 2 > d->index_size && s_dict_grow_index (d) != 0) {
+        //  Keep the entry: the index is only fuller, probing still ends.
+        if (d->ndict + 1 >= d->index_size)
+            return UINT32_MAX;
+    }
+    d->ptr[slot] = str;
+    d->ptr_id[slot] = id;
+    return id;
+}
+
+//  Row r of a typed column as a value (what tm_expr_col_get reads).
+static tm_expr_value_t
+s_cell (const s_cached_t *c, size_t r)
+{
+    tm_expr_col_t view = {.kind = c->kind, .dict = c->dict.entries, .ndict = c->dict.ndict};
+    switch (c->kind) {
+        case TM_EXPR_COL_VALUES: return c->values[r];
+        case TM_EXPR_COL_NUMBERS: view.nums = c->nums; break;
+        case TM_EXPR_COL_STRINGS: view.ids = c->ids; break;
+        case TM_EXPR_COL_LOCATIONS: view.latlon = c->latlon; break;
+        default: return tm_expr_null ();
+    }
+    tm_expr_value_t v;
+    tm_expr_col_get (&view, r, &v);
+    return v;
+}
+
+//  Arrays of the column's kind for at least rows rows; -1 on failure.
+static int
+s_reserve (s_cached_t *c, size_t rows)
+{
+    if (rows <= c->cap && (c->kind == TM_EXPR_COL_NULL
+                           || c->values || c->nums || c->ids || c->latlon))
+        return 0;
+    size_t cap = c->cap > rows? c->cap: c->cap? c->cap: 1024;
+    while (cap < rows)
+        cap *= 2;
+    void **arr = NULL;
+    size_t size = 0;
+    switch (c->kind) {
+        case TM_EXPR_COL_VALUES: arr = (void **) &c->values; size = sizeof (tm_expr_value_t); break;
+        case TM_EXPR_COL_NUMBERS: arr = (void **) &c->nums; size = sizeof (double); break;
+        case TM_EXPR_COL_STRINGS: arr = (void **) &c->ids; size = sizeof (uint32_t); break;
+        case TM_EXPR_COL_LOCATIONS: arr = (void **) &c->latlon; size = 2 * sizeof (double); break;
+        default: c->cap = cap; return 0;
+    }
+    void *grown = realloc (*arr, cap * size);
+    if (!grown)
+        return -1;
+    *arr = grown;
+    c->cap = cap;
+    return 0;
+}
+
+//  Turn the column into one of kind (its rows so far null in it, for a
+//  column that had seen no value, or their values, for VALUES). -1 on
+//  allocation failure.
+static int
+s_become (s_cached_t *c, tm_expr_col_kind_t kind)
+{
+    size_t rows = c->cap? c->cap: 1024;
+    if (kind == TM_EXPR_COL_VALUES) {
+        tm_expr_value_t *values = malloc (rows * sizeof *values);
+        if (!values)
+            return -1;
+        for (size_t r = 0; r < c->nrows; r++)
+            values[r] = s_cell (c, r);
+        free (c->nums);
+        free (c->ids);
+        free (c->latlon);
+        c->nums = NULL;
+        c->ids = NULL;
+        c->latlon = NULL;
+        //  The dictionary stays: values point into it.
+        c->values = values;
+        c->kind = kind;
+        c->cap = rows;
+        return 0;
+    }
+    assert (c->kind == TM_EXPR_COL_NULL);
+    c->kind = kind;
+    c->cap = 0;
+    if (s_reserve (c, rows) != 0) {
+        c->kind = TM_EXPR_COL_NULL;
+        return -1;
+    }
+    for (size_t r = 0; r < c->nrows; r++) {
+        if (kind == TM_EXPR_COL_NUMBERS)
+            c->nums[r] = NAN;
+        else
+        if (kind == TM_EXPR_COL_STRINGS)
+            c->ids[r] = 0;
+        else {
+            c->latlon[2 * r] = NAN;
+            c->latlon[2 * r + 1] = NAN;
+        }
+    }
+    return 0;
+}
+
+//  Store v as row r (r < cap), changing the column's kind if v does not
+//  fit it. -1 on allocation failure.
+static int
+s_put (s_cached_t *c, size_t r, const tm_expr_value_t *v)
+{
+    if (c->kind == TM_EXPR_COL_NULL) {
+        if (v->type == TM_EXPR_NULL)
+            return 0;
+        tm_expr_col_kind_t kind = v->type == TM_EXPR_NUMBER? TM_EXPR_COL_NUMBERS
+                                : v->type == TM_EXPR_STRING? TM_EXPR_COL_STRINGS
+                                : v->type == TM_EXPR_LOCATION? TM_EXPR_COL_LOCATIONS
+                                : TM_EXPR_COL_VALUES;
+        if (s_become (c, kind) != 0)
+            return -1;
+    }
+    switch (c->kind) {
+        case TM_EXPR_COL_NUMBERS:
+            if (v->type == TM_EXPR_NUMBER || v->type == TM_EXPR_NULL) {
+                c->nums[r] = v->type == TM_EXPR_NUMBER? v->num: NAN;
+                return 0;
+            }
+            break;
+        case TM_EXPR_COL_STRINGS:
+            if (v->type == TM_EXPR_NULL) {
+                c->ids[r] = 0;
+                return 0;
+            }
+            if (v->type == TM_EXPR_STRING) {
+                uint32_t id = s_dict_id (&c->dict, v->str? v->str: "", v->str? v->len: 0);
+                if (id != UINT32_MAX) {
+                    c->ids[r] = id;
+                    return 0;
+                }
+            }
+            break;
+        case TM_EXPR_COL_LOCATIONS:
+            if (v->type == TM_EXPR_LOCATION || v->type == TM_EXPR_NULL) {
+                c->latlon[2 * r] = v->type == TM_EXPR_LOCATION? v->lat: NAN;
+                c->latlon[2 * r + 1] = v->type == TM_EXPR_LOCATION? v->lon: NAN;
+                return 0;
+            }
+            break;
+        case TM_EXPR_COL_VALUES:
+            c->values[r] = *v;
+            return 0;
+        default:
+            break;
+    }
+    //  A value of another kind, or one string too many: plain values.
+    if (s_become (c, TM_EXPR_COL_VALUES) != 0)
+        return -1;
+    c->values[r] = *v;
+    return 0;
+}
+
+//  Fill rows [from, to) of a cached column; -1 on allocation failure.
 static int
 s_fill_rows (tm_wquery_t *self, s_ctx_t *ctx, s_cached_t *c, tm_twin_t *const *rows,
              size_t from, size_t to)
 {
-    if (to > c->cap) {
-        size_t cap = c->cap? c->cap: 1024;
-        while (cap < to)
-            cap *= 2;
-        tm_expr_value_t *grown = realloc (c->cells, cap * sizeof *grown);
-        if (!grown)
-            return -1;
-        c->cells = grown;
-        c->cap = cap;
-    }
+    if (s_reserve (c, to) != 0)
+        return -1;
     for (size_t r = from; r < to; r++) {
         ctx->model_looked = false;
-        c->cells[r] = s_fill (ctx, &c->col, rows[r]);
+        tm_expr_value_t v = s_fill (ctx, &c->col, rows[r]);
+        if (s_put (c, r, &v) != 0)
+            return -1;
+        if (r >= c->nrows)
+            c->nrows = r + 1;
     }
     self->filled += to - from;
     return 0;
+}
+
+//  Empty a column for a refill from row 0.
+static void
+s_reset (s_cached_t *c)
+{
+    free (c->values);
+    free (c->nums);
+    free (c->ids);
+    free (c->latlon);
+    c->values = NULL;
+    c->nums = NULL;
+    c->ids = NULL;
+    c->latlon = NULL;
+    c->kind = TM_EXPR_COL_NULL;
+    c->nrows = 0;
+    c->cap = 0;
 }
 
 //  Bring the per-row shard array and every cached column up to date with
@@ -463,8 +745,25 @@ s_catch_up (tm_wquery_t *self, s_ctx_t *ctx)
         self->shard = grown;
         self->shard_cap = cap;
     }
-    for (size_t r = self->nshard; r < nrows; r++)
-        self->shard[r] = (uint16_t) rows[r]->shard;
+    if (!self->present) {
+        self->present = malloc (TM_SHARDMAP_MAX_SHARDS * sizeof *self->present);
+        self->has_rows = calloc (TM_SHARDMAP_MAX_SHARDS, 1);
+        if (!self->present || !self->has_rows) {
+            free (self->present);
+            free (self->has_rows);
+            self->present = NULL;
+            self->has_rows = NULL;
+            return -1;
+        }
+    }
+    for (size_t r = self->nshard; r < nrows; r++) {
+        uint16_t sh = (uint16_t) rows[r]->shard;
+        self->shard[r] = sh;
+        if (!self->has_rows[sh]) {
+            self->has_rows[sh] = 1;
+            self->present[self->npresent++] = sh;
+        }
+    }
     self->nshard = nrows;
     size_t nchanged;
     const uint32_t *changed = tm_twins_changed (self->twins, &nchanged);
@@ -472,13 +771,17 @@ s_catch_up (tm_wquery_t *self, s_ctx_t *ctx)
     for (size_t i = 0; i < self->ncached; i++) {
         s_cached_t *c = self->cached[i];
         if (everything)
-            c->nrows = 0;
+            s_reset (c);
         else
             for (size_t k = 0; k < nchanged; k++) {
                 uint32_t r = changed[k];
                 if (r < c->nrows) {
                     ctx->model_looked = false;
-                    c->cells[r] = s_fill (ctx, &c->col, rows[r]);
+                    tm_expr_value_t v = s_fill (ctx, &c->col, rows[r]);
+                    if (s_put (c, r, &v) != 0) {
+                        s_drop_all (self);
+                        return -1;
+                    }
                 }
             }
         self->filled += everything? 0: nchanged;
@@ -486,7 +789,6 @@ s_catch_up (tm_wquery_t *self, s_ctx_t *ctx)
             s_drop_all (self);
             return -1;
         }
-        c->nrows = nrows;
     }
     tm_twins_changed_clear (self->twins);
     return 0;
@@ -497,6 +799,8 @@ s_catch_up (tm_wquery_t *self, s_ctx_t *ctx)
 static s_cached_t *
 s_cached (tm_wquery_t *self, s_ctx_t *ctx, const s_col_t *col)
 {
+    size_t nrows;
+    tm_twin_t *const *rows = tm_twins_rows (self->twins, &nrows);
     for (size_t i = 0; i < self->ncached; i++) {
         s_cached_t *c = self->cached[i];
         if (strcmp (c->name, col->name) == 0) {
@@ -506,12 +810,12 @@ s_cached (tm_wquery_t *self, s_ctx_t *ctx, const s_col_t *col)
             //  that came with a model: fill it again.
             c->col = *col;
             c->col.name = c->name;
-            c->nrows = 0;
-            size_t nrows;
-            tm_twin_t *const *rows = tm_twins_rows (self->twins, &nrows);
-            if (s_fill_rows (self, ctx, c, rows, 0, nrows) != 0)
+            s_reset (c);
+            if (s_fill_rows (self, ctx, c, rows, 0, nrows) != 0) {
+                s_cached_free (&self->cached[i]);
+                self->cached[i] = self->cached[--self->ncached];
                 return NULL;
-            c->nrows = nrows;
+            }
             return c;
         }
     }
@@ -530,15 +834,26 @@ s_cached (tm_wquery_t *self, s_ctx_t *ctx, const s_col_t *col)
     }
     c->col = *col;
     c->col.name = c->name;
-    size_t nrows;
-    tm_twin_t *const *rows = tm_twins_rows (self->twins, &nrows);
     if (s_fill_rows (self, ctx, c, rows, 0, nrows) != 0) {
         s_cached_free (&c);
         return NULL;
     }
-    c->nrows = nrows;
     self->cached[self->ncached++] = c;
     return c;
+}
+
+static tm_expr_col_t
+s_view (const s_cached_t *c)
+{
+    tm_expr_col_t v = {.kind = c->kind, .dict = c->dict.entries, .ndict = c->dict.ndict};
+    switch (c->kind) {
+        case TM_EXPR_COL_VALUES: v.values = c->values; break;
+        case TM_EXPR_COL_NUMBERS: v.nums = c->nums; break;
+        case TM_EXPR_COL_STRINGS: v.ids = c->ids; break;
+        case TM_EXPR_COL_LOCATIONS: v.latlon = c->latlon; break;
+        default: break;
+    }
+    return v;
 }
 
 long
@@ -572,24 +887,30 @@ tm_wquery_scan (tm_wquery_t *self, const tm_models_t *models, tm_derived_t *deri
     size_t ncols = tm_query_columns (plan);
     if (ncols > TM_QUERY_MAX_COLUMNS)
         ncols = TM_QUERY_MAX_COLUMNS;
-    const tm_expr_value_t *view[TM_QUERY_MAX_COLUMNS];
+    tm_expr_col_t view[TM_QUERY_MAX_COLUMNS];
+    s_col_t cols[TM_QUERY_MAX_COLUMNS];
     bool fresh = false;
     for (size_t i = 0; i < ncols; i++) {
-        s_col_t col = s_column (twins, models, tm_query_column_name (plan, i));
-        view[i] = NULL;
-        if (s_always_null (&col))
+        cols[i] = s_column (twins, models, tm_query_column_name (plan, i));
+        view[i] = (tm_expr_col_t) {.kind = TM_EXPR_COL_NULL};
+        if (s_always_null (&cols[i]))
             continue;
-        if (s_clock_bound (col.kind)) {
+        if (s_clock_bound (cols[i].kind)) {
             fresh = true;
             continue;
         }
-        s_cached_t *c = s_cached (self, &ctx, &col);
+        s_cached_t *c = s_cached (self, &ctx, &cols[i]);
         if (!c)
             return tm_wquery_scan_rows (twins, models, derived, plan, shards, nshards,
                                         now_ms, partial);
         c->used_ms = now_ms;
-        view[i] = c->cells;
     }
+    //  Views only now: making a column may have evicted another.
+    for (size_t i = 0; i < ncols; i++)
+        for (size_t k = 0; k < self->ncached; k++)
+            if (!s_always_null (&cols[i]) && !s_clock_bound (cols[i].kind)
+                && strcmp (self->cached[k]->name, cols[i].name) == 0)
+                view[i] = s_view (self->cached[k]);
     if (fresh && nrows > self->fresh_cap) {
         for (size_t i = 0; i < TM_QUERY_MAX_COLUMNS; i++) {
             free (self->fresh[i]);
@@ -598,16 +919,15 @@ tm_wquery_scan (tm_wquery_t *self, const tm_models_t *models, tm_derived_t *deri
         self->fresh_cap = nrows;
     }
     for (size_t i = 0; fresh && i < ncols; i++) {
-        s_col_t col = s_column (twins, models, tm_query_column_name (plan, i));
-        if (!s_clock_bound (col.kind))
+        if (!s_clock_bound (cols[i].kind))
             continue;
         if (!self->fresh[i] && !(self->fresh[i] = malloc ((self->fresh_cap? self->fresh_cap: 1)
                                                           * sizeof (tm_expr_value_t))))
             return tm_wquery_scan_rows (twins, models, derived, plan, shards, nshards,
                                         now_ms, partial);
         for (size_t r = 0; r < nrows; r++)
-            self->fresh[i][r] = s_fill (&ctx, &col, rows[r]);
-        view[i] = self->fresh[i];
+            self->fresh[i][r] = s_fill (&ctx, &cols[i], rows[r]);
+        view[i] = (tm_expr_col_t) {.kind = TM_EXPR_COL_VALUES, .values = self->fresh[i]};
     }
     //  The shards asked for, as a per-row skip flag.
     if (nrows > self->skip_cap) {
@@ -624,15 +944,25 @@ tm_wquery_scan (tm_wquery_t *self, const tm_models_t *models, tm_derived_t *deri
     for (size_t s = 0; s < nshards; s++)
         if (shards[s] < TM_SHARDMAP_MAX_SHARDS)
             want[shards[s] >> 3] |= (uint8_t) (1u << (shards[s] & 7));
-    long scanned = 0;
-    for (size_t r = 0; r < nrows; r++) {
-        uint16_t sh = self->shard[r];
-        bool in = (want[sh >> 3] >> (sh & 7)) & 1;
-        self->skip[r] = !in;
-        scanned += in;
+    //  The broker asks a worker for the shards it owns: usually every
+    //  shard that has rows here, and then no twin needs its flag looked up.
+    bool all = true;
+    for (size_t k = 0; all && k < self->npresent; k++) {
+        uint32_t sh = self->present[k];
+        all = (want[sh >> 3] >> (sh & 7)) & 1;
     }
+    long scanned = 0;
+    if (all)
+        scanned = (long) nrows;
+    else
+        for (size_t r = 0; r < nrows; r++) {
+            uint16_t sh = self->shard[r];
+            bool in = (want[sh >> 3] >> (sh & 7)) & 1;
+            self->skip[r] = !in;
+            scanned += in;
+        }
     free (want);
-    tm_qpartial_feed_batch (partial, view, ncols, nrows, self->skip);
+    tm_qpartial_feed_batch (partial, view, ncols, nrows, all? NULL: self->skip);
     return scanned;
 }
 
@@ -640,8 +970,15 @@ size_t
 tm_wquery_cached (tm_wquery_t *self, size_t *bytes)
 {
     size_t total = 0;
-    for (size_t i = 0; i < self->ncached; i++)
-        total += self->cached[i]->cap * sizeof (tm_expr_value_t);
+    for (size_t i = 0; i < self->ncached; i++) {
+        const s_cached_t *c = self->cached[i];
+        size_t per = c->kind == TM_EXPR_COL_VALUES? sizeof (tm_expr_value_t)
+                   : c->kind == TM_EXPR_COL_NUMBERS? sizeof (double)
+                   : c->kind == TM_EXPR_COL_STRINGS? sizeof (uint32_t)
+                   : c->kind == TM_EXPR_COL_LOCATIONS? 2 * sizeof (double): 0;
+        total += c->cap * per + c->dict.cap * sizeof (tm_expr_value_t)
+                 + c->dict.index_size * sizeof (uint32_t);
+    }
     if (bytes)
         *bytes = total + self->shard_cap * sizeof (uint16_t) + self->skip_cap;
     return self->ncached;

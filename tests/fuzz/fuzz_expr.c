@@ -125,11 +125,11 @@ s_check_eval (const tm_expr_t *e)
     //  rotated by i, so every slot meets every kind of value.
     enum { ROWS = NVALUES };
     static tm_expr_value_t cells[NVALUES][ROWS];
-    const tm_expr_value_t *cols[NVALUES];
+    tm_expr_col_t cols[NVALUES];
     for (int c = 0; c < NVALUES; c++) {
         for (int i = 0; i < ROWS; i++)
             cells[c][i] = v[(c + i) % NVALUES];
-        cols[c] = cells[c];
+        cols[c] = (tm_expr_col_t) {.kind = TM_EXPR_COL_VALUES, .values = cells[c]};
     }
     tm_expr_batch_t *b = tm_expr_batch_new (e);
     if (!b)

@@ -1422,21 +1422,38 @@ s_same (const tm_expr_value_t *a, const tm_expr_value_t *b)
     }
 }
 
+static const tm_expr_value_t s_dict[] = {
+    {.type = TM_EXPR_NULL},
+    {.type = TM_EXPR_STRING, .len = 3, .str = "air"},
+    {.type = TM_EXPR_STRING, .len = 11, .str = "air_station"},
+    {.type = TM_EXPR_STRING, .len = 0, .str = ""},
+    {.type = TM_EXPR_STRING, .len = 5, .str = "Brera"},
+    {.type = TM_EXPR_STRING, .len = 7, .str = "traffic"},
+};
+
 static void
 test_batch_matches_scalar (void **state)
 {
     (void) state;
     const tm_expr_options_t opts = {s_resolve_any, NULL, NULL, TM_EXPR_ANY};
     enum { ROWS = 2500 };          //  More than one pass
-    tm_expr_value_t *cols[B_SLOTS];
-    for (int s = 0; s < B_SLOTS; s++) {
-        cols[s] = calloc (ROWS, sizeof (tm_expr_value_t));
-        assert_non_null (cols[s]);
+    tm_expr_value_t *raw[B_SLOTS];     //  What the scalar evaluator is given
+    tm_expr_value_t *vals[B_SLOTS];
+    double *nums[B_SLOTS], *pairs[B_SLOTS];
+    uint32_t *ids[B_SLOTS];
+    for (int c = 0; c < B_SLOTS; c++) {
+        raw[c] = calloc (ROWS, sizeof (tm_expr_value_t));
+        vals[c] = calloc (ROWS, sizeof (tm_expr_value_t));
+        nums[c] = calloc (ROWS, sizeof (double));
+        pairs[c] = calloc (2 * ROWS, sizeof (double));
+        ids[c] = calloc (ROWS, sizeof (uint32_t));
+        assert_true (raw[c] && vals[c] && nums[c] && pairs[c] && ids[c]);
     }
     tm_expr_value_t *out = calloc (ROWS, sizeof *out);
-    assert_non_null (out);
-    size_t compiled = 0, checked = 0;
-    for (int round = 0; round < 400; round++) {
+    uint8_t *match = calloc (ROWS, 1);
+    assert_true (out && match);
+    size_t compiled = 0, checked = 0, typed = 0;
+    for (int round = 0; round < 600; round++) {
         char text[2048] = "";
         s_gen_expr (text, sizeof text, 1 + s_rand (4));
         tm_expr_error_t err;
@@ -1444,36 +1461,91 @@ test_batch_matches_scalar (void **state)
         if (!e)
             continue;
         compiled++;
-        for (int s = 0; s < B_SLOTS; s++)
-            for (int i = 0; i < ROWS; i++)
-                cols[s][i] = s_rand_value ();
+        //  Each slot a column of a kind picked at random, with the values
+        //  that kind can hold; slot 5 past ncols: null in every row.
+        tm_expr_col_t cols[B_SLOTS - 1];
+        for (int c = 0; c < B_SLOTS - 1; c++) {
+            int kind = (int) s_rand (5);
+            cols[c].kind = kind == 0? TM_EXPR_COL_VALUES: kind == 1? TM_EXPR_COL_NUMBERS
+                         : kind == 2? TM_EXPR_COL_STRINGS: kind == 3? TM_EXPR_COL_LOCATIONS
+                         : s_rand (4)? TM_EXPR_COL_VALUES: TM_EXPR_COL_NULL;
+            typed += cols[c].kind != TM_EXPR_COL_VALUES;
+            cols[c].dict = s_dict;
+            cols[c].ndict = sizeof s_dict / sizeof s_dict[0];
+            for (int i = 0; i < ROWS; i++) {
+                switch (cols[c].kind) {
+                    case TM_EXPR_COL_VALUES:
+                        raw[c][i] = vals[c][i] = s_rand_value ();
+                        break;
+                    case TM_EXPR_COL_NUMBERS:
+                        nums[c][i] = s_rand (6) == 0? NAN: s_rand (9) == 0? -INFINITY
+                                   : (double) s_rand (160) / 4 - 5;
+                        raw[c][i] = tm_expr_number (nums[c][i]);
+                        break;
+                    case TM_EXPR_COL_STRINGS:
+                        ids[c][i] = s_rand (8);    //  6 and 7: past the dictionary
+                        raw[c][i] = ids[c][i] < cols[c].ndict? s_dict[ids[c][i]]
+                                                             : tm_expr_null ();
+                        break;
+                    case TM_EXPR_COL_LOCATIONS:
+                        pairs[c][2 * i] = s_rand (7) == 0? NAN: s_rand (11) == 0? 91
+                                        : 45.46 + ((double) s_rand (400) - 200) / 10000;
+                        pairs[c][2 * i + 1] = 9.19 + ((double) s_rand (400) - 200) / 7000;
+                        raw[c][i] = tm_expr_location (pairs[c][2 * i], pairs[c][2 * i + 1]);
+                        break;
+                    default:
+                        raw[c][i] = tm_expr_null ();
+                        break;
+                }
+            }
+            if (cols[c].kind == TM_EXPR_COL_VALUES)
+                cols[c].values = vals[c];
+            else
+            if (cols[c].kind == TM_EXPR_COL_NUMBERS)
+                cols[c].nums = nums[c];
+            else
+            if (cols[c].kind == TM_EXPR_COL_STRINGS)
+                cols[c].ids = ids[c];
+            else
+                cols[c].latlon = pairs[c];
+        }
         tm_expr_batch_t *b = tm_expr_batch_new (e);
         assert_non_null (b);
-        //  Slot 5 absent: null in every row, as past nvalues in the scalar.
-        const tm_expr_value_t *view[B_SLOTS] = {cols[0], cols[1], cols[2], cols[3], cols[4],
-                                                NULL};
-        tm_expr_eval_batch (b, view, B_SLOTS, ROWS, out);
-        tm_expr_value_t row[B_SLOTS];
-        for (int i = 0; i < ROWS; i++) {
-            for (int s = 0; s < B_SLOTS - 1; s++)
-                row[s] = cols[s][i];
-            tm_expr_value_t want;
-            tm_expr_eval (e, row, B_SLOTS - 1, &want);
-            if (!s_same (&want, &out[i]))
-                fail_msg ("%s: row %d: batch gives type %d, scalar type %d", text, i,
-                          out[i].type, want.type);
-            checked++;
+        //  Twice with the same scratch: what it caches must not change answers.
+        for (int twice = 0; twice < 2; twice++) {
+            tm_expr_eval_batch (b, cols, B_SLOTS - 1, ROWS, out);
+            tm_expr_match_batch (b, cols, B_SLOTS - 1, ROWS, match);
+            tm_expr_value_t row[B_SLOTS];
+            for (int i = 0; i < ROWS; i++) {
+                for (int c = 0; c < B_SLOTS - 1; c++)
+                    row[c] = raw[c][i];
+                tm_expr_value_t want;
+                tm_expr_eval (e, row, B_SLOTS - 1, &want);
+                if (!s_same (&want, &out[i]))
+                    fail_msg ("%s: row %d: batch gives type %d, scalar type %d", text, i,
+                              out[i].type, want.type);
+                if (match[i] != tm_expr_match (e, row, B_SLOTS - 1))
+                    fail_msg ("%s: row %d: match_batch differs", text, i);
+                checked++;
+            }
         }
         tm_expr_batch_destroy (&b);
         assert_null (b);
         tm_expr_destroy (&e);
     }
-    //  The generator must really produce expressions.
-    assert_true (compiled > 200);
-    assert_true (checked > 200 * ROWS);
-    for (int s = 0; s < B_SLOTS; s++)
-        free (cols[s]);
+    //  The generator must really produce expressions, over typed columns too.
+    assert_true (compiled > 300);
+    assert_true (typed > 300);
+    assert_true (checked > 300 * ROWS);
+    for (int c = 0; c < B_SLOTS; c++) {
+        free (raw[c]);
+        free (vals[c]);
+        free (nums[c]);
+        free (pairs[c]);
+        free (ids[c]);
+    }
     free (out);
+    free (match);
 }
 
 int

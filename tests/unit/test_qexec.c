@@ -153,12 +153,12 @@ s_feed_batch (const tm_query_t *q)
 {
     size_t ncols = tm_query_columns (q);
     tm_expr_value_t *cols[64];
-    const tm_expr_value_t *view[64];
+    tm_expr_col_t view[64];
     assert_true (ncols <= 64);
     for (size_t c = 0; c < ncols; c++) {
         cols[c] = calloc (NTWINS, sizeof (tm_expr_value_t));
         assert_non_null (cols[c]);
-        view[c] = cols[c];
+        view[c] = (tm_expr_col_t) {.kind = TM_EXPR_COL_VALUES, .values = cols[c]};
     }
     uint8_t skip[NTWINS];
     tm_expr_value_t values[64];
@@ -173,9 +173,9 @@ s_feed_batch (const tm_query_t *q)
     //  Odd-sized calls, so that passes end mid-way.
     for (size_t from = 0; from < NTWINS; from += 333) {
         size_t n = NTWINS - from < 333? NTWINS - from: 333;
-        const tm_expr_value_t *shifted[64];
+        tm_expr_col_t shifted[64];
         for (size_t c = 0; c < ncols; c++)
-            shifted[c] = view[c] + from;
+            shifted[c] = tm_expr_col_shift (&view[c], from);
         tm_qpartial_feed_batch (p, shifted, ncols, n, skip + from);
     }
     for (size_t c = 0; c < ncols; c++)
