@@ -1049,8 +1049,16 @@ s_finish_select (s_parser_t *p, s_item_t *items, size_t nitems)
     return 0;
 }
 
+static bool
+s_is_group_end (const s_parser_t *p, s_tok_t t)
+{
+    return t.kind == C_COMMA || t.kind == C_SEMI || t.kind == C_END
+           || s_is_word (p->text, t, "HAVING") || s_is_word (p->text, t, "ORDER")
+           || s_is_word (p->text, t, "LIMIT") || s_is_word (p->text, t, "AT");
+}
+
 static int
-s_parse_group_by (s_parser_t *p)
+s_parse_group_by (s_parser_t *p, const s_item_t *items, size_t nitems)
 {
     tm_query_t *q = p->q;
     for (;;) {
@@ -1062,10 +1070,27 @@ s_parse_group_by (s_parser_t *p)
         }
         size_t before = q->ncolumns, end;
         p->clause = "GROUP BY";
-        tm_expr_t *key = s_compile_or_fail (p, t.pos, s_resolve_row, S_HOOK_FORBID,
+        //  GROUP BY band, where band is a SELECT item's alias: the key is
+        //  that item's expression (as ORDER BY reads aliases). The item
+        //  then repeats the key, so it is the key in the answer too.
+        size_t at = t.pos, resume = 0;
+        s_tok_t next = s_lex (p->text, p->len, t.pos + t.len);
+        if ((t.kind == C_WORD || t.kind == C_QNAME) && s_is_group_end (p, next)) {
+            char *name = s_token_name (p->text, t);
+            for (size_t i = 0; name && i < nitems; i++)
+                if (items[i].alias && !items[i].star && strcmp (items[i].alias, name) == 0) {
+                    at = items[i].start;
+                    resume = t.pos + t.len;
+                    break;
+                }
+            free (name);
+        }
+        tm_expr_t *key = s_compile_or_fail (p, at, s_resolve_row, S_HOOK_FORBID,
                                             TM_EXPR_ANY, &end);
         if (!key)
             return -1;
+        if (resume)
+            end = resume;
         size_t k = q->nkeys++;
         q->keys[k] = key;
         q->key_canon[k] = tm_expr_print (key, 0);
@@ -1291,7 +1316,7 @@ s_parse (s_parser_t *p)
             goto done;
         }
         s_take (p, t);
-        if (s_parse_group_by (p) != 0)
+        if (s_parse_group_by (p, items, nitems) != 0)
             goto done;
         t = s_peek (p);
     }

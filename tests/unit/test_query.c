@@ -174,6 +174,24 @@ test_group_by_forms (void **state)
     assert_string_equal (tm_query_output_title (q, 0), "band");
     assert_int_equal (tm_query_order_keys (q), 1);
     tm_query_destroy (&q);
+    //  GROUP BY an alias: the key is the item's expression, and the item
+    //  is that key (no "must appear in GROUP BY" error for it).
+    q = s_parse ("SELECT round(pm25 / 10) * 10 AS band, count(*) FROM twins "
+                 "GROUP BY band ORDER BY band");
+    assert_int_equal (tm_query_group_keys (q), 1);
+    s_assert_prints (tm_query_group_key (q, 0), "round(pm25 / 10) * 10");
+    assert_string_equal (tm_query_output_title (q, 0), "band");
+    tm_query_destroy (&q);
+    q = s_parse ("SELECT district AS d, model AS m, count(*) FROM twins GROUP BY m, d HAVING "
+                 "count(*) > 1");
+    assert_int_equal (tm_query_group_keys (q), 2);
+    s_assert_prints (tm_query_group_key (q, 0), "model");
+    s_assert_prints (tm_query_group_key (q, 1), "district");
+    tm_query_destroy (&q);
+    //  A name that is no alias is a column, as before.
+    q = s_parse ("SELECT pm25 AS p, count(*) FROM twins GROUP BY pm25");
+    s_assert_prints (tm_query_group_key (q, 0), "pm25");
+    tm_query_destroy (&q);
     //  Keys may be used inside final expressions; ORDER BY by alias and
     //  by an aggregate not selected (it becomes one more aggregate).
     q = s_parse ("SELECT district AS d, model, sum(pm25) / count(pm25) FROM twins "
@@ -255,6 +273,8 @@ test_errors (void **state)
          "at column 30: aggregate max() is not allowed in WHERE"},
         {"SELECT x FROM twins GROUP BY count(*)", TM_EXPR_E_SYNTAX, 1, 30,
          "at column 30: aggregate count() is not allowed in GROUP BY"},
+        {"SELECT count(*) AS n FROM twins GROUP BY n", TM_EXPR_E_SYNTAX, 1, 8,
+         "at column 8: aggregate count() is not allowed in GROUP BY"},
         {"SELECT sum(avg(x)) FROM twins", TM_EXPR_E_SYNTAX, 1, 12,
          "at column 12: aggregate avg() cannot be nested inside sum()"},
         {"SELECT count(x, y) FROM twins", TM_EXPR_E_SYNTAX, 1, 15,
