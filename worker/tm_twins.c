@@ -64,6 +64,7 @@ struct _tm_twins_t {
     size_t nchanged;               //  Entries in changed
     size_t changed_cap;            //  Allocated entries of changed
     bool changed_overflow;         //  A change could not be listed: all rows changed
+    size_t tick_next;              //  Next row tm_twins_tick_part ticks
 };
 
 //  A table hash, not a keyed one: the shard hash that spreads entities
@@ -916,14 +917,15 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
     return TM_APPLY_APPLIED;
 }
 
-size_t
-tm_twins_tick (tm_twins_t *self, int64_t now_ms)
+//  Tick the twins of rows [from, to).
+static size_t
+s_tick_rows (tm_twins_t *self, int64_t now_ms, size_t from, size_t to)
 {
     size_t moved = 0;
-    for (size_t i = 0; i < self->nslots; i++) {
-        tm_twin_t *t = self->slots[i];
-        if (!t)
-            continue;
+    for (size_t r = from; r < to; r++) {
+        tm_twin_t *t = self->rows[r];
+        if (r + 8 < to)
+            __builtin_prefetch (&self->rows[r + 8]->sync);
         int before = t->sync.state;
         tm_analytics_sync_tick (&t->sync, now_ms);
         if (t->sync.state != before) {
@@ -931,6 +933,26 @@ tm_twins_tick (tm_twins_t *self, int64_t now_ms)
             moved++;
         }
     }
+    return moved;
+}
+
+size_t
+tm_twins_tick (tm_twins_t *self, int64_t now_ms)
+{
+    self->tick_next = 0;
+    return s_tick_rows (self, now_ms, 0, self->count);
+}
+
+size_t
+tm_twins_tick_part (tm_twins_t *self, int64_t now_ms, size_t max, bool *wrapped)
+{
+    if (self->tick_next >= self->count)
+        self->tick_next = 0;
+    size_t from = self->tick_next;
+    size_t to = self->count - from < max? self->count: from + max;
+    size_t moved = s_tick_rows (self, now_ms, from, to);
+    self->tick_next = to;
+    *wrapped = to >= self->count;
     return moved;
 }
 

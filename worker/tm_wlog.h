@@ -64,7 +64,8 @@ int tm_wlog_commit (tm_wlog_t *self);
 
 //  One step of a checkpoint round: starts a round if none is running and
 //  something changed (or the log is not yet trimmed), writes at most
-//  max_shards changed shards, and finishes the round when none are left
+//  max_shards changed shards and, past the first, about a megabyte of
+//  shard blobs (the apply thread waits for a step), and finishes the round when none are left
 //  (writes P, trims the log, fsync). *done is set when no round is left
 //  running. 0, or -1 if a write failed: the round is abandoned, its shards
 //  are marked changed again and the log stays.

@@ -36,6 +36,7 @@
 #define S_MAX_WRONG_SHARDS 64          //  Shards listed in one WRONG_SHARD
 #define S_META_MAP "WMmap"             //  Last shard map seen, for restarts
 #define S_CHECKPOINT_STEP_MS 20        //  Between the steps of a checkpoint round
+#define S_TICK_PARTS 10                //  A heartbeat's sync-timer pass, in parts
 
 typedef struct {
     zframe_t *routing;             //  Gateway to ack, owned
@@ -874,7 +875,7 @@ tm_worker_destroy (tm_worker_t **self_p)
 int
 tm_worker_run (tm_worker_t *self)
 {
-    int64_t next_heartbeat = 0;
+    int64_t next_heartbeat = 0, next_tick = 0;
     int64_t next_checkpoint = tm_util_mono_ms () + self->checkpoint_ms;
     int64_t round_started = 0;
     zsock_t *req = tm_mapclient_req_sock (self->mapc);
@@ -883,11 +884,17 @@ tm_worker_run (tm_worker_t *self)
         if (self->reload && *self->reload)
             return 1;
         int64_t now = tm_util_mono_ms ();
+        if (now >= next_tick) {
+            //  Sync timers: staleness is measured in expected intervals (a
+            //  minute by default), so a pass over the twins per heartbeat is
+            //  plenty; it goes in S_TICK_PARTS parts, since a whole pass over
+            //  a million twins held requests for tens of milliseconds.
+            size_t part = tm_twins_size (self->twins) / S_TICK_PARTS + 1;
+            bool wrapped;
+            tm_twins_tick_part (self->twins, tm_util_wall_ms (), part, &wrapped);
+            next_tick = now + self->heartbeat_ms / S_TICK_PARTS;
+        }
         if (now >= next_heartbeat) {
-            //  Sync timers ride on the heartbeat: staleness is measured in
-            //  expected intervals (a minute by default), so a second's
-            //  resolution is plenty, and one pass over the table is cheap.
-            tm_twins_tick (self->twins, tm_util_wall_ms ());
             s_heartbeat (self);
             tm_modelsync_tick (self->msync, now);
             next_heartbeat = now + self->heartbeat_ms;
@@ -911,8 +918,8 @@ tm_worker_run (tm_worker_t *self)
             if (next_checkpoint < now)
                 next_checkpoint = now;
         }
-        int64_t wait = (next_heartbeat < next_checkpoint? next_heartbeat: next_checkpoint)
-                     - tm_util_mono_ms ();
+        int64_t next = next_heartbeat < next_checkpoint? next_heartbeat: next_checkpoint;
+        int64_t wait = (next_tick < next? next_tick: next) - tm_util_mono_ms ();
         void *which = zpoller_wait (self->poller, (int) (wait < 0? 0: wait > 1000? 1000: wait));
         if (which == self->router)
             s_drain (self);

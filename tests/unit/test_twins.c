@@ -421,6 +421,45 @@ test_dirty_shards_and_roundtrip (void **state)
     tm_twins_destroy (&twins);
 }
 
+//  The sync timers in parts: every twin is ticked once per pass, in row
+//  order, and the pass says when it wrapped; new twins join the next pass.
+static void
+test_sync_tick_parts (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    char entity[32];
+    for (int i = 0; i < 25; i++) {
+        snprintf (entity, sizeof entity, "part/%02d", i);
+        for (int k = 0; k < 3; k++) {
+            tm_reading_t r = s_reading (entity, "pm25", 10 + k, 1000 + k * 60000);
+            assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000 + k * 60000),
+                              TM_APPLY_APPLIED);
+        }
+    }
+    int64_t late = 1000 + 2 * 60000 + 3 * 60000 + 1;
+    bool wrapped = true;
+    size_t moved = 0;
+    //  Parts of 10: 10, 10, then the last 5 and the wrap.
+    moved += tm_twins_tick_part (twins, late, 10, &wrapped);
+    assert_false (wrapped);
+    assert_int_equal (moved, 10);
+    moved += tm_twins_tick_part (twins, late, 10, &wrapped);
+    assert_false (wrapped);
+    tm_twins_stats_t st;
+    tm_twins_stats (twins, &st);
+    assert_int_equal (st.stale, 20);
+    moved += tm_twins_tick_part (twins, late, 10, &wrapped);
+    assert_true (wrapped);
+    assert_int_equal (moved, 25);
+    tm_twins_stats (twins, &st);
+    assert_int_equal (st.stale, 25);
+    //  The next pass starts over; nothing moves again.
+    assert_int_equal (tm_twins_tick_part (twins, late, 100, &wrapped), 0);
+    assert_true (wrapped);
+    tm_twins_destroy (&twins);
+}
+
 //  Staleness comes from the timer, with no reading; a reading brings the
 //  twin back. Counts of stale twins follow.
 static void
@@ -544,6 +583,7 @@ main (void)
         cmocka_unit_test (test_against_reference),
         cmocka_unit_test (test_dirty_shards_and_roundtrip),
         cmocka_unit_test (test_sync_tick),
+        cmocka_unit_test (test_sync_tick_parts),
         cmocka_unit_test (test_model_settings),
     };
     return cmocka_run_group_tests (tests, NULL, NULL);
