@@ -763,6 +763,8 @@ struct _tm_qbatch_t {
     tm_expr_value_t *aout;             //  naggs x S_BATCH
     uint32_t *sel;                     //  Twins of a pass that passed WHERE
     s_cache_t *cache;                  //  S_CACHE entries
+    s_group_t **by_id;                 //  One key over a column of strings: the
+    size_t by_id_cap;                  //  group of each dictionary entry, per call
 };
 
 static void
@@ -781,6 +783,7 @@ s_qbatch_free (tm_qpartial_t *self)
     free (b->aout);
     free (b->sel);
     free (b->cache);
+    free (b->by_id);
     free (b);
     self->batch = NULL;
 }
@@ -880,6 +883,26 @@ s_identical (const tm_expr_value_t *a, const tm_expr_value_t *b)
     }
 }
 
+//  The aggregates' arguments for row i of a pass.
+static inline void
+s_group_args (const tm_qpartial_t *self, const s_qbatch_t *b, const tm_expr_col_t *view,
+              size_t ncols, size_t i, tm_expr_value_t *args)
+{
+    for (size_t a = 0; a < self->naggs; a++) {
+        int32_t slot = b->arg_slot[a];
+        if (b->args[a])
+            args[a] = b->aout[a * S_BATCH + i];
+        else
+        if (slot < 0)
+            continue;      //  count(*)
+        else
+        if ((size_t) slot < ncols)
+            tm_expr_col_get (&view[slot], i, &args[a]);
+        else
+            args[a] = tm_expr_null ();
+    }
+}
+
 void
 tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_col_t *cols, size_t ncols, size_t n,
                         const uint8_t *skip)
@@ -905,6 +928,24 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_col_t *cols, size_t n
     if (b->cache)
         for (size_t e = 0; e < S_CACHE; e++)
             b->cache[e].group = NULL;      //  Strings of an earlier call may be gone
+    //  GROUP BY one column of strings (district): its dictionary id is the
+    //  group's identity, so the group is found by indexing, not hashing.
+    const tm_expr_col_t *by = NULL;
+    if (self->aggregate && self->nkeys == 1 && b->key_slot[0] >= 0
+        && (size_t) b->key_slot[0] < ncols && cols[b->key_slot[0]].kind == TM_EXPR_COL_STRINGS) {
+        by = &cols[b->key_slot[0]];
+        if (by->ndict > b->by_id_cap) {
+            s_group_t **grown = (s_group_t **) realloc (b->by_id, by->ndict * sizeof *grown);
+            if (grown) {
+                b->by_id = grown;
+                b->by_id_cap = by->ndict;
+            }
+        }
+        if (by->ndict <= b->by_id_cap)
+            memset (b->by_id, 0, by->ndict * sizeof *b->by_id);
+        else
+            by = NULL;
+    }
     tm_expr_col_t view[TM_QUERY_MAX_COLUMNS];
     for (size_t from = 0; from < n; from += S_BATCH) {
         size_t m = n - from < S_BATCH? n - from: S_BATCH;
@@ -941,6 +982,23 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_col_t *cols, size_t n
                 tm_expr_eval_batch (b->args[a], view, ncols, m, b->aout + a * S_BATCH);
         for (size_t k = 0; k < nsel; k++) {
             size_t i = b->sel[k];
+            tm_expr_value_t args[TM_QUERY_MAX_AGGREGATES];
+            if (by) {
+                uint32_t d = by->ids[from + i];
+                s_group_t *g = d < by->ndict? b->by_id[d]: NULL;
+                if (!g) {
+                    tm_expr_value_t key;
+                    tm_expr_col_get (&view[b->key_slot[0]], i, &key);
+                    size_t len = s_encode_key (self, &key);
+                    if (!len || !(g = s_group_get (self, len)))
+                        continue;
+                    if (d < by->ndict)
+                        b->by_id[d] = g;
+                }
+                s_group_args (self, b, view, ncols, i, args);
+                s_group_add (self, g, args);
+                continue;
+            }
             tm_expr_value_t keys[TM_QUERY_MAX_GROUP_KEYS];
             uint64_t id = 0;
             for (size_t j = 0; j < self->nkeys; j++) {
@@ -969,20 +1027,7 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_col_t *cols, size_t n
                 entry->group = g;
                 memcpy (entry->keys, keys, self->nkeys * sizeof keys[0]);
             }
-            tm_expr_value_t args[TM_QUERY_MAX_AGGREGATES];
-            for (size_t a = 0; a < self->naggs; a++) {
-                int32_t slot = b->arg_slot[a];
-                if (b->args[a])
-                    args[a] = b->aout[a * S_BATCH + i];
-                else
-                if (slot < 0)
-                    continue;      //  count(*)
-                else
-                if ((size_t) slot < ncols)
-                    tm_expr_col_get (&view[slot], i, &args[a]);
-                else
-                    args[a] = tm_expr_null ();
-            }
+            s_group_args (self, b, view, ncols, i, args);
             s_group_add (self, g, args);
         }
     }
