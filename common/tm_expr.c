@@ -1993,33 +1993,10 @@ tm_expr_compile_at (const char *text, size_t len, size_t offset, const tm_expr_o
 static inline void
 s_load (tm_expr_value_t *to, const tm_expr_value_t *values, size_t nvalues, uint32_t slot)
 {
-    if (slot >= nvalues) {
+    if (slot >= nvalues)
         *to = s_null ();
-        return;
-    }
-    *to = values[slot];
-    switch (to->type) {
-        case TM_EXPR_NUMBER:
-            if (!isfinite (to->num))
-                *to = s_null ();
-            break;
-        case TM_EXPR_STRING:
-            if (!to->str) {
-                to->str = "";
-                to->len = 0;
-            }
-            break;
-        case TM_EXPR_BOOL:
-        case TM_EXPR_NULL:
-            break;
-        case TM_EXPR_LOCATION:
-            if (!(s_lat_ok (to->lat) && s_lon_ok (to->lon)))
-                *to = s_null ();
-            break;
-        default:
-            *to = s_null ();
-            break;
-    }
+    else
+        tm_expr_load (to, &values[slot]);
 }
 
 void

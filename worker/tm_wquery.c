@@ -546,18 +546,15 @@ s_dict_id (s_dict_t *d, const char *str, uint32_t len)
     return id;
 }
 
+static tm_expr_col_t s_view (const s_cached_t *c);
+
 //  Row r of a typed column as a value (what tm_expr_col_get reads).
 static tm_expr_value_t
 s_cell (const s_cached_t *c, size_t r)
 {
-    tm_expr_col_t view = {.kind = c->kind, .dict = c->dict.entries, .ndict = c->dict.ndict};
-    switch (c->kind) {
-        case TM_EXPR_COL_VALUES: return c->values[r];
-        case TM_EXPR_COL_NUMBERS: view.nums = c->nums; break;
-        case TM_EXPR_COL_STRINGS: view.ids = c->ids; break;
-        case TM_EXPR_COL_LOCATIONS: view.latlon = c->latlon; break;
-        default: return tm_expr_null ();
-    }
+    if (c->kind == TM_EXPR_COL_VALUES)
+        return c->values[r];
+    tm_expr_col_t view = s_view (c);
     tm_expr_value_t v;
     tm_expr_col_get (&view, r, &v);
     return v;
