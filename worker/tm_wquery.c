@@ -337,6 +337,7 @@ tm_wquery_scan_rows (tm_twins_t *twins, const tm_models_t *models, tm_derived_t 
 #define S_IDLE_MS (10 * 60 * 1000)     //  A column unused this long is dropped
 #define S_MAX_DICT 65536               //  Distinct strings a typed column keeps
 #define S_PTR_CACHE 64                 //  String pointer -> id cache entries
+#define S_FRESH 3                      //  Clock-bound column kinds
 
 //  A column's distinct strings. Entry 0 is null; each other entry owns a
 //  copy of its bytes, so its pointer stays valid for the column's life
@@ -380,7 +381,7 @@ struct _tm_wquery_t {
     uint8_t *has_rows;             //  Per shard: in present
     uint8_t *skip;                 //  Per row, for one scan: not asked for
     size_t skip_cap;
-    tm_expr_value_t *fresh[TM_QUERY_MAX_COLUMNS];   //  Clock-dependent columns of a scan
+    tm_expr_value_t *fresh[S_FRESH];   //  Clock-bound columns of a scan, by s_fresh_index
     size_t fresh_cap;              //  Rows each fresh array holds
     uint64_t filled;               //  Cells filled since made (reports, tests)
 };
@@ -432,7 +433,7 @@ tm_wquery_destroy (tm_wquery_t **self_p)
     free (self->present);
     free (self->has_rows);
     free (self->skip);
-    for (size_t i = 0; i < TM_QUERY_MAX_COLUMNS; i++)
+    for (size_t i = 0; i < S_FRESH; i++)
         free (self->fresh[i]);
     free (self);
     *self_p = NULL;
@@ -443,6 +444,14 @@ static bool
 s_clock_bound (s_kind_t kind)
 {
     return kind == S_COL_STATUS || kind == S_COL_STALE || kind == S_COL_CONFIDENCE;
+}
+
+//  The array a clock-bound column is filled into: one per kind (a plan
+//  names each column once), so a worker holds at most three.
+static size_t
+s_fresh_index (s_kind_t kind)
+{
+    return kind == S_COL_STATUS? 0: kind == S_COL_STALE? 1: 2;
 }
 
 //  A column that reads null for every twin: no cells needed.
@@ -909,22 +918,23 @@ tm_wquery_scan (tm_wquery_t *self, const tm_models_t *models, tm_derived_t *deri
                 && strcmp (self->cached[k]->name, cols[i].name) == 0)
                 view[i] = s_view (self->cached[k]);
     if (fresh && nrows > self->fresh_cap) {
-        for (size_t i = 0; i < TM_QUERY_MAX_COLUMNS; i++) {
-            free (self->fresh[i]);
-            self->fresh[i] = NULL;
+        for (size_t f = 0; f < S_FRESH; f++) {
+            free (self->fresh[f]);
+            self->fresh[f] = NULL;
         }
         self->fresh_cap = nrows;
     }
     for (size_t i = 0; fresh && i < ncols; i++) {
         if (!s_clock_bound (cols[i].kind))
             continue;
-        if (!self->fresh[i] && !(self->fresh[i] = malloc ((self->fresh_cap? self->fresh_cap: 1)
+        size_t f = s_fresh_index (cols[i].kind);
+        if (!self->fresh[f] && !(self->fresh[f] = malloc ((self->fresh_cap? self->fresh_cap: 1)
                                                           * sizeof (tm_expr_value_t))))
             return tm_wquery_scan_rows (twins, models, derived, plan, shards, nshards,
                                         now_ms, partial);
         for (size_t r = 0; r < nrows; r++)
-            self->fresh[i][r] = s_fill (&ctx, &cols[i], rows[r]);
-        view[i] = (tm_expr_col_t) {.kind = TM_EXPR_COL_VALUES, .values = self->fresh[i]};
+            self->fresh[f][r] = s_fill (&ctx, &cols[i], rows[r]);
+        view[i] = (tm_expr_col_t) {.kind = TM_EXPR_COL_VALUES, .values = self->fresh[f]};
     }
     //  The shards asked for, as a per-row skip flag.
     if (nrows > self->skip_cap) {
