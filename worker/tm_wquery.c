@@ -338,6 +338,7 @@ tm_wquery_scan_rows (tm_twins_t *twins, const tm_models_t *models, tm_derived_t 
 #define S_MAX_DICT 65536               //  Distinct strings a typed column keeps
 #define S_PTR_CACHE 64                 //  String pointer -> id cache entries
 #define S_FRESH 3                      //  Clock-bound column kinds
+#define S_BUDGET_BYTES ((size_t) 256 << 20)    //  Kept columns, beyond this scan's
 
 //  A column's distinct strings. Entry 0 is null; each other entry owns a
 //  copy of its bytes, so its pointer stays valid for the column's life
@@ -826,10 +827,16 @@ s_cached (tm_wquery_t *self, s_ctx_t *ctx, const s_col_t *col)
         }
     }
     if (self->ncached == S_MAX_CACHED) {
-        size_t lru = 0;
-        for (size_t i = 1; i < self->ncached; i++)
-            if (self->cached[i]->used_ms < self->cached[lru]->used_ms)
+        //  The least recently used goes, unless this scan reads it (a
+        //  query of more than S_MAX_CACHED columns: the caller falls back
+        //  to the twin-at-a-time scan).
+        size_t lru = SIZE_MAX;
+        for (size_t i = 0; i < self->ncached; i++)
+            if (self->cached[i]->used_ms < ctx->now_ms
+                && (lru == SIZE_MAX || self->cached[i]->used_ms < self->cached[lru]->used_ms))
                 lru = i;
+        if (lru == SIZE_MAX)
+            return NULL;
         s_cached_free (&self->cached[lru]);
         self->cached[lru] = self->cached[--self->ncached];
     }
@@ -846,6 +853,18 @@ s_cached (tm_wquery_t *self, s_ctx_t *ctx, const s_col_t *col)
     }
     self->cached[self->ncached++] = c;
     return c;
+}
+
+//  Memory a cached column holds.
+static size_t
+s_cached_bytes (const s_cached_t *c)
+{
+    size_t per = c->kind == TM_EXPR_COL_VALUES? sizeof (tm_expr_value_t)
+               : c->kind == TM_EXPR_COL_NUMBERS? sizeof (double)
+               : c->kind == TM_EXPR_COL_STRINGS? sizeof (uint32_t)
+               : c->kind == TM_EXPR_COL_LOCATIONS? 2 * sizeof (double): 0;
+    return c->cap * per + c->dict.cap * sizeof (tm_expr_value_t)
+           + c->dict.index_size * sizeof (uint32_t);
 }
 
 static tm_expr_col_t
@@ -910,6 +929,21 @@ tm_wquery_scan (tm_wquery_t *self, const tm_models_t *models, tm_derived_t *deri
             return tm_wquery_scan_rows (twins, models, derived, plan, shards, nshards,
                                         now_ms, partial);
         c->used_ms = now_ms;
+    }
+    //  Over the budget, the least recently used columns that this scan
+    //  does not read go (a million twins' column is 4 to 24 MB).
+    for (;;) {
+        size_t total = 0, lru = SIZE_MAX;
+        for (size_t k = 0; k < self->ncached; k++) {
+            total += s_cached_bytes (self->cached[k]);
+            if (self->cached[k]->used_ms < now_ms
+                && (lru == SIZE_MAX || self->cached[k]->used_ms < self->cached[lru]->used_ms))
+                lru = k;
+        }
+        if (total <= S_BUDGET_BYTES || lru == SIZE_MAX)
+            break;
+        s_cached_free (&self->cached[lru]);
+        self->cached[lru] = self->cached[--self->ncached];
     }
     //  Views only now: making a column may have evicted another.
     for (size_t i = 0; i < ncols; i++)
@@ -977,15 +1011,8 @@ size_t
 tm_wquery_cached (tm_wquery_t *self, size_t *bytes)
 {
     size_t total = 0;
-    for (size_t i = 0; i < self->ncached; i++) {
-        const s_cached_t *c = self->cached[i];
-        size_t per = c->kind == TM_EXPR_COL_VALUES? sizeof (tm_expr_value_t)
-                   : c->kind == TM_EXPR_COL_NUMBERS? sizeof (double)
-                   : c->kind == TM_EXPR_COL_STRINGS? sizeof (uint32_t)
-                   : c->kind == TM_EXPR_COL_LOCATIONS? 2 * sizeof (double): 0;
-        total += c->cap * per + c->dict.cap * sizeof (tm_expr_value_t)
-                 + c->dict.index_size * sizeof (uint32_t);
-    }
+    for (size_t i = 0; i < self->ncached; i++)
+        total += s_cached_bytes (self->cached[i]);
     if (bytes)
         *bytes = total + self->shard_cap * sizeof (uint16_t) + self->skip_cap;
     return self->ncached;

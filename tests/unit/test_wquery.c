@@ -267,6 +267,10 @@ test_columns_follow_changes (void **state)
         "SELECT model, count(*), sum(pm25.count), max(pm25.mean) FROM twins GROUP BY model",
         "SELECT parent, count(*) FROM twins WHERE district IN ('d/north', 'd/east') OR x > 3"
         " GROUP BY parent",
+        //  More columns than the scanner keeps: it must still answer right.
+        "SELECT entity, model, pm25, pm10, x, district, kind, coarse, parent, pm25.count,"
+        " pm25.mean, pm25.min, pm25.max, pm10.mean, x.count, updated, anomalous, location"
+        " FROM twins WHERE pm25 > 5 OR x IS NOT NULL ORDER BY entity LIMIT 20",
     };
     uint32_t all[64];
     for (uint32_t i = 0; i < 64; i++)
