@@ -16,6 +16,7 @@
 #include "tm_qexec.h"
 #include "tm_util.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,10 +52,67 @@ s_round_trip (const tm_query_t *q)
     tm_query_destroy (&d);
 }
 
+//  A few twins fed twin by twin and in one batch over typed columns (as a
+//  worker's columnar scan feeds them): both partials encode the same.
+static void
+s_check_batch (const tm_query_t *q)
+{
+    enum { ROWS = 8 };
+    static const tm_expr_value_t dict[] = {
+        {.type = TM_EXPR_NULL}, {.type = TM_EXPR_STRING, .len = 1, .str = "x"},
+        {.type = TM_EXPR_STRING, .len = 11, .str = "air_station"},
+        {.type = TM_EXPR_STRING, .len = 0, .str = ""},
+    };
+    static double nums[TM_QUERY_MAX_COLUMNS][ROWS], pairs[TM_QUERY_MAX_COLUMNS][2 * ROWS];
+    static uint32_t ids[TM_QUERY_MAX_COLUMNS][ROWS];
+    static tm_expr_value_t vals[TM_QUERY_MAX_COLUMNS][ROWS];
+    static tm_expr_col_t cols[TM_QUERY_MAX_COLUMNS];
+    size_t n = tm_query_columns (q);
+    for (size_t c = 0; c < n; c++) {
+        tm_expr_type_t t = tm_query_column_type (q, c);
+        for (size_t i = 0; i < ROWS; i++) {
+            double x = (double) ((c * 7 + i * 13) % 40) - 3;
+            bool null = (c + i) % 5 == 0;
+            nums[c][i] = null? NAN: x;
+            ids[c][i] = (uint32_t) ((c + i) % 4);
+            pairs[c][2 * i] = null? NAN: 45.46 + x / 1000;
+            pairs[c][2 * i + 1] = 9.19 - x / 1000;
+            vals[c][i] = null? tm_expr_null (): i % 3 == 0? tm_expr_string ("x", 1)
+                       : i % 3 == 1? tm_expr_number (x): tm_expr_bool (i & 4);
+        }
+        cols[c] = t == TM_EXPR_NUMBER? (tm_expr_col_t) {.kind = TM_EXPR_COL_NUMBERS, .nums = nums[c]}
+                : t == TM_EXPR_STRING? (tm_expr_col_t) {.kind = TM_EXPR_COL_STRINGS, .ids = ids[c],
+                                                        .dict = dict, .ndict = 4}
+                : t == TM_EXPR_LOCATION? (tm_expr_col_t) {.kind = TM_EXPR_COL_LOCATIONS,
+                                                          .latlon = pairs[c]}
+                : (tm_expr_col_t) {.kind = TM_EXPR_COL_VALUES, .values = vals[c]};
+    }
+    tm_qpartial_t *one = tm_qpartial_new (q), *batch = tm_qpartial_new (q);
+    if (one && batch) {
+        tm_expr_value_t row[TM_QUERY_MAX_COLUMNS];
+        for (size_t i = 0; i < ROWS; i++) {
+            for (size_t c = 0; c < n; c++)
+                tm_expr_col_get (&cols[c], i, &row[c]);
+            tm_qpartial_feed (one, row, n);
+        }
+        tm_qpartial_feed_batch (batch, cols, n, ROWS, NULL);
+        size_t a_size = 0, b_size = 0;
+        uint8_t *a = tm_qpartial_encode (one, &a_size);
+        uint8_t *b = tm_qpartial_encode (batch, &b_size);
+        if (a && b && (a_size != b_size || memcmp (a, b, a_size) != 0))
+            abort ();
+        free (a);
+        free (b);
+    }
+    tm_qpartial_destroy (&one);
+    tm_qpartial_destroy (&batch);
+}
+
 //  One twin of nulls and one of numbers through a partial, then out.
 static void
 s_exercise (const tm_query_t *q)
 {
+    s_check_batch (q);
     tm_qpartial_t *p = tm_qpartial_new (q);
     if (!p)
         return;
