@@ -52,6 +52,53 @@ tm_net_server (int type, const char *endpoint, zcert_t *cert, int64_t max_msg_by
 }
 
 zsock_t *
+tm_net_server_roles (int type, const char *endpoint, zcert_t *cert, int64_t max_msg_bytes,
+                     const char *roles)
+{
+    zsock_t *sock = tm_net_server (type, endpoint, cert, max_msg_bytes);
+    if (sock && roles) {
+        //  The ZAP handler reads the roles from the domain (tm_auth): set
+        //  before the first handshake, which cannot have happened yet
+        //  because nothing knew the endpoint before this returns.
+        char domain[256];
+        snprintf (domain, sizeof domain, "twinmesh/%s", roles);
+        zsock_set_zap_domain (sock, domain);
+    }
+    return sock;
+}
+
+zsock_t *
+tm_net_client_new (int type, zcert_t *cert)
+{
+    if (!cert) {
+        tm_error ("net: client needs a certificate");
+        return NULL;
+    }
+    zsock_t *sock = zsock_new (type);
+    if (!sock)
+        return NULL;
+    s_common (sock);
+    zcert_apply (cert, sock);
+    return sock;
+}
+
+int
+tm_net_client_connect (zsock_t *sock, const char *endpoint, const char *server_public_z85)
+{
+    if (!endpoint || !server_public_z85 || strlen (server_public_z85) != 40)
+        return -1;
+    //  libzmq copies the socket's options into each connection when it is
+    //  made, so one socket can reach servers with different keys.
+    zsock_set_curve_serverkey (sock, server_public_z85);
+    if (zsock_connect (sock, "%s", endpoint) < 0) {
+        tm_error ("net: cannot connect endpoint=%s reason=%s", endpoint,
+                  zmq_strerror (zmq_errno ()));
+        return -1;
+    }
+    return 0;
+}
+
+zsock_t *
 tm_net_client (int type, const char *endpoint, zcert_t *cert, const char *server_public_z85)
 {
     if (!cert || !endpoint || !server_public_z85 || strlen (server_public_z85) != 40) {

@@ -58,6 +58,9 @@ struct _tm_twins_t {
     uint64_t quality[TM_MODEL_Q_COUNT];    //  Readings applied, by quality class
     zhashx_t *values;              //  Attribute string values, shared: text -> s_value_t
     size_t in_state[TM_SYNC_NSTATES];  //  Twins per sync state
+    tm_twins_hook_fn *on_created;  //  tm_commands: a twin was made, or NULL
+    tm_twins_hook_fn *on_reported; //  tm_commands: a twin with commands read, or NULL
+    void *hooks_arg;               //  Their argument
 };
 
 //  A table hash, not a keyed one: the shard hash that spreads entities
@@ -466,6 +469,8 @@ s_insert (tm_twins_t *self, const char *entity, size_t len, uint32_t shard)
         j = (j + 1) & (self->nslots - 1);
     self->slots[j] = t;
     self->count++;
+    if (self->on_created)
+        self->on_created (self->hooks_arg, t, NULL);
     return t;
 }
 
@@ -837,8 +842,13 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
     tm_prop_t *p = s_prop (self, t, r->property, r->property_len, true);
     if (!p)
         return TM_APPLY_REJECTED;
-    if (p->count && r->ts_ms == p->an.ts_ms)
+    if (p->count && r->ts_ms == p->an.ts_ms) {
+        //  A replayed record whose reading the checkpoint already holds
+        //  may be what clears a desired value (docs/commands.md).
+        if (t->commands && self->on_reported)
+            self->on_reported (self->hooks_arg, t, p);
         return TM_APPLY_DUPLICATE;
+    }
     if (p->count && r->ts_ms < p->an.ts_ms) {
         s_late (self, t, p, r->ts_ms, r->value);
         return TM_APPLY_LATE;
@@ -870,7 +880,18 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
     tm_analytics_sync_reading (&t->sync, settings, (unsigned) (p - t->props), flags, now_ms);
     s_state_moved (self, before, t->sync.state);
     s_mark_dirty (self, t);
+    if (t->commands && self->on_reported)
+        self->on_reported (self->hooks_arg, t, p);
     return TM_APPLY_APPLIED;
+}
+
+void
+tm_twins_set_hooks (tm_twins_t *self, tm_twins_hook_fn *created, tm_twins_hook_fn *reported,
+                    void *arg)
+{
+    self->on_created = created;
+    self->on_reported = reported;
+    self->hooks_arg = arg;
 }
 
 size_t
