@@ -537,6 +537,8 @@ tm_commands_cli_watch_main (int argc, char **argv)
         tm_codec_free (&list);
     }
     //  5. Events newer than the snapshot.
+    fprintf (stderr, "%s: watching %zu twin%s through %s\n", program, nids, nids == 1? "": "s",
+             info->endpoint);
     int64_t seen = 0;
     exit_code = count? 1: 0;
     while (!count || seen < count) {

@@ -21,8 +21,11 @@ s_common (zsock_t *sock)
     zsock_set_heartbeat_timeout (sock, TM_NET_HEARTBEAT_TTL_MS);
 }
 
-zsock_t *
-tm_net_server (int type, const char *endpoint, zcert_t *cert, int64_t max_msg_bytes)
+//  A bound CURVE server; domain is its ZAP domain, which must be set before
+//  the bind (libzmq copies a listener's options when it binds).
+static zsock_t *
+s_server (int type, const char *endpoint, zcert_t *cert, int64_t max_msg_bytes,
+          const char *domain)
 {
     if (!cert || !endpoint) {
         tm_error ("net: server needs a certificate and an endpoint");
@@ -41,7 +44,7 @@ tm_net_server (int type, const char *endpoint, zcert_t *cert, int64_t max_msg_by
     zsock_set_curve_server (sock, 1);
     //  Refuse connections if no ZAP handler answers, instead of libzmq's
     //  default of letting them through.
-    zsock_set_zap_domain (sock, "twinmesh");
+    zsock_set_zap_domain (sock, domain);
     zsock_set_zap_enforce_domain (sock, 1);
     if (zsock_bind (sock, "%s", endpoint) < 0) {
         tm_error ("net: cannot bind endpoint=%s reason=%s", endpoint, zmq_strerror (zmq_errno ()));
@@ -52,19 +55,19 @@ tm_net_server (int type, const char *endpoint, zcert_t *cert, int64_t max_msg_by
 }
 
 zsock_t *
+tm_net_server (int type, const char *endpoint, zcert_t *cert, int64_t max_msg_bytes)
+{
+    return s_server (type, endpoint, cert, max_msg_bytes, "twinmesh");
+}
+
+zsock_t *
 tm_net_server_roles (int type, const char *endpoint, zcert_t *cert, int64_t max_msg_bytes,
                      const char *roles)
 {
-    zsock_t *sock = tm_net_server (type, endpoint, cert, max_msg_bytes);
-    if (sock && roles) {
-        //  The ZAP handler reads the roles from the domain (tm_auth): set
-        //  before the first handshake, which cannot have happened yet
-        //  because nothing knew the endpoint before this returns.
-        char domain[256];
-        snprintf (domain, sizeof domain, "twinmesh/%s", roles);
-        zsock_set_zap_domain (sock, domain);
-    }
-    return sock;
+    //  The ZAP handler reads the roles it lets in from the domain (tm_auth).
+    char domain[256];
+    snprintf (domain, sizeof domain, "twinmesh/%s", roles? roles: "");
+    return s_server (type, endpoint, cert, max_msg_bytes, roles? domain: "twinmesh");
 }
 
 zsock_t *
