@@ -421,6 +421,7 @@ tm_commands_load (tm_commands_t *self, uint32_t num_shards, size_t *bad)
     size_t none = 0;
     if (!bad)
         bad = &none;
+    *bad = 0;
     long loaded = 0;
     if (num_shards == 0 || num_shards > TM_SHARDMAP_MAX_SHARDS)
         num_shards = TM_SHARDMAP_MAX_SHARDS;
@@ -627,6 +628,8 @@ tm_commands_set (tm_commands_t *self, const char *entity, size_t len, uint32_t s
             outcomes[i] = TM_COMMAND_IN_SYNC;
         else
             outcomes[i] = TM_COMMAND_SET;
+        if (outcomes[i] != TM_COMMAND_UNCHANGED && outcomes[i] != TM_COMMAND_NOT_SET)
+            d->version = s_next_version (self, now_ms);     //  stored with the record
         if (outcomes[i] == TM_COMMAND_SET) {
             uint8_t rec[TM_COMMANDS_RECORD_MAX];
             size_t rlen = tm_commands_record_encode (d, rec);
@@ -664,7 +667,6 @@ tm_commands_set (tm_commands_t *self, const char *entity, size_t len, uint32_t s
             }
             if (at < 0)
                 self->count++;
-            d->version = s_next_version (self, now_ms);
             *slot = *d;
             event = "set";
         }
@@ -674,7 +676,6 @@ tm_commands_set (tm_commands_t *self, const char *entity, size_t len, uint32_t s
         else
         if (at >= 0) {
             //  Unset, or a new value the twin reports already: withdrawn.
-            d->version = s_next_version (self, now_ms);
             if (outcomes[i] == TM_COMMAND_UNSET)
                 d->value = ct->items[at].value;
             event = outcomes[i] == TM_COMMAND_UNSET? "unset": "cleared";
