@@ -423,17 +423,21 @@ tm_commands_load (tm_commands_t *self, uint32_t num_shards, size_t *bad)
         bad = &none;
     *bad = 0;
     long loaded = 0;
-    if (num_shards == 0 || num_shards > TM_SHARDMAP_MAX_SHARDS)
-        num_shards = TM_SHARDMAP_MAX_SHARDS;
-    for (uint32_t shard = 0; shard < num_shards; shard++) {
+    //  One seek per shard: a shard's desired values are one small range
+    //  next to its history. Without a map (a fresh worker: its store is
+    //  empty) one pass over every shard's keys instead.
+    bool whole = num_shards == 0 || num_shards > TM_SHARDMAP_MAX_SHARDS;
+    for (uint32_t shard = 0; shard < (whole? 1: num_shards); shard++) {
         uint8_t prefix[6] = {'S', (uint8_t) (shard >> 24), (uint8_t) (shard >> 16),
                              (uint8_t) (shard >> 8), (uint8_t) shard, 'D'};
-        tm_store_iter_t *it = tm_store_iter_new (self->store, prefix, sizeof prefix);
+        tm_store_iter_t *it = tm_store_iter_new (self->store, prefix, whole? 1: sizeof prefix);
         if (!it)
             return -1;
         const char *k, *v;
         size_t kl, vl;
         while (tm_store_iter_next (it, &k, &kl, &v, &vl)) {
+            if (whole && (kl < 6 || k[5] != 'D'))
+                continue;
             uint32_t s;
             char entity[S_ENTITY_MAX + 1];
             tm_desired_t d;

@@ -309,6 +309,24 @@ class CommandsTest(unittest.TestCase):
         self.assertEqual([ev["event"] for ev in evs], ["snapshot", "cleared"], evs)
         self.assertEqual(self.desired(e), {})
 
+    def test_9_hostile_requests(self):
+        # Bytes that are not a TwinSet, a TwinSet without changes, a
+        # DeltasGet that does not decode: each refused MALFORMED, and the
+        # worker goes on answering.
+        cl = client(self.c, "worker-0", "operator")
+        try:
+            for t, body in ((tm_proto.TWIN_SET, b"\xff\xff\xff"),
+                            (tm_proto.TWIN_SET, tm_proto.field_bytes(1, "cmd/x")),
+                            (tm_proto.DELTAS_GET, b"\x0a\xff"),
+                            (tm_proto.DELTAS_GET, b"")):
+                rep = cl.request(t, body)
+                self.assertIsNotNone(rep, "no answer to %d" % t)
+                self.assertEqual(rep[0]["status"], "MALFORMED", rep[0])
+        finally:
+            cl.close()
+        self.assertTrue(self.c.is_running("worker-0"))
+        self.set_ok("cmd/after-hostile", "setpoint=3")
+
 
 if __name__ == "__main__":
     main()

@@ -426,6 +426,12 @@ test_hostile_bytes (void **state)
     assert_int_equal (nbad, 1);
     assert_non_null (tm_commands_find (f->cmds, "v/6"));
     assert_null (tm_commands_find (f->cmds, "v/7"));
+    //  Without a map: one pass over every shard finds the same.
+    s_close (f);
+    s_open (f);
+    assert_int_equal (tm_commands_load (f->cmds, 0, &nbad), 1);
+    assert_int_equal (nbad, 1);
+    assert_non_null (tm_commands_find (f->cmds, "v/6"));
 }
 
 static void
