@@ -294,15 +294,21 @@ class CommandsTest(unittest.TestCase):
         self.assertEqual((d["setpoint"]["desired"], d["setpoint"]["reported"]), (77, 10))
         if self.owner(c) == w:
             self.assertEqual(self.desired(c), {})
-        # Once more, now with the state checkpointed by the clean start.
+        # Once more, now with the state checkpointed by the clean start, and
+        # the worker's events on another port: the gateway must follow.
+        events = "tcp://127.0.0.1:%d" % self.c._new_port()
+        self.c.extra_args[w] = {"events_bind": events}
         self.c.kill(w, signal.SIGKILL)
         self.c.start(w)
         self.c.wait_ready()
         self.assertEqual(self.desired(e)["setpoint"]["desired"], 77)
+        deadline = time.time() + 10
+        while ("following delta events worker=%s endpoint=%s" % (w, events)
+               not in self.c.log("gateway-0")):
+            self.assertLess(time.time(), deadline, "the gateway did not follow %s" % events)
+            time.sleep(0.2)
         # The worker still follows it: a reading clears it, and a watcher
-        # started after the restart sees that (the gateway followed the
-        # worker's new events endpoint).
-        time.sleep(2.5)
+        # started after the restart sees that through the gateway.
         watch = self.start_watch(e, count=1)
         self.send(e, "setpoint", 77)
         evs = self.finish_watch(watch)
