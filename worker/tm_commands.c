@@ -121,8 +121,10 @@ tm_commands_record_decode (const uint8_t *key, size_t klen, const uint8_t *val, 
     if (!s_name_valid ((const char *) key + 6, elen, S_ENTITY_MAX)
         || !s_name_valid ((const char *) nul + 1, plen, TM_MODEL_NAME_MAX))
         return -1;
+    //  The setter is a key name: any bytes but NUL (not checked as UTF-8:
+    //  a long name cut at TM_COMMANDS_WHO_MAX may end mid-character).
     if (vlen < 42 || val[0] != S_FORMAT || val[41] > TM_COMMANDS_WHO_MAX
-        || vlen != 42u + val[41])
+        || vlen != 42u + val[41] || memchr (val + 42, 0, val[41]))
         return -1;
     memset (d, 0, sizeof *d);
     d->value = s_get_f64 (val + 1);

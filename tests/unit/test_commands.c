@@ -368,6 +368,10 @@ test_hostile_bytes (void **state)
     assert_int_equal (tm_commands_record_decode (key, klen, bad, rlen, &shard, entity,
                                                  sizeof entity, &d), -1);
     memcpy (bad, rec, rlen);
+    bad[42] = 0;        //  a NUL in the setter (found by the fuzzer)
+    assert_int_equal (tm_commands_record_decode (key, klen, bad, rlen, &shard, entity,
+                                                 sizeof entity, &d), -1);
+    memcpy (bad, rec, rlen);
     bad[41] = 200;
     assert_int_equal (tm_commands_record_decode (key, klen, bad, rlen, &shard, entity,
                                                  sizeof entity, &d), -1);
