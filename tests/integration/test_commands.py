@@ -14,6 +14,7 @@ it. The tests run in order on one cluster.
 import json
 import os
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -332,6 +333,71 @@ class CommandsTest(unittest.TestCase):
             cl.close()
         self.assertTrue(self.c.is_running("worker-0"))
         self.set_ok("cmd/after-hostile", "setpoint=3")
+
+    def raw_sub(self, daemon, as_key, prefix):
+        """A SUB in Python (not our C code) to a daemon's events, via EVENTS_INFO."""
+        import zmq
+        import zmq.auth
+        cl = client(self.c, daemon, as_key)
+        try:
+            rep = cl.request(tm_proto.EVENTS_INFO)
+        finally:
+            cl.close()
+        self.assertIsNotNone(rep)
+        self.assertEqual(rep[0]["type"], tm_proto.EVENTS_INFO_REPLY)
+        endpoint = tm_proto.decode(rep[1])[1][0].decode()
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        pub, sec = zmq.auth.load_certificate(key(self.c, as_key))
+        server, _ = zmq.auth.load_certificate(key(self.c, daemon, secret=False))
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = pub, sec, server
+        sock.linger = 0
+        sock.connect(endpoint)
+        sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        return sock
+
+    def test_10_wire_format_seen_from_python(self):
+        # A device written against proto/twinmesh.proto alone: a prefix
+        # subscription at the gateway, the "subscribed" answer, then the
+        # set event as frames [entity NUL, Header, DeltaEvent].
+        sock = self.raw_sub("gateway-0", "producer", b"cmd/raw")
+        try:
+            self.assertTrue(sock.poll(5000), "no subscribed event")
+            topic, hdr, body = sock.recv_multipart()
+            self.assertEqual(topic, b"cmd/raw")
+            self.assertEqual(tm_proto.parse_header(hdr)["type"], tm_proto.DELTA_EVENT)
+            ev = tm_proto.decode(body)
+            self.assertEqual(ev[2][0], b"subscribed")
+            self.assertEqual(ev[5][0], b"cmd/raw")
+            self.set_ok("cmd/raw-1", "setpoint=12.5")
+            self.assertTrue(sock.poll(5000), "no set event")
+            topic, hdr, body = sock.recv_multipart()
+            self.assertEqual(topic, b"cmd/raw-1\0")
+            h = tm_proto.parse_header(hdr)
+            self.assertEqual((h["type"], h["version"]), (tm_proto.DELTA_EVENT, 1))
+            self.assertGreater(h["seq"], 0)
+            ev = tm_proto.decode(body)
+            self.assertEqual((ev[1][0], ev[2][0]), (b"cmd/raw-1", b"set"))
+            d = tm_proto.decode(ev[3][0])
+            self.assertEqual(d[1][0], b"setpoint")
+            self.assertEqual(struct.unpack("<d", d[2][0])[0], 12.5)
+        finally:
+            sock.close(0)
+        # The worker's own events take gateways only: an admin key gets
+        # nothing there, while the gateway relays the same event.
+        w = self.owner("cmd/raw-2")
+        direct = self.raw_sub(w, "admin", b"")
+        relayed = self.raw_sub("gateway-0", "admin", b"cmd/raw-2\0")
+        try:
+            self.assertTrue(relayed.poll(5000), "admin got no subscribed event")
+            relayed.recv_multipart()
+            time.sleep(0.5)
+            self.set_ok("cmd/raw-2", "setpoint=13")
+            self.assertTrue(relayed.poll(5000), "no relayed event")
+            self.assertEqual(relayed.recv_multipart()[0], b"cmd/raw-2\0")
+            self.assertFalse(direct.poll(1000), "a worker published to an admin key")
+        finally:
+            direct.close(0)
+            relayed.close(0)
 
 
 if __name__ == "__main__":
