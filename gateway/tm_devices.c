@@ -69,6 +69,10 @@ tm_devices_destroy (tm_devices_t **self_p)
     if (!self_p || !*self_p)
         return;
     tm_devices_t *self = *self_p;
+    if (self->xpub)
+        tm_info ("gateway: device events relayed=%llu subscriptions=%llu workers_followed=%zu",
+                 (unsigned long long) self->relayed, (unsigned long long) self->subscriptions,
+                 self->upstream? zhashx_size (self->upstream): 0);
     zsock_destroy (&self->xpub);
     zsock_destroy (&self->sub);
     zhashx_destroy (&self->upstream);

@@ -391,6 +391,9 @@ tm_commands_destroy (tm_commands_t **self_p)
     if (!self_p || !*self_p)
         return;
     tm_commands_t *self = *self_p;
+    if (self->by_entity)
+        tm_info ("commands: stopping desired=%zu twins=%zu events=%llu", self->count,
+                 zhashx_size (self->by_entity), (unsigned long long) self->pub_seq);
     if (self->twins)
         tm_twins_set_hooks (self->twins, NULL, NULL, NULL);
     zhashx_destroy (&self->by_entity);
