@@ -1084,7 +1084,9 @@ tm_cli_twin_request (tm_cli_t *cli, const char *id, int type, const void *body, 
     else
     if (status == TWINMESH__STATUS__UNAUTHORIZED)
         fprintf (stderr, "twinctl: worker %s refused %s: unauthorized (%s); use a key with "
-                         "role analyst, operator or admin (--cert)\n", w->id, what, detail);
+                         "role %s (--cert)\n", w->id, what, detail,
+                 type == TWINMESH__MSG_TYPE__TWIN_SET? "operator or admin":
+                                                     "analyst, operator or admin");
     else
     if (status == TWINMESH__STATUS__WRONG_SHARD)
         fprintf (stderr, "twinctl: worker %s does not own shard %u at its epoch %llu (map epoch "
