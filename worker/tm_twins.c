@@ -463,14 +463,14 @@ s_insert (tm_twins_t *self, const char *entity, size_t len, uint32_t shard)
     self->shard_heads[t->shard] = t;
     tm_analytics_sync_init (&t->sync);
     t->models_gen = UINT64_MAX;    //  No table resolved yet
+    if (self->on_created)          //  Its desired values, if it has some (tm_commands)
+        self->on_created (self->hooks_arg, t, NULL);
     self->in_state[t->sync.state]++;
     size_t j = t->hash & (self->nslots - 1);
     while (self->slots[j])
         j = (j + 1) & (self->nslots - 1);
     self->slots[j] = t;
     self->count++;
-    if (self->on_created)
-        self->on_created (self->hooks_arg, t, NULL);
     return t;
 }
 
@@ -529,6 +529,15 @@ tm_twins_set_models (tm_twins_t *self, const tm_models_t *models)
     for (size_t i = 0; i < self->nslots; i++)
         if (self->slots[i])
             self->slots[i]->models_gen = UINT64_MAX;
+}
+
+void
+tm_twins_set_hooks (tm_twins_t *self, tm_twins_hook_fn *created, tm_twins_hook_fn *reported,
+                    void *arg)
+{
+    self->on_created = created;
+    self->on_reported = reported;
+    self->hooks_arg = arg;
 }
 
 //  A model property's settings, mapped as docs/models.md describes. 0, or
@@ -883,15 +892,6 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
     if (t->commands && self->on_reported)
         self->on_reported (self->hooks_arg, t, p);
     return TM_APPLY_APPLIED;
-}
-
-void
-tm_twins_set_hooks (tm_twins_t *self, tm_twins_hook_fn *created, tm_twins_hook_fn *reported,
-                    void *arg)
-{
-    self->on_created = created;
-    self->on_reported = reported;
-    self->hooks_arg = arg;
 }
 
 size_t
