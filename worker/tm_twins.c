@@ -47,6 +47,9 @@ struct _tm_twins_t {
     size_t npending;               //  Entries in all pending lists
     tm_analytics_settings_t defaults;  //  For properties without a model
     const tm_models_t *models;     //  Registry of models, borrowed; NULL: none
+    tm_twins_hook_fn *on_created;  //  tm_commands: a twin was made, or NULL
+    tm_twins_hook_fn *on_reported; //  tm_commands: a twin with commands read, or NULL
+    void *hooks_arg;               //  Their argument
     uint64_t models_gen;           //  Its generation when current was built
     bool models_seen;              //  current was built at least once
     tm_twins_table_t *tables;      //  Every settings table built, owned
@@ -58,9 +61,6 @@ struct _tm_twins_t {
     uint64_t quality[TM_MODEL_Q_COUNT];    //  Readings applied, by quality class
     zhashx_t *values;              //  Attribute string values, shared: text -> s_value_t
     size_t in_state[TM_SYNC_NSTATES];  //  Twins per sync state
-    tm_twins_hook_fn *on_created;  //  tm_commands: a twin was made, or NULL
-    tm_twins_hook_fn *on_reported; //  tm_commands: a twin with commands read, or NULL
-    void *hooks_arg;               //  Their argument
 };
 
 //  A table hash, not a keyed one: the shard hash that spreads entities

@@ -76,8 +76,6 @@ struct _tm_worker_t {
     tm_wlog_t *wlog;               //  Log and checkpoints in it
     tm_twins_t *twins;             //  Twin state in memory
     tm_derived_t *derived;         //  Compiled derived properties of the models
-    tm_commands_t *commands;       //  Desired values and their events (tm_commands)
-    zsock_t *events;               //  PUB of delta events to gateways (role gateway)
     zsock_t *router;               //  APPEND and TWIN_GET from clients
     tm_mapclient_t *mapc;          //  Broker link: HELLO, shard map
     tm_modelsync_t *msync;         //  Broker link for models (own DEALER)
@@ -86,6 +84,8 @@ struct _tm_worker_t {
     uint8_t shard_key[TM_SHARDMAP_KEY_BYTES];  //  From the map
     int my_index;                  //  Our index in the map's workers, -1 if absent
     uint32_t owned;                //  Shards we own at the current epoch
+    tm_commands_t *commands;       //  Desired values and their events (tm_commands)
+    zsock_t *events;               //  PUB of delta events to gateways (role gateway)
     s_staged_t *staged;            //  Parts in the current group commit
     size_t nstaged;
     s_stats_t stats;
