@@ -527,15 +527,35 @@ tm_commands_cli_watch_main (int argc, char **argv)
             }
         tm_codec_free (&ev);
     }
-    //  4. The snapshot, from each twin's owner.
-    for (size_t i = 0; i < nids; i++) {
-        Twinmesh__DeltaList *list = s_fetch (cli, tm_config_arg (cfg, i));
-        if (!list)
-            goto done;
-        as_of[i] = list->as_of;
-        s_print_snapshot (json, tm_config_arg (cfg, i), list);
-        tm_codec_free (&list);
+    //  4. The snapshot, through the gateway (it asks each twin's owner):
+    //  a device needs nothing but the gateway.
+    Twinmesh__DeltasGet get = TWINMESH__DELTAS_GET__INIT;
+    char *ids[S_MAX_WATCH];
+    for (size_t i = 0; i < nids; i++)
+        ids[i] = (char *) tm_config_arg (cfg, i);
+    get.n_entities = nids;
+    get.entities = ids;
+    size_t gsize;
+    uint8_t *gbody = tm_codec_pack_buf (&get.base, &gsize);
+    tm_msg_fini (&reply);
+    rc = gbody? tm_cli_request (dealer, TWINMESH__MSG_TYPE__DELTAS_GET, 0, gbody, gsize,
+                                S_REQUEST_MS, &reply): -1;
+    free (gbody);
+    Twinmesh__DeltaList *list = rc == 0 && reply.hdr.status == TWINMESH__STATUS__OK?
+        TM_UNPACK (DeltaList, delta_list, zframe_data (reply.body), zframe_size (reply.body)):
+        NULL;
+    if (!list) {
+        fprintf (stderr, "%s: no snapshot from the gateway at %s: %s\n", program, gateway,
+                 rc == 0? (*reply.hdr.detail? reply.hdr.detail: tm_status_name (reply.hdr.status)):
+                          "no answer");
+        goto done;
     }
+    for (size_t t = 0; t < list->n_twins; t++)
+        for (size_t i = 0; i < nids; i++)
+            if (!strcmp (list->twins[t]->entity, tm_config_arg (cfg, i)))
+                as_of[i] = list->twins[t]->as_of;
+    s_print_snapshot (json, NULL, list);
+    tm_codec_free (&list);
     //  5. Events newer than the snapshot.
     fprintf (stderr, "%s: watching %zu twin%s through %s\n", program, nids, nids == 1? "": "s",
              info->endpoint);

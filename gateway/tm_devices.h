@@ -60,6 +60,25 @@ void tm_devices_worker_info (tm_devices_t *self, const char *worker_id, const ch
 //  Answer a device's EVENTS_INFO on the gateway's ROUTER with our XPUB.
 void tm_devices_answer (tm_devices_t *self, zsock_t *router, const tm_msg_t *msg);
 
+//  The owner of an entity's shard: its worker's DEALER (borrowed) and slot,
+//  or NULL when the shard has no owner or there is no map.
+typedef zsock_t *(tm_devices_owner_fn) (void *arg, const char *entity, size_t len,
+                                        uint32_t *slot);
+
+//  A device's DELTAS_GET on the gateway's ROUTER: asks each owner for its
+//  entities (with our request ids) and answers the device when all have
+//  answered (tm_devices_deltas_reply) or at the deadline, now_ms +
+//  timeout_ms (tm_devices_expire). A device needs nothing but the gateway.
+void tm_devices_deltas_get (tm_devices_t *self, zsock_t *router, const tm_msg_t *msg,
+                            tm_devices_owner_fn *owner, void *arg, uint64_t epoch,
+                            int64_t now_ms, int64_t timeout_ms);
+
+//  A worker's DELTAS answer to one of our DELTAS_GET.
+void tm_devices_deltas_reply (tm_devices_t *self, zsock_t *router, const tm_msg_t *reply);
+
+//  Answer RETRY_LATER to snapshots whose owners did not all answer by now.
+void tm_devices_expire (tm_devices_t *self, zsock_t *router, int64_t now_ms);
+
 //  Events relayed and subscriptions seen since start.
 uint64_t tm_devices_relayed (tm_devices_t *self);
 uint64_t tm_devices_subscriptions (tm_devices_t *self);

@@ -950,6 +950,9 @@ s_handle_worker (tm_gateway_t *self, uint32_t wi)
             tm_devices_worker_info (self->devices, self->workers[wi].id,
                                     self->workers[wi].public_key, &msg);
         else
+        if (rc == 0 && msg.hdr.type == TWINMESH__MSG_TYPE__DELTAS)
+            tm_devices_deltas_reply (self->devices, self->router, &msg);
+        else
         if (rc == 0)
             s_handle_ack (self, wi, &msg);
         else
@@ -966,6 +969,18 @@ s_handle_worker (tm_gateway_t *self, uint32_t wi)
     }
 }
 
+//  tm_devices: the DEALER of the worker that owns an entity's shard.
+static zsock_t *
+s_owner_of (void *arg, const char *entity, size_t len, uint32_t *slot)
+{
+    tm_gateway_t *self = (tm_gateway_t *) arg;
+    if (!self->map || self->epoch == 0)
+        return NULL;
+    uint32_t shard = tm_shardmap_shard_of (self->map, entity, len);
+    *slot = shard < self->num_shards? self->shard_slot[shard]: NIL;
+    return *slot != NIL? self->workers[*slot].sock: NULL;
+}
+
 static void
 s_handle_producers (tm_gateway_t *self)
 {
@@ -976,6 +991,10 @@ s_handle_producers (tm_gateway_t *self)
         int rc = tm_msg_recv (self->router, true, &msg);
         if (rc == 0 && msg.routing && msg.hdr.type == TWINMESH__MSG_TYPE__EVENTS_INFO)
             tm_devices_answer (self->devices, self->router, &msg);
+        else
+        if (rc == 0 && msg.routing && msg.hdr.type == TWINMESH__MSG_TYPE__DELTAS_GET)
+            tm_devices_deltas_get (self->devices, self->router, &msg, s_owner_of, self,
+                                   self->epoch, tm_util_mono_ms (), self->ack_timeout_ms);
         else
         if (rc >= 0 && msg.routing)
             s_handle_ingest (self, &msg, rc);
@@ -1285,6 +1304,7 @@ tm_gateway_run (tm_gateway_t *self, zsock_t *pipe)
         }
         now = tm_util_mono_ms ();
         s_expire (self, now);
+        tm_devices_expire (self->devices, self->router, now);
         if (now >= self->next_heartbeat)
             s_heartbeat (self, now);
     }

@@ -879,14 +879,15 @@ s_handle_deltas (tm_commands_t *self, zsock_t *router, const tm_msg_t *msg,
             not_owned[list.n_not_owned++] = (char *) e;
             continue;
         }
+        //  Every owned twin is answered, with or without desired values:
+        //  its as_of tells a device which of its events the snapshot holds.
         const tm_commands_twin_t *ct = tm_commands_find (self, e);
-        if (!ct)
-            continue;
         Twinmesh__TwinDeltas *td = &twins[list.n_twins];
         twinmesh__twin_deltas__init (td);
-        td->entity = ct->entity;
+        td->entity = (char *) e;
+        td->as_of = self->clock;
         td->desired = &dptrs[nd];
-        for (uint16_t k = 0; k < ct->n; k++) {
+        for (uint16_t k = 0; ct && k < ct->n; k++) {
             s_fill (&ct->items[k], s_reported (ct, ct->items[k].property), &des[nd]);
             dptrs[nd] = &des[nd];
             nd++;

@@ -399,6 +399,55 @@ class CommandsTest(unittest.TestCase):
             direct.close(0)
             relayed.close(0)
 
+    def test_11_snapshot_through_the_gateway(self):
+        # Twins on both workers: the gateway asks each owner and merges, each
+        # twin with its owner's clock; a twin without desired values is
+        # answered too (its as_of still matters to a device).
+        names = ["cmd/multi-%d" % i for i in range(40)]
+        by_owner = {}
+        for n in names:
+            by_owner.setdefault(self.owner(n), []).append(n)
+        self.assertEqual(len(by_owner), 2, "expected twins on both workers")
+        a, b = (v[0] for v in by_owner.values())
+        quiet = next(v[1] for v in by_owner.values() if len(v) > 1)
+        self.set_ok(a, "setpoint=21")
+        self.set_ok(b, "setpoint=22", "open=1")
+        cl = client(self.c, "gateway-0", "producer")
+        try:
+            body = b"".join(tm_proto.field_bytes(1, e) for e in (a, b, quiet))
+            rep = cl.request(tm_proto.DELTAS_GET, body)
+            self.assertIsNotNone(rep)
+            self.assertEqual((rep[0]["type"], rep[0]["status"]), (tm_proto.DELTAS, "OK"), rep[0])
+            got = {}
+            for t in tm_proto.decode(rep[1]).get(1, []):
+                f = tm_proto.decode(t)
+                props = {tm_proto.decode(d)[1][0].decode(): tm_proto.decode(d)
+                         for d in f.get(2, [])}
+                got[f[1][0].decode()] = (f.get(3, [0])[0], props)
+            self.assertEqual(set(got), {a, b, quiet})
+            self.assertTrue(all(v[0] > 0 for v in got.values()), got)
+            self.assertEqual(set(got[a][1]), {"setpoint"})
+            self.assertEqual(set(got[b][1]), {"setpoint", "open"})
+            self.assertEqual(got[quiet][1], {})
+            # Hostile: not a DeltasGet, or none asked.
+            for bad in (b"\x0a\xff", b""):
+                rep = cl.request(tm_proto.DELTAS_GET, bad)
+                self.assertEqual(rep[0]["status"], "MALFORMED", rep[0])
+        finally:
+            cl.close()
+        # One watch over twins of both workers sees both clears.
+        w = self.start_watch(a, b, count=3)
+        self.send(a, "setpoint", 21)
+        self.send(b, "setpoint", 22)
+        self.send(b, "open", 1)
+        evs = self.finish_watch(w)
+        snap = sorted((e["entity"], e["desired"]["property"]) for e in evs
+                      if e["event"] == "snapshot")
+        self.assertEqual(snap, sorted([(a, "setpoint"), (b, "setpoint"), (b, "open")]))
+        cleared = sorted((e["entity"], e["desired"]["property"]) for e in evs
+                         if e["event"] == "cleared")
+        self.assertEqual(cleared, snap)
+
 
 if __name__ == "__main__":
     main()
