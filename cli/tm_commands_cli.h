@@ -5,7 +5,8 @@
     durable. deltas prints the outstanding desired values of twins (a
     snapshot). watch is the device side: it subscribes to the twins' delta
     events at a gateway, waits until the gateway confirms the subscription,
-    takes the snapshot from the owners, and then prints every event newer
+    takes the snapshot through the same gateway (which asks the owners),
+    and then prints every event newer
     than the snapshot, one line each (docs/commands.md, the Clone pattern).
 */
 #ifndef TM_COMMANDS_CLI_H_INCLUDED

@@ -13,6 +13,11 @@
     so a snapshot it asks for after that event plus the events after the
     snapshot's version are the whole state (the zguide's Clone pattern).
 
+    The snapshot comes through the gateway too: a device's DELTAS_GET is
+    split by owner, sent to each on the DEALER the gateway appends on, and
+    the answers merged (each twin keeps its owner's clock), so a device
+    needs nothing but a gateway.
+
     Workers are found through the shard map the gateway follows already:
     at every heartbeat the gateway asks each worker (EVENTS_INFO on the
     DEALER it appends on) where it publishes, and (re)connects when the
