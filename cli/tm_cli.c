@@ -12,6 +12,7 @@
     written by hand, so every string goes through one escaping function.
 */
 #include "tm_cli.h"
+#include "tm_commands_cli.h"
 #include "tm_predict.h"
 #include "tm_history.h"
 #include "tm_auth.h"
@@ -887,7 +888,8 @@ s_quality_text (uint32_t q)
 
 static void
 s_print_twin_json (const Twinmesh__TwinState *ts, const char *entity, uint32_t shard,
-                   const char *worker, const char *worker_endpoint)
+                   const char *worker, const char *worker_endpoint,
+                   const Twinmesh__DeltaList *desired)
 {
     fputs ("{\"entity\": ", stdout);
     tm_cli_json_string (stdout, entity);
@@ -943,7 +945,9 @@ s_print_twin_json (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
         tm_cli_json_string (stdout, s_quality_text (p->quality));
         fputc ('}', stdout);
     }
-    fputs (ts->n_properties? "\n]}\n": "]}\n", stdout);
+    fputs (ts->n_properties? "\n]": "]", stdout);
+    tm_commands_cli_print (stdout, desired, true);
+    fputs ("}\n", stdout);
 }
 
 static void
@@ -1080,7 +1084,9 @@ tm_cli_twin_request (tm_cli_t *cli, const char *id, int type, const void *body, 
     else
     if (status == TWINMESH__STATUS__UNAUTHORIZED)
         fprintf (stderr, "twinctl: worker %s refused %s: unauthorized (%s); use a key with "
-                         "role analyst, operator or admin (--cert)\n", w->id, what, detail);
+                         "role %s (--cert)\n", w->id, what, detail,
+                 type == TWINMESH__MSG_TYPE__TWIN_SET? "operator or admin":
+                                                     "analyst, operator or admin");
     else
     if (status == TWINMESH__STATUS__WRONG_SHARD)
         fprintf (stderr, "twinctl: worker %s does not own shard %u at its epoch %llu (map epoch "
@@ -1152,10 +1158,16 @@ s_cmd_twin_get (int argc, char **argv)
     const char *entity = ts->entity && *ts->entity? ts->entity: id;
     uint32_t shown = ts->shard? ts->shard: owner.shard;
     const char *worker = ts->worker && *ts->worker? ts->worker: owner.worker;
+    //  Desired values and their deltas (tm_commands_cli): a second request
+    //  to the same owner.
+    Twinmesh__DeltaList *desired = tm_commands_cli_fetch (cli, id);
     if (tm_cli_json (cli))
-        s_print_twin_json (ts, entity, shown, worker, owner.endpoint);
-    else
+        s_print_twin_json (ts, entity, shown, worker, owner.endpoint, desired);
+    else {
         s_print_twin_text (ts, entity, shown, worker);
+        tm_commands_cli_print (stdout, desired, false);
+    }
+    tm_codec_free (&desired);
     exit_code = 0;
 done:
     tm_codec_free (&ts);
@@ -1176,7 +1188,12 @@ s_twin_usage (FILE *out)
                   "  simulate ID --set PROP=VALUE [--horizon 1h] [--limit V]\n"
                   "                                   the same after a what-if value, on a copy\n"
                   "  history ID PROP [--from T] [--to T] [--step 5m] [--agg avg]\n"
-                  "                                   the property's readings, raw or per step\n\n"
+                  "                                   the property's readings, raw or per step\n"
+                  "  set ID PROP=VALUE[~TOL] ...      record desired values (operator, admin)\n"
+                  "  unset ID PROP ...                withdraw desired values\n"
+                  "  deltas ID ...                    the twins' outstanding desired values\n"
+                  "  watch ID ... [--count N] [--timeout T]\n"
+                  "                                   follow the twins' deltas through a gateway\n\n"
                   "'twinctl twin SUBCOMMAND --help' lists its settings.\n");
 }
 
@@ -1196,6 +1213,14 @@ s_cmd_twin (int argc, char **argv)
         return tm_predict_simulate_main (argc - 1, argv + 1);
     if (strcmp (argv[1], "history") == 0)
         return tm_history_main (argc - 1, argv + 1);
+    if (strcmp (argv[1], "set") == 0)
+        return tm_commands_cli_set_main (argc - 1, argv + 1);
+    if (strcmp (argv[1], "unset") == 0)
+        return tm_commands_cli_unset_main (argc - 1, argv + 1);
+    if (strcmp (argv[1], "deltas") == 0)
+        return tm_commands_cli_deltas_main (argc - 1, argv + 1);
+    if (strcmp (argv[1], "watch") == 0)
+        return tm_commands_cli_watch_main (argc - 1, argv + 1);
     fprintf (stderr, "twinctl twin: unknown subcommand '%s'\n", argv[1]);
     s_twin_usage (stderr);
     return 2;
@@ -1326,7 +1351,7 @@ static const s_command_t s_commands[] = {
      s_cmd_keygen},
     {"status", "[--json]", "show the shard map and every node, as the broker sees them",
      s_cmd_status},
-    {"twin", "get|forecast|simulate|history ID ...",
+    {"twin", "get|forecast|simulate|history|set|unset|deltas|watch ID ...",
      "a twin's state, forecasts and what-ifs, from the worker that owns it",
      s_cmd_twin},
     {"model", "load|list|show ...", "load model files into the broker, list and show them",

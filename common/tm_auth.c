@@ -54,6 +54,28 @@ struct _tm_auth_t {
 
 static atomic_int s_running;       //  One handler per process
 
+//  A server made with tm_net_server_roles names the roles it takes in its
+//  ZAP domain, "twinmesh/ROLE,ROLE"; plain "twinmesh" takes every role
+//  (those servers check the role of each request). user is "role:name".
+static bool
+s_domain_allows (const char *domain, const char *user)
+{
+    if (!domain || strncmp (domain, "twinmesh/", 9) != 0)
+        return true;
+    const char *colon = strchr (user, ':');
+    size_t rlen = colon? (size_t) (colon - user): strlen (user);
+    for (const char *p = domain + 9; *p;) {
+        const char *comma = strchr (p, ',');
+        size_t n = comma? (size_t) (comma - p): strlen (p);
+        if (n == rlen && strncmp (p, user, n) == 0)
+            return true;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return false;
+}
+
 static zhashx_t *
 s_load_dir (const char *dir)
 {
@@ -146,6 +168,13 @@ s_zap_actor (zsock_t *pipe, void *args)
             if (entry)
                 snprintf (user, sizeof user, "%s", entry);
             pthread_mutex_unlock (&self->lock);
+            if (*user && !s_domain_allows (domain, user)) {
+                tm_warn ("auth: refused key=%.8s... user=%s domain=%s: role not allowed here",
+                         z85, user, domain);
+                text = "role not allowed on this socket";
+                *user = 0;
+            }
+            else
             if (*user) {
                 status = "200";
                 text = "OK";

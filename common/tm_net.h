@@ -19,6 +19,20 @@
 //  Returns NULL with a logged reason.
 zsock_t *tm_net_server (int type, const char *endpoint, zcert_t *cert, int64_t max_msg_bytes);
 
+//  The same, accepting only keys whose role is in roles, a comma-separated
+//  list of role names ("gateway", "ingest,operator,admin"): the ZAP handler
+//  refuses the others at the handshake (tm_auth), so a socket that cannot
+//  check roles per message (PUB, XPUB) still enforces them.
+zsock_t *tm_net_server_roles (int type, const char *endpoint, zcert_t *cert,
+                              int64_t max_msg_bytes, const char *roles);
+
+//  A CURVE client socket with our certificate and no connection yet (a SUB
+//  that connects to many servers). NULL with a logged reason.
+zsock_t *tm_net_client_new (int type, zcert_t *cert);
+
+//  Connect sock to one more server with its own key. 0 or -1 (logged).
+int tm_net_client_connect (zsock_t *sock, const char *endpoint, const char *server_public_z85);
+
 //  Connect a CURVE client socket (DEALER or SUB) to endpoint, presenting
 //  cert and expecting the server's Z85 public key. Returns NULL with a
 //  logged reason.

@@ -36,6 +36,7 @@
 #include "tm_gateway.h"
 #include "tm_auth.h"
 #include "tm_codec.h"
+#include "tm_devices.h"
 #include "tm_log.h"
 #include "tm_mapclient.h"
 #include "tm_msg.h"
@@ -175,6 +176,7 @@ struct _tm_gateway_t {
     s_ratelimit_t rl_input;        //  Warnings about bad producer input
     s_ratelimit_t rl_worker;       //  Warnings about worker refusals and timeouts
     s_ratelimit_t rl_reply;        //  Warnings about replies that could not go
+    tm_devices_t *devices;         //  Delta events relayed to devices (tm_devices)
 };
 
 //  Log at most one warning per second of a kind, saying how many were held
@@ -682,6 +684,8 @@ s_worker_connect (tm_gateway_t *self, s_worker_t *w)
     w->sock = tm_net_client (ZMQ_DEALER, w->endpoint, self->cert, w->public_key);
     w->seq = 0;
     self->items_dirty = true;
+    if (self->devices)
+        tm_devices_ask (self->devices, w->sock);
     tm_info ("gateway: worker socket worker=%s endpoint=%s%s", w->id, w->endpoint,
              w->sock? "": " failed=yes");
 }
@@ -942,6 +946,13 @@ s_handle_worker (tm_gateway_t *self, uint32_t wi)
             return;
         tm_msg_t msg;
         int rc = tm_msg_recv (sock, false, &msg);
+        if (rc == 0 && msg.hdr.type == TWINMESH__MSG_TYPE__EVENTS_INFO_REPLY)
+            tm_devices_worker_info (self->devices, self->workers[wi].id,
+                                    self->workers[wi].public_key, &msg);
+        else
+        if (rc == 0 && msg.hdr.type == TWINMESH__MSG_TYPE__DELTAS)
+            tm_devices_deltas_reply (self->devices, self->router, &msg);
+        else
         if (rc == 0)
             s_handle_ack (self, wi, &msg);
         else
@@ -958,6 +969,18 @@ s_handle_worker (tm_gateway_t *self, uint32_t wi)
     }
 }
 
+//  tm_devices: the DEALER of the worker that owns an entity's shard.
+static zsock_t *
+s_owner_of (void *arg, const char *entity, size_t len, uint32_t *slot)
+{
+    tm_gateway_t *self = (tm_gateway_t *) arg;
+    if (!self->map || self->epoch == 0)
+        return NULL;
+    uint32_t shard = tm_shardmap_shard_of (self->map, entity, len);
+    *slot = shard < self->num_shards? self->shard_slot[shard]: NIL;
+    return *slot != NIL? self->workers[*slot].sock: NULL;
+}
+
 static void
 s_handle_producers (tm_gateway_t *self)
 {
@@ -966,6 +989,13 @@ s_handle_producers (tm_gateway_t *self)
             return;
         tm_msg_t msg;
         int rc = tm_msg_recv (self->router, true, &msg);
+        if (rc == 0 && msg.routing && msg.hdr.type == TWINMESH__MSG_TYPE__EVENTS_INFO)
+            tm_devices_answer (self->devices, self->router, &msg);
+        else
+        if (rc == 0 && msg.routing && msg.hdr.type == TWINMESH__MSG_TYPE__DELTAS_GET)
+            tm_devices_deltas_get (self->devices, self->router, &msg, s_owner_of, self,
+                                   self->epoch, tm_util_mono_ms (), self->ack_timeout_ms);
+        else
         if (rc >= 0 && msg.routing)
             s_handle_ingest (self, &msg, rc);
         tm_msg_fini (&msg);
@@ -1050,6 +1080,10 @@ s_heartbeat (tm_gateway_t *self, int64_t now)
     info.stats = &stats;
     tm_mapclient_tick (self->mapclient, &info);
     self->next_heartbeat = now + self->heartbeat_ms;
+    //  Where each worker publishes deltas: asked every heartbeat, so a
+    //  restarted worker on a new port is followed (tm_devices).
+    for (uint32_t wi = 0; wi < self->nworkers; wi++)
+        tm_devices_ask (self->devices, self->workers[wi].sock);
     //  A worker behind on the map refuses until it catches up; give parked
     //  parts another try at the first heartbeat that finds them parked for
     //  half an interval without a newer map.
@@ -1061,7 +1095,7 @@ s_heartbeat (tm_gateway_t *self, int64_t now)
 static int
 s_rebuild_items (tm_gateway_t *self)
 {
-    size_t want = 4 + self->nworkers;
+    size_t want = 6 + self->nworkers;
     if (want > self->items_cap) {
         zmq_pollitem_t *items = (zmq_pollitem_t *) realloc (self->items, want * sizeof *items);
         if (!items)
@@ -1074,9 +1108,10 @@ s_rebuild_items (tm_gateway_t *self)
         self->items_cap = want;
     }
     size_t n = 0;
-    zsock_t *fixed[4] = {self->pipe, self->router, tm_mapclient_req_sock (self->mapclient),
-                         tm_mapclient_sub_sock (self->mapclient)};
-    for (int i = 0; i < 4; i++)
+    zsock_t *fixed[6] = {self->pipe, self->router, tm_mapclient_req_sock (self->mapclient),
+                         tm_mapclient_sub_sock (self->mapclient),
+                         tm_devices_xpub (self->devices), tm_devices_sub (self->devices)};
+    for (int i = 0; i < 6; i++)
         if (fixed[i]) {
             self->items[n] = (zmq_pollitem_t) {zsock_resolve (fixed[i]), 0, ZMQ_POLLIN, 0};
             self->item_worker[n++] = NIL;
@@ -1149,6 +1184,10 @@ tm_gateway_new (const tm_gateway_config_t *config)
                                         self->cert);
     if (!self->mapclient)
         goto fail;
+    self->devices = tm_devices_new (self->id, config->events_bind, config->events_advertise,
+                                    self->cert);
+    if (!self->devices)
+        goto fail;
     return self;
 fail:
     tm_error ("gateway: cannot start id=%s bind=%s", config->id, config->bind);
@@ -1173,6 +1212,7 @@ tm_gateway_destroy (tm_gateway_t **self_p)
     if (self->router)
         s_answer_all (self, "gateway stopping");
     tm_mapclient_destroy (&self->mapclient);
+    tm_devices_destroy (&self->devices);
     zsock_destroy (&self->router);
     for (uint32_t wi = 0; wi < self->nworkers; wi++) {
         s_worker_t *w = &self->workers[wi];
@@ -1258,11 +1298,13 @@ tm_gateway_run (tm_gateway_t *self, zsock_t *pipe)
             }
             s_handle_broker (self, tm_mapclient_req_sock (self->mapclient));
             s_handle_broker (self, tm_mapclient_sub_sock (self->mapclient));
+            tm_devices_handle (self->devices);
             if (!self->terminated)
                 s_handle_producers (self);
         }
         now = tm_util_mono_ms ();
         s_expire (self, now);
+        tm_devices_expire (self->devices, self->router, now);
         if (now >= self->next_heartbeat)
             s_heartbeat (self, now);
     }

@@ -37,6 +37,8 @@ typedef struct {
     int64_t ack_timeout_ms;        //  A part not acked by then fails its batch
     uint32_t max_inflight;         //  Producer batches in flight before RETRY_LATER
     size_t max_batch_bytes;        //  Larger batch bodies are answered TOO_LARGE
+    const char *events_bind;       //  Devices' XPUB of delta events (NULL: tcp://127.0.0.1:*)
+    const char *events_advertise;  //  Its endpoint for devices (NULL: the bound one)
 } tm_gateway_config_t;
 
 typedef struct _tm_gateway_t tm_gateway_t;

@@ -25,6 +25,10 @@ static const tm_setting_t s_settings[] = {
     {"bind", TM_CFG_STR, "tcp://127.0.0.1:5560", "endpoint for appends and reads"},
     {"advertise", TM_CFG_STR, NULL, "endpoint gateways connect to (default: the bound one)"},
     {"data_dir", TM_CFG_STR, NULL, "RocksDB directory (default ./data/<id>)"},
+    {"events_bind", TM_CFG_STR, "tcp://127.0.0.1:*",
+     "PUB endpoint of delta events for gateways (docs/commands.md)"},
+    {"events_advertise", TM_CFG_STR, NULL,
+     "events endpoint gateways connect to (default: the bound one)"},
     {"fsync", TM_CFG_BOOL, "true", "fsync every group commit before acking"},
     {"checkpoint_interval", TM_CFG_DURATION, "5s",
      "how often a round writes changed shards' twins and trims the log (longer: less write "
@@ -129,6 +133,8 @@ main (int argc, char **argv)
         .checkpoint_ms = tm_config_int (cfg, "checkpoint_interval"),
         .max_batch_bytes = tm_config_int (cfg, "max_batch_bytes"),
         .history_retention_ms = tm_config_int (cfg, "history_retention"),
+        .events_bind = tm_config_str (cfg, "events_bind"),
+        .events_advertise = tm_config_str (cfg, "events_advertise"),
         .stop = &s_stop,
         .reload = &s_reload,
     };

@@ -47,6 +47,9 @@ struct _tm_twins_t {
     size_t npending;               //  Entries in all pending lists
     tm_analytics_settings_t defaults;  //  For properties without a model
     const tm_models_t *models;     //  Registry of models, borrowed; NULL: none
+    tm_twins_hook_fn *on_created;  //  tm_commands: a twin was made, or NULL
+    tm_twins_hook_fn *on_reported; //  tm_commands: a twin with commands read, or NULL
+    void *hooks_arg;               //  Their argument
     uint64_t models_gen;           //  Its generation when current was built
     bool models_seen;              //  current was built at least once
     tm_twins_table_t *tables;      //  Every settings table built, owned
@@ -501,6 +504,8 @@ s_insert (tm_twins_t *self, const char *entity, size_t len, uint32_t shard)
     self->shard_heads[t->shard] = t;
     tm_analytics_sync_init (&t->sync);
     t->models_gen = UINT64_MAX;    //  No table resolved yet
+    if (self->on_created)          //  Its desired values, if it has some (tm_commands)
+        self->on_created (self->hooks_arg, t, NULL);
     self->in_state[t->sync.state]++;
     size_t j = t->hash & (self->nslots - 1);
     while (self->slots[j])
@@ -568,6 +573,15 @@ tm_twins_set_models (tm_twins_t *self, const tm_models_t *models)
     for (size_t i = 0; i < self->nslots; i++)
         if (self->slots[i])
             self->slots[i]->models_gen = UINT64_MAX;
+}
+
+void
+tm_twins_set_hooks (tm_twins_t *self, tm_twins_hook_fn *created, tm_twins_hook_fn *reported,
+                    void *arg)
+{
+    self->on_created = created;
+    self->on_reported = reported;
+    self->hooks_arg = arg;
 }
 
 //  A model property's settings, mapped as docs/models.md describes. 0, or
@@ -881,8 +895,13 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
     tm_prop_t *p = s_prop (self, t, r->property, r->property_len, true);
     if (!p)
         return TM_APPLY_REJECTED;
-    if (p->count && r->ts_ms == p->an.ts_ms)
+    if (p->count && r->ts_ms == p->an.ts_ms) {
+        //  A replayed record whose reading the checkpoint already holds
+        //  may be what clears a desired value (docs/commands.md).
+        if (t->commands && self->on_reported)
+            self->on_reported (self->hooks_arg, t, p);
         return TM_APPLY_DUPLICATE;
+    }
     if (p->count && r->ts_ms < p->an.ts_ms) {
         s_late (self, t, p, r->ts_ms, r->value);
         return TM_APPLY_LATE;
@@ -914,6 +933,8 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
     tm_analytics_sync_reading (&t->sync, settings, (unsigned) (p - t->props), flags, now_ms);
     s_state_moved (self, before, t->sync.state);
     s_mark_dirty (self, t);
+    if (t->commands && self->on_reported)
+        self->on_reported (self->hooks_arg, t, p);
     return TM_APPLY_APPLIED;
 }
 

@@ -76,6 +76,8 @@ typedef struct _tm_twin_t {
     uint32_t row;                  //  Its row for columnar scans (tm_twins_rows)
     const tm_twins_table_t *table; //  Its model's settings, NULL: defaults (a cache)
     uint64_t models_gen;           //  Registry generation table was resolved at
+    struct _tm_commands_twin_t *commands;  //  Desired values (tm_commands), NULL if none:
+                                   //  the apply path's only cost for commands
 } tm_twin_t;
 
 typedef enum {
@@ -114,6 +116,15 @@ void tm_twins_destroy (tm_twins_t **self_p);
 tm_apply_t tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
                            const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards,
                            int64_t now_ms);
+
+//  Hooks for worker/tm_commands, called with the hooks' arg: created for
+//  every new twin (from a reading or a checkpoint; prop NULL), reported
+//  after a reading of a twin whose commands pointer is set became its
+//  series' latest or repeated its timestamp (prop is the series). Either
+//  may be NULL. Twins without commands pay one pointer test per reading.
+typedef void (tm_twins_hook_fn) (void *arg, tm_twin_t *twin, const tm_prop_t *prop);
+void tm_twins_set_hooks (tm_twins_t *self, tm_twins_hook_fn *created,
+                         tm_twins_hook_fn *reported, void *arg);
 
 //  Run the sync timers of every twin at now_ms (worker clock): a twin not
 //  heard from within its window becomes stale. Call about once a second.

@@ -14,6 +14,7 @@
 */
 #include "tm_worker.h"
 #include "tm_auth.h"
+#include "tm_commands.h"
 #include "tm_history.h"
 #include "tm_log.h"
 #include "tm_mapclient.h"
@@ -85,6 +86,8 @@ struct _tm_worker_t {
     uint8_t shard_key[TM_SHARDMAP_KEY_BYTES];  //  From the map
     int my_index;                  //  Our index in the map's workers, -1 if absent
     uint32_t owned;                //  Shards we own at the current epoch
+    tm_commands_t *commands;       //  Desired values and their events (tm_commands)
+    zsock_t *events;               //  PUB of delta events to gateways (role gateway)
     s_staged_t *staged;            //  Parts in the current group commit
     size_t nstaged;
     s_stats_t stats;
@@ -174,9 +177,13 @@ s_apply_part (tm_worker_t *self, const uint8_t *data, size_t size)
 static void
 s_replay_record (void *arg, uint64_t seq, const uint8_t *data, size_t size)
 {
-    (void) seq;
-    s_apply_part ((tm_worker_t *) arg, data, size);
+    tm_worker_t *self = (tm_worker_t *) arg;
+    //  Desired values set after this record are not cleared by it.
+    tm_commands_replaying (self->commands, seq);
+    s_apply_part (self, data, size);
 }
+
+static void s_commit_group (tm_worker_t *self);
 
 //  Check a part: every reading valid, every shard ours. Returns 0 with the
 //  count, or a status with detail (and wrong shards listed in ack).
@@ -613,6 +620,17 @@ s_handle (tm_worker_t *self, tm_msg_t *msg, int rc)
     else
     if (msg->hdr.type == TWINMESH__MSG_TYPE__QUERY_SCAN)
         s_handle_query_scan (self, msg);
+    else
+    if (tm_commands_serves (msg->hdr.type)) {
+        //  Parts received before a set apply before it: then a desired
+        //  value is newer than every record up to the last committed one.
+        if (msg->hdr.type == TWINMESH__MSG_TYPE__TWIN_SET)
+            s_commit_group (self);
+        if (msg->hdr.epoch > tm_mapclient_epoch (self->mapc))
+            tm_mapclient_request (self->mapc);
+        tm_commands_handle (self->commands, self->router, msg, tm_mapclient_map (self->mapc),
+                            self->my_index, tm_wlog_last_seq (self->wlog));
+    }
     else {
         self->stats.malformed++;
         char detail[96];
@@ -664,6 +682,8 @@ s_commit_group (tm_worker_t *self)
         zframe_destroy (&s->body);
     }
     self->nstaged = 0;
+    //  Desired values the group's readings cleared, in one fsync'd write.
+    tm_commands_flush (self->commands);
 }
 
 static void
@@ -782,6 +802,10 @@ tm_worker_new (const tm_worker_config_t *config)
         goto fail;
     tm_twins_set_models (self->twins, tm_modelsync_models (self->msync));
     s_load_saved_map (self);
+    self->commands = tm_commands_new (self->store, self->twins, tm_modelsync_models (self->msync),
+                                      self->id);
+    if (!self->commands || tm_commands_load (self->commands, self->num_shards, NULL) < 0)
+        goto fail;
 
     int64_t t0 = tm_util_mono_ms ();
     size_t bad = 0;
@@ -792,8 +816,11 @@ tm_worker_new (const tm_worker_config_t *config)
         goto fail;
     }
     replayed = tm_wlog_recover (self->wlog, self->twins, s_replay_record, self, &bad);
+    tm_commands_replaying (self->commands, UINT64_MAX);
     if (replayed < 0)
         goto fail;
+    if (tm_commands_flush (self->commands) != 0)
+        tm_warn ("worker: clears found in the replay are not written yet; will retry");
     //  Replayed readings are now in memory only: write them out at once so
     //  that the log can be trimmed.
     if (tm_wlog_checkpoint (self->wlog, self->twins) != 0)
@@ -814,6 +841,18 @@ tm_worker_new (const tm_worker_config_t *config)
             tm_warn ("worker: advertising a wildcard address endpoint=%s; set advertise",
                      self->endpoint);
     }
+    //  Delta events: only gateways may subscribe (ZAP refuses the rest).
+    self->events = tm_net_server_roles (ZMQ_PUB, config->events_bind && *config->events_bind?
+                                        config->events_bind: "tcp://127.0.0.1:*",
+                                        config->cert, 65536, "gateway");
+    if (!self->events)
+        goto fail;
+    char *events_ep = config->events_advertise && *config->events_advertise?
+                      strdup (config->events_advertise): tm_net_bound_endpoint (self->events);
+    tm_commands_set_endpoint (self->commands, events_ep, self->public_key);
+    tm_commands_set_pub (self->commands, self->events);
+    tm_info ("worker: delta events endpoint=%s", events_ep? events_ep: "?");
+    free (events_ep);
     self->poller = zpoller_new (self->router, tm_mapclient_req_sock (self->mapc),
                                 tm_modelsync_sock (self->msync), NULL);
     if (!self->poller || !self->endpoint)
@@ -861,6 +900,9 @@ tm_worker_destroy (tm_worker_t **self_p)
     tm_store_destroy (&self->store);
     tm_wquery_destroy (&self->wquery);
     tm_derived_destroy (&self->derived);
+    //  Before the twins: it clears their pointers to it.
+    tm_commands_destroy (&self->commands);
+    zsock_destroy (&self->events);
     tm_twins_destroy (&self->twins);
     //  After the twins: they borrow its registry until then.
     tm_modelsync_destroy (&self->msync);

@@ -30,6 +30,8 @@ typedef struct {
     int64_t checkpoint_ms;         //  Twin state flush interval
     int64_t max_batch_bytes;       //  Largest APPEND accepted
     int64_t history_retention_ms;  //  History kept this long (0 = forever)
+    const char *events_bind;       //  PUB of delta events (NULL: tcp://127.0.0.1:*)
+    const char *events_advertise;  //  Its endpoint for gateways (NULL: the bound one)
     volatile sig_atomic_t *stop;   //  Set by a signal handler to stop
     volatile sig_atomic_t *reload; //  Set by a signal handler: return to reload keys
 } tm_worker_config_t;

@@ -283,6 +283,45 @@ test_curve_handshake (void **state)
     assert_string_equal (msg.peer, "mallory");
     tm_msg_fini (&msg);
 
+    //  A server that takes only some roles (tm_net_server_roles): a PUB
+    //  for gateways. The gateway's SUB gets what is published; mallory,
+    //  allowed now but an admin, is refused at the handshake.
+    zsock_t *pub = tm_net_server_roles (ZMQ_PUB, "tcp://127.0.0.1:*", server_cert, 0,
+                                        "worker,gateway");
+    assert_non_null (pub);
+    char *pub_ep = tm_net_bound_endpoint (pub);
+    zsock_t *gw_sub = tm_net_client (ZMQ_SUB, pub_ep, good_cert, zcert_public_txt (server_cert));
+    zsock_t *admin_sub = tm_net_client (ZMQ_SUB, pub_ep, bad_cert,
+                                        zcert_public_txt (server_cert));
+    assert_non_null (gw_sub);
+    assert_non_null (admin_sub);
+    zsock_set_subscribe (gw_sub, "");
+    zsock_set_subscribe (admin_sub, "");
+    uint64_t refused_before = tm_auth_refused (auth);
+    zpoller_t *subs = zpoller_new (gw_sub, admin_sub, NULL);
+    bool gw_got = false, admin_got = false;
+    deadline = tm_util_mono_ms () + 3000;
+    while (tm_util_mono_ms () < deadline) {
+        zstr_send (pub, "event");
+        zsock_t *which = (zsock_t *) zpoller_wait (subs, 100);
+        if (which) {
+            char *text = zstr_recv (which);
+            gw_got |= which == gw_sub;
+            admin_got |= which == admin_sub;
+            zstr_free (&text);
+        }
+        if (gw_got && tm_auth_refused (auth) > refused_before)
+            break;
+    }
+    assert_true (gw_got);
+    assert_false (admin_got);
+    assert_true (tm_auth_refused (auth) > refused_before);
+    zpoller_destroy (&subs);
+    zsock_destroy (&gw_sub);
+    zsock_destroy (&admin_sub);
+    zsock_destroy (&pub);
+    zstr_free (&pub_ep);
+
     //  A reload of a directory that vanished keeps the old list.
     assert_int_equal (tm_util_rm_rf (s_allow), 0);
     assert_int_equal (tm_auth_reload (auth), -1);
