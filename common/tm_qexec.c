@@ -692,6 +692,32 @@ s_group_add (tm_qpartial_t *self, s_group_t *g, const tm_expr_value_t *args)
     }
 }
 
+//  s_group_add for aggregates over columns of numbers (NaN: null), row r;
+//  nums[a] NULL: null in every row (count(*) ignores it).
+static inline void
+s_group_add_numbers (tm_qpartial_t *self, s_group_t *g, const double *const *nums, size_t r)
+{
+    g->twins++;
+    for (size_t a = 0; a < self->naggs; a++) {
+        s_state_t *s = &g->states[a];
+        if (!self->arg[a]) {
+            s->count++;
+            continue;
+        }
+        double x = nums[a]? nums[a][r]: NAN;
+        if (!isfinite (x))
+            continue;
+        if (self->func[a] != TM_QUERY_AGG_COUNT) {
+            if (s->count == 0 || x < s->min)
+                s->min = x;
+            if (s->count == 0 || x > s->max)
+                s->max = x;
+            s->sum += x;
+        }
+        s->count++;
+    }
+}
+
 static void
 s_feed_group (tm_qpartial_t *self, const tm_expr_value_t *values, size_t nvalues)
 {
@@ -946,6 +972,23 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_col_t *cols, size_t n
         else
             by = NULL;
     }
+    //  Aggregates that are all count(*) or count, sum, avg, min, max of a
+    //  bare column of numbers: read as doubles, no values made per twin.
+    const double *nums[TM_QUERY_MAX_AGGREGATES];
+    bool plain = self->aggregate;
+    for (size_t a = 0; plain && a < self->naggs; a++) {
+        nums[a] = NULL;
+        if (!self->arg[a])
+            continue;
+        int32_t slot = b->arg_slot[a];
+        const tm_expr_col_t *c = slot >= 0 && (size_t) slot < ncols? &cols[slot]: NULL;
+        if (self->func[a] == TM_QUERY_AGG_QUANTILE || slot < 0
+            || (c && c->kind != TM_EXPR_COL_NUMBERS && c->kind != TM_EXPR_COL_NULL))
+            plain = false;
+        else
+        if (c && c->kind == TM_EXPR_COL_NUMBERS)
+            nums[a] = c->nums;
+    }
     tm_expr_col_t view[TM_QUERY_MAX_COLUMNS];
     for (size_t from = 0; from < n; from += S_BATCH) {
         size_t m = n - from < S_BATCH? n - from: S_BATCH;
@@ -995,6 +1038,10 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_col_t *cols, size_t n
                     if (d < by->ndict)
                         b->by_id[d] = g;
                 }
+                if (plain) {
+                    s_group_add_numbers (self, g, nums, from + i);
+                    continue;
+                }
                 s_group_args (self, b, view, ncols, i, args);
                 s_group_add (self, g, args);
                 continue;
@@ -1027,8 +1074,12 @@ tm_qpartial_feed_batch (tm_qpartial_t *self, const tm_expr_col_t *cols, size_t n
                 entry->group = g;
                 memcpy (entry->keys, keys, self->nkeys * sizeof keys[0]);
             }
-            s_group_args (self, b, view, ncols, i, args);
-            s_group_add (self, g, args);
+            if (plain)
+                s_group_add_numbers (self, g, nums, from + i);
+            else {
+                s_group_args (self, b, view, ncols, i, args);
+                s_group_add (self, g, args);
+            }
         }
     }
 }
