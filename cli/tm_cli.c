@@ -14,6 +14,7 @@
 #include "tm_cli.h"
 #include "tm_predict.h"
 #include "tm_history.h"
+#include "tm_hier_cli.h"
 #include "tm_auth.h"
 #include "tm_codec.h"
 #include "tm_log.h"
@@ -943,7 +944,9 @@ s_print_twin_json (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
         tm_cli_json_string (stdout, s_quality_text (p->quality));
         fputc ('}', stdout);
     }
-    fputs (ts->n_properties? "\n]}\n": "]}\n", stdout);
+    fputs (ts->n_properties? "\n]": "]", stdout);
+    tm_hier_cli_print_json (stdout, ts);
+    fputs ("}\n", stdout);
 }
 
 static void
@@ -972,6 +975,7 @@ s_print_twin_text (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
         printf ("\n");
     if (ts->n_properties == 0) {
         printf ("(no properties yet)\n");
+        tm_hier_cli_print_text (stdout, ts);
         return;
     }
     static const bool right[] = {false, true, false, true, true, true, true, true, true, true,
@@ -1005,6 +1009,7 @@ s_print_twin_text (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
     }
     s_table_print (&table, stdout);
     s_table_fini (&table);
+    tm_hier_cli_print_text (stdout, ts);
 }
 
 int
@@ -1176,7 +1181,9 @@ s_twin_usage (FILE *out)
                   "  simulate ID --set PROP=VALUE [--horizon 1h] [--limit V]\n"
                   "                                   the same after a what-if value, on a copy\n"
                   "  history ID PROP [--from T] [--to T] [--step 5m] [--agg avg]\n"
-                  "                                   the property's readings, raw or per step\n\n"
+                  "                                   the property's readings, raw or per step\n"
+                  "  children PARENT [--limit N]      a parent's children and their latest "
+                  "values\n\n"
                   "'twinctl twin SUBCOMMAND --help' lists its settings.\n");
 }
 
@@ -1196,6 +1203,8 @@ s_cmd_twin (int argc, char **argv)
         return tm_predict_simulate_main (argc - 1, argv + 1);
     if (strcmp (argv[1], "history") == 0)
         return tm_history_main (argc - 1, argv + 1);
+    if (strcmp (argv[1], "children") == 0)
+        return tm_hier_cli_children_main (argc - 1, argv + 1);
     fprintf (stderr, "twinctl twin: unknown subcommand '%s'\n", argv[1]);
     s_twin_usage (stderr);
     return 2;
@@ -1326,7 +1335,7 @@ static const s_command_t s_commands[] = {
      s_cmd_keygen},
     {"status", "[--json]", "show the shard map and every node, as the broker sees them",
      s_cmd_status},
-    {"twin", "get|forecast|simulate|history ID ...",
+    {"twin", "get|forecast|simulate|history|children ID ...",
      "a twin's state, forecasts and what-ifs, from the worker that owns it",
      s_cmd_twin},
     {"model", "load|list|show ...", "load model files into the broker, list and show them",

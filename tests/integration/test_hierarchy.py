@@ -1,0 +1,289 @@
+"""Hierarchy: parent twins aggregating their children, across workers.
+
+Air stations (models/air_station.json) name their district twin in the
+`district` attribute; the district (models/district.json) keeps, per
+property, the number of children reporting, the mean, min and max of their
+latest good values and how many are anomalous. Entity ids are chosen (the
+owners computed in Python from the broker's map) so that every district has
+children on both workers: some contributions are local, some travel as
+CHILD_UPDATE between workers. The aggregates are checked against a Python
+recomputation from the readings sent, then again after the parent's worker
+is SIGKILLed and restarted (the aggregates are rebuilt by a resync), after
+the parent's worker is SIGSTOPped while its children change (the updates are
+resent), and after a child's worker is SIGSTOPped while readings wait for it.
+"""
+import json
+import os
+import threading
+import time
+import unittest
+
+from tmtest import client, cluster, main, shard_map, shard_of, tm_proto
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "models")
+PROPS = ("pm25", "no2", "temperature")
+VALID = {"pm25": (0, 1000), "no2": (0, 1000), "temperature": (-50, 60)}   # models/air_station.json
+T0 = int(time.time() * 1000) - 3_600_000
+CHILDREN_PER_WORKER = 6
+WAIT_S = 30.0
+
+
+def owner(m, entity):
+    return m["workers"][m["owners"][shard_of(m, entity)]]["id"]
+
+
+class HierarchyTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.c = cluster(workers=2)
+        try:
+            cls.setup_cluster()
+        except BaseException:
+            cls.c.stop_all()
+            raise
+
+    @classmethod
+    def setup_cluster(cls):
+        c = cls.c
+        c.twinctl("model", "load", os.path.join(MODELS_DIR, "air_station.json"),
+                  os.path.join(MODELS_DIR, "district.json"))
+        deadline = time.monotonic() + WAIT_S
+        for w in ("worker-0", "worker-1"):
+            while not all("modelsync: model installed name=%s" % n in c.log(w)
+                          for n in ("air_station", "district")):
+                if time.monotonic() > deadline:
+                    raise AssertionError("%s did not install the models" % w)
+                time.sleep(0.2)
+        m = cls.map = shard_map(c)
+        # One district owned by each worker; each gets children on both.
+        cls.districts = {}
+        i = 0
+        while len(cls.districts) < 2:
+            d = "hier/district/D%d" % i
+            o = owner(m, d)
+            if o not in cls.districts.values():
+                cls.districts[d] = o
+            i += 1
+        cls.children = {d: [] for d in cls.districts}
+        i = 0
+        for d in cls.districts:
+            want = {"worker-0": CHILDREN_PER_WORKER, "worker-1": CHILDREN_PER_WORKER}
+            while any(want.values()):
+                e = "hier/air-%04d" % i
+                i += 1
+                o = owner(m, e)
+                if want[o]:
+                    want[o] -= 1
+                    cls.children[d].append(e)
+        cls.newest = {}          # (child, prop) -> ts of the child's newest reading
+        cls.latest = {}          # (child, prop) -> (ts, value): its latest good value
+        cls.ts = T0
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.c.stop_all()
+
+    # ------------------------------------------------------------ helpers
+
+    def send(self, rs, timeout_ms=10_000):
+        gw = client(self.c, "gateway-0", "producer")
+        try:
+            for i in range(0, len(rs), 500):
+                rep = gw.request(tm_proto.INGEST, tm_proto.batch(rs[i:i + 500]),
+                                 timeout_ms=timeout_ms)
+                self.assertIsNotNone(rep, "no INGEST_ACK")
+                hdr, _ = rep
+                self.assertEqual(hdr["status"], "OK", hdr)
+        finally:
+            gw.close()
+        # The children keep the newest reading of each series (a repeat or an
+        # older reading changes nothing); the parent holds the latest good one.
+        for e, prop, value, ts, *_ in rs:
+            if ts > self.newest.get((e, prop), -1):
+                self.newest[(e, prop)] = ts
+                lo, hi = VALID[prop]
+                if lo <= value <= hi:
+                    self.latest[(e, prop)] = (ts, value)
+
+    def step(self, fn, children=None):
+        """One reading per child and property at the next timestamp."""
+        self.__class__.ts += 1000
+        rs = []
+        for d, kids in self.children.items():
+            for k, e in enumerate(kids):
+                if children is not None and e not in children:
+                    continue
+                attrs = {"district": json.dumps(d),
+                         "location": json.dumps({"lat": 45.4 + k / 100, "lon": 9.1})}
+                for p, prop in enumerate(PROPS):
+                    rs.append((e, prop, fn(d, k, p), self.ts, "air_station", attrs))
+        return rs
+
+    def expected(self, d):
+        out = {}
+        for prop in PROPS:
+            vals = [self.latest[(e, prop)][1] for e in self.children[d]
+                    if (e, prop) in self.latest]
+            if vals:
+                out[prop] = {"children": len(vals), "mean": sum(vals) / len(vals),
+                             "min": min(vals), "max": max(vals), "anomalous": 0}
+        return out
+
+    def aggregates(self, d):
+        t = self.c.twin(d)
+        if t is None:
+            return None, None
+        return t, {a["property"]: a for a in t.get("child_aggregates", [])}
+
+    def matches(self, d):
+        want = self.expected(d)
+        t, got = self.aggregates(d)
+        if got is None or set(got) != set(want):
+            return False
+        for prop, w in want.items():
+            g = got[prop]
+            if (g["children"] != w["children"] or g["min"] != w["min"] or g["max"] != w["max"]
+                    or g["anomalous"] != w["anomalous"]
+                    or abs(g["mean"] - w["mean"]) > 1e-9 * max(1.0, abs(w["mean"]))):
+                return False
+        return t["children"] == len(self.children[d])
+
+    def wait_all_match(self, what, timeout=WAIT_S):
+        deadline = time.monotonic() + timeout
+        while True:
+            bad = [d for d in self.districts if not self.matches(d)]
+            if not bad:
+                return
+            if time.monotonic() > deadline:
+                d = bad[0]
+                self.fail("%s: %s aggregates %s, expected %s" % (
+                    what, d, self.aggregates(d)[1], self.expected(d)))
+            time.sleep(0.3)
+
+    # -------------------------------------------------------------- tests
+
+    def test_1_aggregates_match_a_recomputation(self):
+        # Children on both workers for both parents.
+        for d, kids in self.children.items():
+            self.assertEqual({owner(self.map, e) for e in kids}, {"worker-0", "worker-1"}, d)
+        self.assertEqual(set(self.districts.values()), {"worker-0", "worker-1"})
+        self.send(self.step(lambda d, k, p: 10.0 + 3 * k + p))
+        rs = self.step(lambda d, k, p: 40.0 - 2 * k - p)     # values go down and up
+        self.send(rs)
+        self.send(rs)                                         # a repeat changes nothing
+        late = [(e, prop, 999.0, ts - 1500, model, attrs)     # older than held: ignored
+                for e, prop, _, ts, model, attrs in rs]
+        self.send(late)
+        self.wait_all_match("after two steps, a repeat and late readings")
+        # The parent twin exists with its model though it never had a reading.
+        for d in self.districts:
+            t = self.c.twin(d)
+            self.assertEqual(t["model"], "district", t)
+            self.assertEqual(t["worker"], self.districts[d], t)
+            self.assertEqual(t["properties"], [], t)
+
+    def test_2_children_listed(self):
+        self.wait_all_match("before listing")
+        d = next(iter(self.districts))
+        r = self.c.twinctl("twin", "children", d, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rep = json.loads(r.stdout)
+        self.assertEqual(rep["total"], len(self.children[d]))
+        self.assertEqual([c["entity"] for c in rep["children"]], sorted(self.children[d]))
+        for ch in rep["children"]:
+            self.assertEqual(ch["model"], "air_station")
+            for prop in PROPS:
+                ts, value = self.latest[(ch["entity"], prop)]
+                self.assertEqual(ch["values"][prop]["value"], value, ch)
+                self.assertEqual(ch["values"][prop]["ts_ms"], ts, ch)
+        text = self.c.twinctl("twin", "get", d).stdout
+        self.assertIn("CHILDREN'S PROPERTY", text)
+
+    def test_3_only_workers_may_send_child_updates(self):
+        d = next(d for d, o in self.districts.items() if o == "worker-1")
+        entry = (tm_proto.field_bytes(1, d) + tm_proto.field_bytes(2, "hier/forged")
+                 + tm_proto.field_bytes(3, "air_station")
+                 + tm_proto.field_bytes(5, tm_proto.field_bytes(1, "pm25")
+                                        + tm_proto.field_double(2, 1e6)
+                                        + tm_proto.field_varint(3, T0)))
+        body = tm_proto.field_bytes(1, entry)
+        for as_key in ("producer", "admin", "gateway-0"):
+            cl = client(self.c, "worker-1", as_key)
+            try:
+                hdr, _ = cl.request(tm_proto.CHILD_UPDATE, body, epoch=self.map["epoch"])
+                self.assertEqual(hdr["status"], "UNAUTHORIZED", (as_key, hdr))
+            finally:
+                cl.close()
+        # A worker's key with hostile bytes: refused with a reason, service goes on.
+        cl = client(self.c, "worker-1", "worker-0")
+        try:
+            for junk in (b"\xff\xff\xff", tm_proto.field_bytes(1, b"\x0a\x05ab"),
+                         tm_proto.field_bytes(1, tm_proto.field_bytes(1, d)
+                                              + tm_proto.field_bytes(2, "x" * 200))):
+                hdr, _ = cl.request(tm_proto.CHILD_UPDATE, junk, epoch=self.map["epoch"])
+                self.assertEqual(hdr["status"], "MALFORMED", hdr)
+        finally:
+            cl.close()
+        self.wait_all_match("after refused updates")   # nothing forged was counted
+
+    def test_4_parent_worker_sigkill_and_restart(self):
+        d, parent_worker = next(iter(self.districts.items()))
+        before = self.aggregates(d)[1]
+        self.c.kill(parent_worker)
+        self.c.start(parent_worker)
+        self.c.wait_ready()
+        self.wait_all_match("after SIGKILL and restart of %s" % parent_worker)
+        self.assertEqual(self.aggregates(d)[1], before)
+
+    def test_5_parent_worker_paused_catches_up(self):
+        d, parent_worker = next(iter(self.districts.items()))
+        other = "worker-1" if parent_worker == "worker-0" else "worker-0"
+        remote = [e for e in self.children[d] if owner(self.map, e) == other]
+        self.c.pause(parent_worker)
+        try:
+            # Readings for children on the running worker are acked; their
+            # parent cannot hear of them yet.
+            self.send(self.step(lambda d_, k, p: 50.0 - 5 * k + p, children=remote))
+            time.sleep(2.5)       # CHILD_UPDATEs time out and are queued again
+        finally:
+            self.c.resume(parent_worker)
+        self.wait_all_match("after %s resumed" % parent_worker)
+
+    def test_6_child_worker_paused_catches_up(self):
+        d, parent_worker = next(iter(self.districts.items()))
+        child_worker = "worker-1" if parent_worker == "worker-0" else "worker-0"
+        remote = [e for e in self.children[d] if owner(self.map, e) == child_worker]
+        rs = self.step(lambda d_, k, p: 7.0 + k + p / 2, children=remote)
+        self.c.pause(child_worker)
+        errors = []
+
+        def produce():
+            try:
+                self.send(rs, timeout_ms=60_000)
+            except BaseException as e:           # reported below
+                errors.append(e)
+        th = threading.Thread(target=produce)
+        try:
+            th.start()
+            time.sleep(2.0)
+        finally:
+            self.c.resume(child_worker)
+        th.join(90)
+        self.assertFalse(th.is_alive(), "the producer never got its ack")
+        self.assertEqual(errors, [])
+        self.wait_all_match("after %s resumed" % child_worker)
+
+    def test_7_out_of_range_keeps_the_last_good_value(self):
+        # Temperature 100 is outside its valid range: the parents keep each
+        # child's previous good value; pm25 and no2 (valid to 1000) move.
+        self.send(self.step(lambda d, k, p: 100.0 + k))
+        self.wait_all_match("after out-of-range temperatures")
+        for d in self.districts:
+            got = self.aggregates(d)[1]
+            self.assertLess(got["temperature"]["max"], 60, got)
+            self.assertGreaterEqual(got["pm25"]["min"], 100, got)
+
+
+if __name__ == "__main__":
+    main()
