@@ -184,11 +184,11 @@ tm_hier_apply (tm_hier_t *self, const tm_hier_entry_t *e, tm_hier_counts_t *coun
             if (c->values[k].property == name)
                 held = &c->values[k];
         if (held) {
-            //  Idempotent by child and timestamp: a repeat or a replay of an
-            //  older update changes nothing.
-            if (v->ts_ms < held->ts_ms
-                || (v->ts_ms == held->ts_ms && v->value == held->value
-                    && v->anomalous == held->anomalous)) {
+            //  Idempotent by child, property and timestamp (DESIGN.md's unit
+            //  of idempotency is the series and its timestamp): a repeat or
+            //  a replay of an older update changes nothing, whatever value
+            //  it carries, so applying any message twice is a no-op.
+            if (v->ts_ms <= held->ts_ms) {
                 counts->ignored++;
                 continue;
             }

@@ -667,6 +667,14 @@ tm_peers_start (tm_peers_t *self)
         tm_peers_set_map (self, self->map);
 }
 
+static bool
+s_not_ours (void *arg, const char *parent)
+{
+    tm_peers_t *self = (tm_peers_t *) arg;
+    return s_owner (self, tm_shardmap_shard_of (self->map, parent, strlen (parent)))
+           != self->my_index;
+}
+
 void
 tm_peers_set_map (tm_peers_t *self, const tm_shardmap_t *map)
 {
@@ -716,6 +724,13 @@ tm_peers_set_map (tm_peers_t *self, const tm_shardmap_t *map)
         //  A peer that acked our resync need not be asked again.
         p->resync_wanted = self->started && (int) i != self->my_index && p->id
                            && !zhashx_lookup (self->resync_acked, p->id);
+    }
+    //  Parents whose shards are no longer ours: their new owner rebuilds
+    //  them from the children's resends (shards moved away).
+    if (map && self->my_index >= 0) {
+        size_t dropped = tm_hier_drop (self->hier, s_not_ours, self);
+        if (dropped)
+            tm_info ("peers: forgot parents=%zu of shards no longer owned", dropped);
     }
     //  Detachments that waited for an owner.
     s_vec_t waiting = self->detach_route;
