@@ -87,6 +87,8 @@ struct _tm_peers_t {
     bool want_map;                 //  A peer answered WRONG_SHARD
     uint64_t models_gen;           //  Registry generation links were resolved at
     int64_t last_flush_ms;
+    int64_t last_warn_ms;          //  Refusal warnings: at most one a second
+    uint64_t warns_suppressed;     //  Not logged since the last one
     tm_peers_stats_t stats;
 };
 
@@ -939,7 +941,16 @@ tm_peers_on_update (tm_peers_t *self, zsock_t *router, const tm_msg_t *msg)
                                     &ctx, err, sizeof err);
     if (n < 0) {
         self->stats.malformed++;
-        tm_warn ("peers: malformed CHILD_UPDATE peer=%s: %s", msg->peer, err);
+        //  A hostile or broken peer must not flood the log: one a second.
+        int64_t now = tm_util_mono_ms ();
+        if (now - self->last_warn_ms >= 1000) {
+            tm_warn ("peers: malformed CHILD_UPDATE peer=%s: %s suppressed=%llu", msg->peer,
+                     err, (unsigned long long) self->warns_suppressed);
+            self->last_warn_ms = now;
+            self->warns_suppressed = 0;
+        }
+        else
+            self->warns_suppressed++;
         s_reply (self, router, msg, type, TWINMESH__STATUS__MALFORMED, err, NULL, 0);
         return;
     }
