@@ -174,15 +174,19 @@ tm_hier_apply (tm_hier_t *self, const tm_hier_entry_t *e, tm_hier_counts_t *coun
         c->model = model;
     for (size_t i = 0; i < e->nvalues; i++) {
         const tm_hier_value_t *v = &e->values[i];
-        const char *name = s_intern (self, v->property);
+        //  The child's own names first (a few, compared as strings): an
+        //  update of a property it has needs no trip through the intern
+        //  table, which was a hash lookup per value.
+        tm_hier_value_t *held = NULL;
+        for (uint32_t k = 0; k < c->nvalues && !held; k++)
+            if (c->values[k].property == v->property
+                || strcmp (c->values[k].property, v->property) == 0)
+                held = &c->values[k];
+        const char *name = held? held->property: s_intern (self, v->property);
         if (!name) {
             counts->refused++;
             continue;
         }
-        tm_hier_value_t *held = NULL;
-        for (uint32_t k = 0; k < c->nvalues && !held; k++)
-            if (c->values[k].property == name)
-                held = &c->values[k];
         if (held) {
             //  Idempotent by child, property and timestamp (DESIGN.md's unit
             //  of idempotency is the series and its timestamp): a repeat or
@@ -391,7 +395,17 @@ long
 tm_hier_decode_update (const uint8_t *data, size_t size, tm_hier_entry_fn *fn, void *arg,
                        char *err, size_t err_size)
 {
-    Twinmesh__ChildUpdate *u = TM_UNPACK (ChildUpdate, child_update, data, size);
+    //  One arena per thread, reused: a ChildUpdate is thousands of small
+    //  entries, and protobuf-c's own allocation per field cost more than
+    //  the decoding (measured under load, docs/hierarchy.md).
+    static _Thread_local tm_codec_arena_t *arena;
+    if (!arena && !(arena = tm_codec_arena_new ())) {
+        s_err (err, err_size, "out of memory");
+        return -1;
+    }
+    tm_codec_arena_reset (arena);
+    Twinmesh__ChildUpdate *u = (Twinmesh__ChildUpdate *) tm_codec_unpack_in (
+        &twinmesh__child_update__descriptor, data, size, arena);
     if (!u) {
         s_err (err, err_size, "ChildUpdate does not decode");
         return -1;
@@ -450,19 +464,22 @@ tm_hier_decode_update (const uint8_t *data, size_t size, tm_hier_entry_fn *fn, v
     }
     result = (long) u->n_entries;
 done:
-    tm_codec_free (&u);
+    tm_codec_arena_reset (arena);
     return result;
 }
 
+//  A message under construction keeps its strings in one arena (offsets,
+//  since the arena grows), so building one costs no allocation per entry:
+//  a full message is a few thousand entries, built up to 20 times a second.
 typedef struct {
-    char *parent, *child, *child_model, *parent_model;  //  Owned copies
+    size_t parent, child, child_model, parent_model;   //  Offsets in the arena
     size_t first;                  //  Index of its first value in the message
     size_t nvalues;
     bool detached;
 } s_msg_entry_t;
 
 typedef struct {
-    char *property;                //  Owned copy
+    size_t property;               //  Offset in the arena
     double value;
     int64_t ts_ms;
     bool anomalous;
@@ -473,6 +490,8 @@ struct _tm_hier_msg_t {
     size_t nentries;
     s_msg_value_t values[TM_HIER_MAX_MSG_VALUES];
     size_t nvalues;
+    char *arena;                   //  NUL-terminated strings, back to back
+    size_t used, cap;
 };
 
 tm_hier_msg_t *
@@ -486,7 +505,7 @@ tm_hier_msg_destroy (tm_hier_msg_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
-    tm_hier_msg_reset (*self_p);
+    free ((*self_p)->arena);
     free (*self_p);
     *self_p = NULL;
 }
@@ -494,41 +513,57 @@ tm_hier_msg_destroy (tm_hier_msg_t **self_p)
 void
 tm_hier_msg_reset (tm_hier_msg_t *self)
 {
-    for (size_t i = 0; i < self->nentries; i++) {
-        free (self->entries[i].parent);
-        free (self->entries[i].child);
-        free (self->entries[i].child_model);
-        free (self->entries[i].parent_model);
+    self->nentries = self->nvalues = self->used = 0;
+}
+
+//  Copy a string into the arena; its offset, or SIZE_MAX if memory is short.
+static size_t
+s_arena_put (tm_hier_msg_t *self, const char *s)
+{
+    size_t len = strlen (s? s: "") + 1;
+    if (self->used + len > self->cap) {
+        size_t cap = self->cap? self->cap: 65536;
+        while (cap < self->used + len)
+            cap *= 2;
+        char *grown = (char *) realloc (self->arena, cap);
+        if (!grown)
+            return SIZE_MAX;
+        self->arena = grown;
+        self->cap = cap;
     }
-    for (size_t i = 0; i < self->nvalues; i++)
-        free (self->values[i].property);
-    self->nentries = self->nvalues = 0;
+    memcpy (self->arena + self->used, s? s: "", len);
+    self->used += len;
+    return self->used - len;
 }
 
 int
 tm_hier_msg_add (tm_hier_msg_t *self, const tm_hier_entry_t *e)
 {
+    size_t nvalues = e->detached? 0: e->nvalues;
     if (self->nentries == TM_HIER_MAX_ENTRIES
-        || self->nvalues + e->nvalues > TM_HIER_MAX_MSG_VALUES)
+        || self->nvalues + nvalues > TM_HIER_MAX_MSG_VALUES)
         return 1;
-    s_msg_entry_t *m = &self->entries[self->nentries];
-    *m = (s_msg_entry_t) {.parent = strdup (e->parent), .child = strdup (e->child),
-                          .child_model = strdup (e->child_model? e->child_model: ""),
-                          .parent_model = strdup (e->parent_model? e->parent_model: ""),
-                          .first = self->nvalues, .nvalues = 0, .detached = e->detached};
-    self->nentries++;
-    if (!m->parent || !m->child || !m->child_model || !m->parent_model)
-        return -1;
-    for (size_t k = 0; k < e->nvalues && !e->detached; k++) {
-        s_msg_value_t *v = &self->values[self->nvalues];
-        *v = (s_msg_value_t) {.property = strdup (e->values[k].property),
+    size_t used = self->used;
+    s_msg_entry_t m = {.parent = s_arena_put (self, e->parent),
+                       .child = s_arena_put (self, e->child),
+                       .child_model = s_arena_put (self, e->child_model),
+                       .parent_model = s_arena_put (self, e->parent_model),
+                       .first = self->nvalues, .nvalues = nvalues, .detached = e->detached};
+    bool failed = m.parent == SIZE_MAX || m.child == SIZE_MAX || m.child_model == SIZE_MAX
+                  || m.parent_model == SIZE_MAX;
+    for (size_t k = 0; k < nvalues && !failed; k++) {
+        s_msg_value_t *v = &self->values[self->nvalues + k];
+        *v = (s_msg_value_t) {.property = s_arena_put (self, e->values[k].property),
                               .value = e->values[k].value, .ts_ms = e->values[k].ts_ms,
                               .anomalous = e->values[k].anomalous};
-        self->nvalues++;
-        m->nvalues++;
-        if (!v->property)
-            return -1;
+        failed = v->property == SIZE_MAX;
     }
+    if (failed) {
+        self->used = used;         //  the message stays as it was
+        return -1;
+    }
+    self->entries[self->nentries++] = m;
+    self->nvalues += nvalues;
     return 0;
 }
 
@@ -558,7 +593,7 @@ tm_hier_msg_encode (const tm_hier_msg_t *self, size_t *size)
         goto done;
     for (size_t i = 0; i < nv; i++) {
         twinmesh__child_value__init (&values[i]);
-        values[i].property = self->values[i].property;
+        values[i].property = self->arena + self->values[i].property;
         values[i].value = self->values[i].value;
         values[i].ts_ms = self->values[i].ts_ms;
         values[i].anomalous = self->values[i].anomalous;
@@ -567,10 +602,10 @@ tm_hier_msg_encode (const tm_hier_msg_t *self, size_t *size)
     for (size_t i = 0; i < ne; i++) {
         const s_msg_entry_t *m = &self->entries[i];
         twinmesh__child_entry__init (&entries[i]);
-        entries[i].parent = m->parent;
-        entries[i].child = m->child;
-        entries[i].child_model = m->child_model;
-        entries[i].parent_model = m->parent_model;
+        entries[i].parent = self->arena + m->parent;
+        entries[i].child = self->arena + m->child;
+        entries[i].child_model = self->arena + m->child_model;
+        entries[i].parent_model = self->arena + m->parent_model;
         entries[i].detached = m->detached;
         entries[i].n_values = m->nvalues;
         entries[i].values = m->nvalues? &vptrs[m->first]: NULL;

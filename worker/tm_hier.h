@@ -158,9 +158,9 @@ typedef struct _tm_hier_msg_t tm_hier_msg_t;
 tm_hier_msg_t *tm_hier_msg_new (void);
 void tm_hier_msg_destroy (tm_hier_msg_t **self_p);
 
-//  Add an entry (strings and values are copied). Returns 0, or 1 if the
-//  message is full (entries or values at their cap: send it first), or -1
-//  on allocation failure.
+//  Add an entry (strings and values are copied, into one arena). Returns
+//  0, or 1 if the message is full (entries or values at their cap: send it
+//  first), or -1 on allocation failure (the message is left as it was).
 int tm_hier_msg_add (tm_hier_msg_t *self, const tm_hier_entry_t *entry);
 
 //  Entries and values added since the last reset.

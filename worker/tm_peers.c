@@ -87,12 +87,14 @@ struct _tm_peers_t {
     bool want_map;                 //  A peer answered WRONG_SHARD
     uint64_t models_gen;           //  Registry generation links were resolved at
     int64_t last_flush_ms;
+    int64_t flush_gap_ms;          //  Between two routings: TM_PEERS_FLUSH_MS or more
     int64_t last_warn_ms;          //  Refusal warnings: at most one a second
     uint64_t warns_suppressed;     //  Not logged since the last one
     tm_peers_stats_t stats;
 };
 
 #define S_RESYNC_EVERY_MS 2000        //  HIER_RESYNC asked again until acked
+#define S_FLUSH_GAP_MAX_MS 1000       //  Longest gap between routings, however slow
 
 static const char s_pending_mark = 0;
 #define S_PENDING ((void *) &s_pending_mark)
@@ -215,6 +217,7 @@ tm_peers_new (const tm_peers_config_t *config)
     self->models = config->models;
     self->poller = config->poller;
     self->my_index = -1;
+    self->flush_gap_ms = TM_PEERS_FLUSH_MS;
     self->hier = tm_hier_new (config->max_children);
     self->msg = tm_hier_msg_new ();
     s_vec_init (&self->resolve, sizeof (tm_twin_t *));
@@ -419,7 +422,9 @@ s_values (tm_peers_t *self, const tm_twin_t *t, uint64_t mask, tm_hier_value_t *
 static void
 s_apply_local (tm_peers_t *self, const tm_hier_entry_t *e, tm_hier_counts_t *counts)
 {
-    if (!e->detached && self->map) {
+    //  A parent tm_hier holds already has its twin (twins are never
+    //  removed): look it up only for a new parent, not per entry.
+    if (!e->detached && self->map && !tm_hier_has_parent (self->hier, e->parent)) {
         tm_twin_t *pt = tm_twins_ensure (self->twins, e->parent, strlen (e->parent),
                                          e->parent_model, self->map->key,
                                          self->map->num_shards);
@@ -770,9 +775,10 @@ tm_peers_flush (tm_peers_t *self, int64_t now, bool force)
         }
         s_peer_resync (self, p, now);
     }
-    if (!force && now - self->last_flush_ms < TM_PEERS_FLUSH_MS)
+    if (!force && now - self->last_flush_ms < self->flush_gap_ms)
         return;
     self->last_flush_ms = now;
+    int64_t t0 = tm_util_mono_us ();
     if (self->models && tm_models_generation (self->models) != self->models_gen) {
         self->models_gen = tm_models_generation (self->models);
         s_walk_all (self);
@@ -801,6 +807,13 @@ tm_peers_flush (tm_peers_t *self, int64_t now, bool force)
     for (size_t i = 0; i < self->npeers; i++)
         if ((int) i != self->my_index)
             s_peer_pump (self, i, now);
+    //  The hierarchy may take a tenth of the worker's time: under a load
+    //  that touches every child between two flushes, routing them all is
+    //  work per child, so flush less often rather than slow ingest down.
+    int64_t spent_ms = (tm_util_mono_us () - t0) / 1000;
+    self->flush_gap_ms = spent_ms * 9 > TM_PEERS_FLUSH_MS? spent_ms * 9: TM_PEERS_FLUSH_MS;
+    if (self->flush_gap_ms > S_FLUSH_GAP_MAX_MS)
+        self->flush_gap_ms = S_FLUSH_GAP_MAX_MS;
 }
 
 int64_t
@@ -815,7 +828,7 @@ tm_peers_next_ms (tm_peers_t *self, int64_t now)
         next = next < 0 || at_ < next? at_: next;                              \
     } while (0)
     if (self->resolve.n || self->touched.n || self->rescan)
-        S_SOONER (self->last_flush_ms + TM_PEERS_FLUSH_MS - now);
+        S_SOONER (self->last_flush_ms + self->flush_gap_ms - now);
     for (size_t i = 0; i < self->npeers; i++) {
         s_peer_t *p = &self->peers[i];
         if ((int) i == self->my_index)
