@@ -10,7 +10,8 @@ CHILD_UPDATE between workers. The aggregates are checked against a Python
 recomputation from the readings sent, then again after the parent's worker
 is SIGKILLed and restarted (the aggregates are rebuilt by a resync), after
 the parent's worker is SIGSTOPped while its children change (the updates are
-resent), and after a child's worker is SIGSTOPped while readings wait for it.
+resent), after a child's worker is SIGSTOPped while readings wait for it,
+and after children move to another parent.
 """
 import json
 import os
@@ -283,6 +284,23 @@ class HierarchyTest(unittest.TestCase):
             got = self.aggregates(d)[1]
             self.assertLess(got["temperature"]["max"], 60, got)
             self.assertGreaterEqual(got["pm25"]["min"], 100, got)
+
+    def test_8_a_child_that_changes_parent_moves(self):
+        (a, a_worker), (b, _) = list(self.districts.items())
+        other = "worker-1" if a_worker == "worker-0" else "worker-0"
+        # One child on a's worker (a local detachment), one on the other
+        # worker (a detachment sent in a CHILD_UPDATE).
+        moved = [next(e for e in self.children[a] if owner(self.map, e) == a_worker),
+                 next(e for e in self.children[a] if owner(self.map, e) == other)]
+        for e in moved:
+            self.children[a].remove(e)
+            self.children[b].append(e)
+        self.send(self.step(lambda d, k, p: 20.0 + k + p, children=moved))
+        self.wait_all_match("after two children moved from %s to %s" % (a, b))
+        r = self.c.twinctl("twin", "children", a, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        listed = [ch["entity"] for ch in json.loads(r.stdout)["children"]]
+        self.assertEqual(listed, sorted(self.children[a]))
 
 
 if __name__ == "__main__":
