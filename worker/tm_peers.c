@@ -1100,3 +1100,49 @@ tm_peers_twin_extra (tm_peers_t *self, const tm_twin_t *twin, size_t *size)
     return tm_hier_encode_twin_extra (self->hier, twin->entity, filtered? s_filter: NULL,
                                       (void *) m, size);
 }
+
+bool
+tm_peers_series (void *arg, const tm_twin_t *twin, const char *name, double *value)
+{
+    tm_peers_t *self = (tm_peers_t *) arg;
+    static const struct {
+        const char *suffix;
+        uint32_t function;
+    } s_functions[] = {{"_mean", TM_MODEL_AGG_MEAN}, {"_min", TM_MODEL_AGG_MIN},
+                       {"_max", TM_MODEL_AGG_MAX},
+                       {"_count_anomalous", TM_MODEL_AGG_COUNT_ANOMALOUS}};
+    const tm_model_t *m = s_model_of (self, twin);
+    if (!m || m->naggregates == 0)
+        return false;
+    size_t len = strlen (name);
+    for (size_t i = 0; i < sizeof s_functions / sizeof s_functions[0]; i++) {
+        size_t slen = strlen (s_functions[i].suffix);
+        if (len <= slen || len - slen > TM_MODEL_NAME_MAX
+            || strcmp (name + len - slen, s_functions[i].suffix) != 0)
+            continue;
+        char property[TM_MODEL_NAME_MAX + 1];
+        memcpy (property, name, len - slen);
+        property[len - slen] = 0;
+        const tm_model_aggregate_t *g = tm_model_aggregate_find (m, property);
+        if (!g || !(g->functions & s_functions[i].function))
+            return false;
+        //  One pass over the parent's children per series read: reads are
+        //  rare (a TWIN_GET, a query's derived column on a parent).
+        tm_hier_agg_t aggs[TM_HIER_MAX_PROPS];
+        size_t n = tm_hier_aggregates (self->hier, twin->entity, s_filter, (void *) m, aggs,
+                                       TM_HIER_MAX_PROPS);
+        for (size_t k = 0; k < n; k++) {
+            if (strcmp (aggs[k].property, property) != 0)
+                continue;
+            switch (s_functions[i].function) {
+                case TM_MODEL_AGG_MEAN: *value = aggs[k].mean; break;
+                case TM_MODEL_AGG_MIN: *value = aggs[k].min; break;
+                case TM_MODEL_AGG_MAX: *value = aggs[k].max; break;
+                default: *value = aggs[k].anomalous; break;
+            }
+            return true;
+        }
+        return false;
+    }
+    return false;
+}

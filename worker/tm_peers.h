@@ -100,6 +100,13 @@ void tm_peers_on_children_get (tm_peers_t *self, zsock_t *router, const tm_msg_t
 //  its TWIN reply (see tm_hier_encode_twin_extra); NULL if it has none.
 uint8_t *tm_peers_twin_extra (tm_peers_t *self, const tm_twin_t *twin, size_t *size);
 
+//  A parent's aggregate series by the name its model gives it,
+//  <property>_<function> (`pm25_mean`, `pm25_count_anomalous`, docs/models.md,
+//  "Aggregates"): true with *value when the model declares it and a child
+//  reports the property. A tm_derived_series_fn, arg the tm_peers_t, so
+//  that derived properties (`1 - occupied_mean`) read aggregates.
+bool tm_peers_series (void *arg, const tm_twin_t *twin, const char *name, double *value);
+
 //  Counters since start, for logs and tests.
 typedef struct {
     uint64_t sent;                 //  CHILD_UPDATE messages sent

@@ -851,6 +851,8 @@ tm_worker_new (const tm_worker_config_t *config)
     self->peers = tm_peers_new (&pc);
     if (!self->peers)
         goto fail;
+    //  Derived properties of parents read their aggregates (1 - occupied_mean).
+    tm_derived_set_series (self->derived, tm_peers_series, self->peers);
     if (tm_mapclient_map (self->mapc))
         tm_peers_set_map (self->peers, tm_mapclient_map (self->mapc));
     //  Parents' aggregates are rebuilt, not persisted (docs/hierarchy.md):
@@ -886,6 +888,8 @@ tm_worker_destroy (tm_worker_t **self_p)
                  (unsigned long long) open_bytes);
     }
     //  Before the poller (its sockets leave it) and the twins (their links).
+    if (self->derived)
+        tm_derived_set_series (self->derived, NULL, NULL);
     tm_peers_destroy (&self->peers);
     if (self->staged)
         for (size_t i = 0; i < self->nstaged; i++) {

@@ -24,7 +24,8 @@ from tmtest import client, cluster, main, shard_map, shard_of, tm_proto
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "models")
 PROPS = ("pm25", "no2", "temperature")
-VALID = {"pm25": (0, 1000), "no2": (0, 1000), "temperature": (-50, 60)}   # models/air_station.json
+VALID = {"pm25": (0, 1000), "no2": (0, 1000), "temperature": (-50, 60),   # models/air_station.json
+         "occupied": (0, 1)}                                               # models/parking_bay.json
 T0 = int(time.time() * 1000) - 3_600_000
 CHILDREN_PER_WORKER = 6
 WAIT_S = 30.0
@@ -47,12 +48,11 @@ class HierarchyTest(unittest.TestCase):
     @classmethod
     def setup_cluster(cls):
         c = cls.c
-        c.twinctl("model", "load", os.path.join(MODELS_DIR, "air_station.json"),
-                  os.path.join(MODELS_DIR, "district.json"))
+        names = ("air_station", "district", "parking_bay")
+        c.twinctl("model", "load", *[os.path.join(MODELS_DIR, n + ".json") for n in names])
         deadline = time.monotonic() + WAIT_S
         for w in ("worker-0", "worker-1"):
-            while not all("modelsync: model installed name=%s" % n in c.log(w)
-                          for n in ("air_station", "district")):
+            while not all("modelsync: model installed name=%s" % n in c.log(w) for n in names):
                 if time.monotonic() > deadline:
                     raise AssertionError("%s did not install the models" % w)
                 time.sleep(0.2)
@@ -301,6 +301,37 @@ class HierarchyTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         listed = [ch["entity"] for ch in json.loads(r.stdout)["children"]]
         self.assertEqual(listed, sorted(self.children[a]))
+
+    def test_9_derived_properties_read_aggregates(self):
+        # models/district.json: parking_free_ratio = 1 - occupied_mean, over
+        # the district's parking bays (aggregate "occupied", models parking_bay).
+        d = "hier/district/parking"
+        bays = ["hier/bay-%03d" % i for i in range(10)]
+        occupied = [1, 0, 1, 1, 0, 0, 1, 0, 1, 1]
+        attrs = {"district": json.dumps(d), "location": json.dumps({"lat": 45.5, "lon": 9.2})}
+        self.__class__.ts += 1000
+        self.send([(b, "occupied", float(o), self.ts, "parking_bay", attrs)
+                   for b, o in zip(bays, occupied)])
+        want = 1 - sum(occupied) / len(occupied)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            t, got = self.aggregates(d)
+            props = {p["name"]: p for p in (t or {}).get("properties", [])}
+            if got and got.get("occupied", {}).get("children") == len(bays) \
+                    and "parking_free_ratio" in props:
+                break
+            self.assertLess(time.monotonic(), deadline, "no aggregates for %s: %s" % (d, t))
+            time.sleep(0.3)
+        self.assertAlmostEqual(got["occupied"]["mean"], sum(occupied) / len(occupied))
+        self.assertTrue(props["parking_free_ratio"].get("derived"), props)
+        self.assertAlmostEqual(props["parking_free_ratio"]["value"], want)
+        # Queries see the derived property too (through the same code).
+        r = self.c.twinctl("query", "SELECT entity, parking_free_ratio FROM twins WHERE "
+                           "entity = '%s'" % d, "--format", "json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = json.loads(r.stdout)["rows"]
+        self.assertEqual(len(rows), 1, rows)
+        self.assertAlmostEqual(rows[0][1], want)
 
 
 if __name__ == "__main__":
