@@ -84,6 +84,7 @@ struct _tm_peers_t {
     bool rescan;                   //  A list could not grow: walk every twin
     bool started;                  //  tm_peers_start ran
     zhashx_t *resync_acked;        //  Ids of workers that acked our HIER_RESYNC
+    uint8_t *owned;                //  Bitmap of the shards we owned at the last map
     bool want_map;                 //  A peer answered WRONG_SHARD
     uint64_t models_gen;           //  Registry generation links were resolved at
     int64_t last_flush_ms;
@@ -257,6 +258,7 @@ tm_peers_destroy (tm_peers_t **self_p)
     s_vec_fini (&self->touched);
     s_vec_fini (&self->detach_route);
     zhashx_destroy (&self->resync_acked);
+    free (self->owned);
     tm_hier_msg_destroy (&self->msg);
     tm_hier_destroy (&self->hier);
     free (self->id);
@@ -712,6 +714,26 @@ tm_peers_set_map (tm_peers_t *self, const tm_shardmap_t *map)
     self->npeers = 0;
     self->map = map;
     self->my_index = map? tm_shardmap_find_worker (map, self->id): -1;
+    //  A shard that became ours has parents whose children do not know it:
+    //  ask every worker to resend (again, if it had answered before).
+    if (map && map->num_shards <= TM_SHARDMAP_MAX_SHARDS) {
+        uint8_t *owned = (uint8_t *) calloc ((TM_SHARDMAP_MAX_SHARDS + 7) / 8, 1);
+        bool gained = false;
+        for (uint32_t sh = 0; owned && sh < map->num_shards; sh++)
+            if (self->my_index >= 0 && map->owners[sh] == (uint32_t) self->my_index) {
+                owned[sh >> 3] |= (uint8_t) (1u << (sh & 7));
+                gained = gained || !self->owned || !(self->owned[sh >> 3] & (1u << (sh & 7)));
+            }
+        if (gained && self->owned) {
+            tm_info ("peers: shards gained at map epoch=%llu; asking every worker to resend",
+                     (unsigned long long) map->epoch);
+            zhashx_purge (self->resync_acked);
+        }
+        if (owned) {
+            free (self->owned);
+            self->owned = owned;
+        }
+    }
     if (map && map->nworkers) {
         self->peers = (s_peer_t *) calloc (map->nworkers, sizeof (s_peer_t));
         if (self->peers)
