@@ -20,6 +20,7 @@ typedef struct {
 
 typedef struct {
     zhashx_t *children;            //  Child id -> s_child_t, owned
+    void *tag;                     //  The caller's (the worker keeps the parent's twin)
 } s_parent_t;
 
 struct _tm_hier_t {
@@ -129,6 +130,15 @@ s_parent (tm_hier_t *self, const char *id, bool create)
 int
 tm_hier_apply (tm_hier_t *self, const tm_hier_entry_t *e, tm_hier_counts_t *counts)
 {
+    return tm_hier_apply_tag (self, e, counts, NULL);
+}
+
+int
+tm_hier_apply_tag (tm_hier_t *self, const tm_hier_entry_t *e, tm_hier_counts_t *counts,
+                   void ***tag_p)
+{
+    if (tag_p)
+        *tag_p = NULL;
     if (e->detached) {
         s_parent_t *p = s_parent (self, e->parent, false);
         if (p && zhashx_lookup (p->children, e->child)) {
@@ -136,11 +146,15 @@ tm_hier_apply (tm_hier_t *self, const tm_hier_entry_t *e, tm_hier_counts_t *coun
             self->nchildren--;
             counts->applied++;
             //  A parent without children holds nothing worth keeping.
-            if (zhashx_size (p->children) == 0)
+            if (zhashx_size (p->children) == 0) {
                 zhashx_delete (self->parents, e->parent);
+                p = NULL;
+            }
         }
         else
             counts->ignored++;
+        if (tag_p && p)
+            *tag_p = &p->tag;
         return 0;
     }
     if (e->nvalues == 0)
@@ -150,6 +164,8 @@ tm_hier_apply (tm_hier_t *self, const tm_hier_entry_t *e, tm_hier_counts_t *coun
         counts->refused += (uint32_t) e->nvalues;
         return -1;
     }
+    if (tag_p)
+        *tag_p = &p->tag;
     s_child_t *c = (s_child_t *) zhashx_lookup (p->children, e->child);
     if (!c) {
         if (zhashx_size (p->children) >= self->max_children) {

@@ -106,6 +106,13 @@ void tm_hier_destroy (tm_hier_t **self_p);
 //  on allocation failure (counted as refused).
 int tm_hier_apply (tm_hier_t *self, const tm_hier_entry_t *entry, tm_hier_counts_t *counts);
 
+//  As tm_hier_apply; *tag_p (if tag_p is not NULL) gets the address of
+//  the parent's tag, a pointer the caller may keep there (the worker keeps
+//  the parent's twin: no lookup per entry), or NULL if the parent is not
+//  held afterwards (a detachment of its last child, a refused entry).
+int tm_hier_apply_tag (tm_hier_t *self, const tm_hier_entry_t *entry, tm_hier_counts_t *counts,
+                       void ***tag_p);
+
 //  True if the worker holds contributions for this parent.
 bool tm_hier_has_parent (tm_hier_t *self, const char *parent);
 

@@ -421,19 +421,30 @@ s_values (tm_peers_t *self, const tm_twin_t *t, uint64_t mask, tm_hier_value_t *
 }
 
 //  Apply an entry to a parent we own, creating the parent twin if needed.
+//  A parent whose aggregates changed is marked changed like any twin (its
+//  version moves, its checkpoint and any cached query column of it are
+//  redone), since its derived properties read them.
 static void
 s_apply_local (tm_peers_t *self, const tm_hier_entry_t *e, tm_hier_counts_t *counts)
 {
-    //  A parent tm_hier holds already has its twin (twins are never
-    //  removed): look it up only for a new parent, not per entry.
-    if (!e->detached && self->map && !tm_hier_has_parent (self->hier, e->parent)) {
-        tm_twin_t *pt = tm_twins_ensure (self->twins, e->parent, strlen (e->parent),
-                                         e->parent_model, self->map->key,
-                                         self->map->num_shards);
+    uint32_t before = counts->applied;
+    void **tag = NULL;
+    tm_hier_apply_tag (self->hier, e, counts, &tag);
+    tm_twin_t *pt = tag? (tm_twin_t *) *tag: NULL;
+    if (tag && !pt && self->map) {
+        //  The parent's twin, once per parent (twins are never removed).
+        pt = tm_twins_ensure (self->twins, e->parent, strlen (e->parent), e->parent_model,
+                              self->map->key, self->map->num_shards);
         if (!pt)
             tm_warn ("peers: cannot create parent twin entity=%s", e->parent);
+        *tag = pt;
     }
-    tm_hier_apply (self->hier, e, counts);
+    if (counts->applied == before)
+        return;
+    if (!pt)
+        pt = tm_twins_find (self->twins, e->parent, strlen (e->parent));
+    if (pt)
+        tm_twins_mark_changed (self->twins, pt);
 }
 
 static void

@@ -840,6 +840,12 @@ s_touch (tm_twins_t *self, tm_twin_t *t, int prop)
     self->touch (self->touch_arg, t, prop);
 }
 
+void
+tm_twins_mark_changed (tm_twins_t *self, tm_twin_t *twin)
+{
+    s_mark_dirty (self, twin);
+}
+
 tm_twin_t *
 tm_twins_ensure (tm_twins_t *self, const char *entity, size_t len, const char *model,
                  const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards)

@@ -169,6 +169,10 @@ void tm_twins_set_touch (tm_twins_t *self, tm_twins_touch_fn *touch, void *arg);
 tm_twin_t *tm_twins_ensure (tm_twins_t *self, const char *entity, size_t len, const char *model,
                             const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards);
 
+//  Count a change of the twin that no reading made (a parent's aggregates):
+//  its version moves and its shard is checkpointed again.
+void tm_twins_mark_changed (tm_twins_t *self, tm_twin_t *twin);
+
 //  Find a twin by entity id; NULL if absent. Borrowed.
 tm_twin_t *tm_twins_find (tm_twins_t *self, const char *entity, size_t len);
 

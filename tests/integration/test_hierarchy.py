@@ -332,6 +332,21 @@ class HierarchyTest(unittest.TestCase):
         rows = json.loads(r.stdout)["rows"]
         self.assertEqual(len(rows), 1, rows)
         self.assertAlmostEqual(rows[0][1], want)
+        # A change among the children is a change of the parent: its version
+        # moves, and a query sees the new value (no stale cached column).
+        version = t["version"]
+        self.__class__.ts += 1000
+        self.send([(b, "occupied", 1.0, self.ts, "parking_bay", attrs) for b in bays])
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            r = self.c.twinctl("query", "SELECT entity, parking_free_ratio FROM twins WHERE "
+                               "entity = '%s'" % d, "--format", "json")
+            rows = json.loads(r.stdout)["rows"] if r.returncode == 0 else []
+            if rows and rows[0][1] == 0:
+                break
+            self.assertLess(time.monotonic(), deadline, "query still answers %s" % rows)
+            time.sleep(0.3)
+        self.assertGreater(self.c.twin(d)["version"], version)
 
 
 if __name__ == "__main__":
