@@ -634,6 +634,8 @@ s_peer_pump (tm_peers_t *self, size_t index, int64_t now)
             if (rc == 1)
                 break;             //  full: the rest go in the next message
             if (rc != 0 || s_vec_push (&p->flying, &t) != 0) {
+                //  Out of memory: what was taken goes back to be routed again.
+                s_vec_shift (&p->queue, taken);
                 tm_hier_msg_reset (self->msg);
                 s_requeue_flying (self, p);
                 return;
