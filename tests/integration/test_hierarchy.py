@@ -25,7 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "models")
 PROPS = ("pm25", "no2", "temperature")
 VALID = {"pm25": (0, 1000), "no2": (0, 1000), "temperature": (-50, 60),   # models/air_station.json
-         "occupied": (0, 1)}                                               # models/parking_bay.json
+         "occupied": (0, 1),                                               # models/parking_bay.json
+         "level": (-1e308, 1e308)}                                         # test_10's hier_sensor
 T0 = int(time.time() * 1000) - 3_600_000
 CHILDREN_PER_WORKER = 6
 WAIT_S = 30.0
@@ -347,6 +348,62 @@ class HierarchyTest(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "query still answers %s" % rows)
             time.sleep(0.3)
         self.assertGreater(self.c.twin(d)["version"], version)
+
+    def test_10_anomalous_children_are_counted(self):
+        # Own models, so that scoring starts after 5 readings (air_station
+        # waits for 60): a level that hovers, then one child spikes.
+        sensor = {"format": 1, "name": "hier_sensor", "version": 1,
+                  "properties": {"level": {"anomaly": {"threshold_sigma": 4, "warmup": 5},
+                                           "forecast": {"beta": 0}}},
+                  "attributes": {"area": {"type": "string"}},
+                  "relationships": {"area": {"kind": "parent", "target": "hier_area",
+                                             "attribute": "area"}}}
+        area = {"format": 1, "name": "hier_area", "version": 1,
+                "aggregates": {"level": {"functions": ["mean", "count_anomalous"]}}}
+        paths = []
+        for doc in (sensor, area):
+            path = os.path.join(self.c.tmp, doc["name"] + ".json")
+            with open(path, "w") as f:
+                json.dump(doc, f)
+            paths.append(path)
+        self.c.twinctl("model", "load", *paths)
+        deadline = time.monotonic() + WAIT_S
+        for w in ("worker-0", "worker-1"):
+            while "modelsync: model installed name=hier_area" not in self.c.log(w):
+                self.assertLess(time.monotonic(), deadline, "%s lacks the models" % w)
+                time.sleep(0.2)
+        a = "hier/area/A"
+        a_worker = owner(self.map, a)
+        sensors, i = [], 0
+        for want in (a_worker, "worker-1" if a_worker == "worker-0" else "worker-0"):
+            while owner(self.map, "hier/sensor-%d" % i) != want:
+                i += 1
+            sensors.append("hier/sensor-%d" % i)
+            i += 1
+        attrs = {"area": json.dumps(a)}
+        rs = [(e, "level", 10.0 + (k % 3) * 0.1, T0 + k * 1000, "hier_sensor", attrs)
+              for k in range(30) for e in sensors]
+        self.send(rs)
+
+        def area_level():
+            _, got = self.aggregates(a)
+            return (got or {}).get("level")
+        deadline = time.monotonic() + WAIT_S
+        while not (area_level() or {}).get("children") == 2:
+            self.assertLess(time.monotonic(), deadline, "no aggregate for %s" % a)
+            time.sleep(0.3)
+        self.assertEqual(area_level()["anomalous"], 0)
+        # The child on the other worker spikes: its parent counts it.
+        self.send([(sensors[1], "level", 500.0, T0 + 30 * 1000, "hier_sensor", attrs)])
+        deadline = time.monotonic() + WAIT_S
+        while area_level()["anomalous"] != 1:
+            self.assertLess(time.monotonic(), deadline, "spike not counted: %s" % area_level())
+            time.sleep(0.3)
+        self.assertAlmostEqual(area_level()["mean"], (500.0 + 10.2) / 2)
+        r = self.c.twinctl("twin", "children", a, "--json")
+        flags = {c["entity"]: c["values"]["level"]["anomalous"]
+                 for c in json.loads(r.stdout)["children"]}
+        self.assertEqual(flags, {sensors[0]: False, sensors[1]: True})
 
 
 if __name__ == "__main__":
