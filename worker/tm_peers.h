@@ -9,7 +9,9 @@
     - the apply path tells it, per good reading, which property of which
       twin changed (tm_twins' touch hook: a bit in the twin's link; a twin
       without a parent pays one compare);
-    - every flush (at most every TM_PEERS_FLUSH_MS, after a drain) it routes
+    - every flush (after a drain, at most every TM_PEERS_FLUSH_MS or nine
+      times the last routing pass's duration, so about a tenth of the
+      worker's time at most) it routes
       the changed twins: parents on this worker get the contribution at once,
       without the network; the others are queued per owner worker. Only
       the latest contribution matters, so the queue is a dirty set: a twin
