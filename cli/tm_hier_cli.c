@@ -59,6 +59,26 @@ tm_hier_cli_print_json (FILE *out, const Twinmesh__TwinState *ts)
     fputs (ts->n_child_aggregates? "\n]": "]", out);
 }
 
+void
+tm_hier_cli_print_stats_json (FILE *out, const Twinmesh__NodeStats *st)
+{
+    const Twinmesh__HierStats *h = st? st->hier: NULL;
+    if (!h)
+        return;
+    fprintf (out,
+             ", \"hierarchy\": {\"sent\": %llu, \"acked\": %llu, \"resent\": %llu, "
+             "\"local_values\": %llu, \"received\": %llu, \"applied\": %llu, \"ignored\": "
+             "%llu, \"refused\": %llu, \"malformed\": %llu, \"unauthorized\": %llu, "
+             "\"resyncs\": %llu, \"parents\": %llu, \"children\": %llu, \"queued\": %llu}",
+             (unsigned long long) h->sent, (unsigned long long) h->acked,
+             (unsigned long long) h->resent, (unsigned long long) h->local_values,
+             (unsigned long long) h->received, (unsigned long long) h->applied,
+             (unsigned long long) h->ignored, (unsigned long long) h->refused,
+             (unsigned long long) h->malformed, (unsigned long long) h->unauthorized,
+             (unsigned long long) h->resyncs, (unsigned long long) h->parents,
+             (unsigned long long) h->children, (unsigned long long) h->queued);
+}
+
 static void
 s_print_json (FILE *out, const Twinmesh__ChildrenReply *rep)
 {

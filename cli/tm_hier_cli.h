@@ -22,6 +22,10 @@ void tm_hier_cli_print_text (FILE *out, const Twinmesh__TwinState *ts);
 //  JSON object (always: 0 and [] for a twin without children).
 void tm_hier_cli_print_json (FILE *out, const Twinmesh__TwinState *ts);
 
+//  Print `, "hierarchy": {...}` inside a node's stats object in twinctl
+//  status --json, when the node sent hierarchy counters (workers).
+void tm_hier_cli_print_stats_json (FILE *out, const Twinmesh__NodeStats *st);
+
 //  twinctl twin children PARENT [--limit N] [--json]; argv[0] is "children".
 //  Returns the exit code.
 int tm_hier_cli_children_main (int argc, char **argv);

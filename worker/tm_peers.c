@@ -278,6 +278,30 @@ tm_peers_stats (tm_peers_t *self, tm_peers_stats_t *stats)
     *stats = self->stats;
 }
 
+void
+tm_peers_node_stats (tm_peers_t *self, Twinmesh__HierStats *out)
+{
+    const tm_peers_stats_t *st = &self->stats;
+    out->sent = st->sent;
+    out->acked = st->acked;
+    out->resent = st->resent;
+    out->local_values = st->local_values;
+    out->received = st->received;
+    out->applied = st->applied;
+    out->ignored = st->ignored;
+    out->refused = st->refused;
+    out->malformed = st->malformed;
+    out->unauthorized = st->unauthorized;
+    out->resyncs = st->resyncs;
+    tm_hier_stats_t hs;
+    tm_hier_stats (self->hier, &hs);
+    out->parents = hs.parents;
+    out->children = hs.children;
+    out->queued = 0;
+    for (size_t i = 0; i < self->npeers; i++)
+        out->queued += self->peers[i].queue.n + self->peers[i].flying.n;
+}
+
 bool
 tm_peers_want_map (tm_peers_t *self)
 {

@@ -126,4 +126,8 @@ typedef struct {
 } tm_peers_stats_t;
 void tm_peers_stats (tm_peers_t *self, tm_peers_stats_t *stats);
 
+//  The same, with what tm_hier holds and what waits in queues, for the
+//  worker's heartbeat (NodeStats.hier).
+void tm_peers_node_stats (tm_peers_t *self, Twinmesh__HierStats *out);
+
 #endif

@@ -736,6 +736,9 @@ s_heartbeat (tm_worker_t *self)
     st.unmodelled = ts.unmodelled;
     st.unknown_property = ts.unknown_property;
     st.invalid_type = ts.invalid_type;
+    Twinmesh__HierStats hs = TWINMESH__HIER_STATS__INIT;
+    tm_peers_node_stats (self->peers, &hs);
+    st.hier = &hs;
     Twinmesh__NodeInfo info = TWINMESH__NODE_INFO__INIT;
     info.id = self->id;
     info.role = (char *) "worker";

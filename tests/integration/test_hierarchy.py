@@ -165,7 +165,7 @@ class HierarchyTest(unittest.TestCase):
 
     # -------------------------------------------------------------- tests
 
-    def test_1_aggregates_match_a_recomputation(self):
+    def test_01_aggregates_match_a_recomputation(self):
         # Children on both workers for both parents.
         for d, kids in self.children.items():
             self.assertEqual({owner(self.map, e) for e in kids}, {"worker-0", "worker-1"}, d)
@@ -185,7 +185,7 @@ class HierarchyTest(unittest.TestCase):
             self.assertEqual(t["worker"], self.districts[d], t)
             self.assertEqual(t["properties"], [], t)
 
-    def test_2_children_listed(self):
+    def test_02_children_listed(self):
         self.wait_all_match("before listing")
         d = next(iter(self.districts))
         r = self.c.twinctl("twin", "children", d, "--json")
@@ -202,7 +202,7 @@ class HierarchyTest(unittest.TestCase):
         text = self.c.twinctl("twin", "get", d).stdout
         self.assertIn("CHILDREN'S PROPERTY", text)
 
-    def test_3_only_workers_may_send_child_updates(self):
+    def test_03_only_workers_may_send_child_updates(self):
         d = next(d for d, o in self.districts.items() if o == "worker-1")
         entry = (tm_proto.field_bytes(1, d) + tm_proto.field_bytes(2, "hier/forged")
                  + tm_proto.field_bytes(3, "air_station")
@@ -229,7 +229,7 @@ class HierarchyTest(unittest.TestCase):
             cl.close()
         self.wait_all_match("after refused updates")   # nothing forged was counted
 
-    def test_4_parent_worker_sigkill_and_restart(self):
+    def test_04_parent_worker_sigkill_and_restart(self):
         d, parent_worker = next(iter(self.districts.items()))
         before = self.aggregates(d)[1]
         self.c.kill(parent_worker)
@@ -238,7 +238,7 @@ class HierarchyTest(unittest.TestCase):
         self.wait_all_match("after SIGKILL and restart of %s" % parent_worker)
         self.assertEqual(self.aggregates(d)[1], before)
 
-    def test_5_parent_worker_paused_catches_up(self):
+    def test_05_parent_worker_paused_catches_up(self):
         d, parent_worker = next(iter(self.districts.items()))
         other = "worker-1" if parent_worker == "worker-0" else "worker-0"
         remote = [e for e in self.children[d] if owner(self.map, e) == other]
@@ -252,7 +252,7 @@ class HierarchyTest(unittest.TestCase):
             self.c.resume(parent_worker)
         self.wait_all_match("after %s resumed" % parent_worker)
 
-    def test_6_child_worker_paused_catches_up(self):
+    def test_06_child_worker_paused_catches_up(self):
         d, parent_worker = next(iter(self.districts.items()))
         child_worker = "worker-1" if parent_worker == "worker-0" else "worker-0"
         remote = [e for e in self.children[d] if owner(self.map, e) == child_worker]
@@ -276,7 +276,7 @@ class HierarchyTest(unittest.TestCase):
         self.assertEqual(errors, [])
         self.wait_all_match("after %s resumed" % child_worker)
 
-    def test_7_out_of_range_keeps_the_last_good_value(self):
+    def test_07_out_of_range_keeps_the_last_good_value(self):
         # Temperature 100 is outside its valid range: the parents keep each
         # child's previous good value; pm25 and no2 (valid to 1000) move.
         self.send(self.step(lambda d, k, p: 100.0 + k))
@@ -286,7 +286,7 @@ class HierarchyTest(unittest.TestCase):
             self.assertLess(got["temperature"]["max"], 60, got)
             self.assertGreaterEqual(got["pm25"]["min"], 100, got)
 
-    def test_8_a_child_that_changes_parent_moves(self):
+    def test_08_a_child_that_changes_parent_moves(self):
         (a, a_worker), (b, _) = list(self.districts.items())
         other = "worker-1" if a_worker == "worker-0" else "worker-0"
         # One child on a's worker (a local detachment), one on the other
@@ -303,7 +303,7 @@ class HierarchyTest(unittest.TestCase):
         listed = [ch["entity"] for ch in json.loads(r.stdout)["children"]]
         self.assertEqual(listed, sorted(self.children[a]))
 
-    def test_9_derived_properties_read_aggregates(self):
+    def test_09_derived_properties_read_aggregates(self):
         # models/district.json: parking_free_ratio = 1 - occupied_mean, over
         # the district's parking bays (aggregate "occupied", models parking_bay).
         d = "hier/district/parking"
@@ -404,6 +404,38 @@ class HierarchyTest(unittest.TestCase):
         flags = {c["entity"]: c["values"]["level"]["anomalous"]
                  for c in json.loads(r.stdout)["children"]}
         self.assertEqual(flags, {sensors[0]: False, sensors[1]: True})
+
+    def test_11_status_shows_the_counters(self):
+        cl = client(self.c, "worker-1", "producer")
+        try:
+            hdr, _ = cl.request(tm_proto.CHILD_UPDATE, b"", epoch=self.map["epoch"])
+            self.assertEqual(hdr["status"], "UNAUTHORIZED", hdr)
+        finally:
+            cl.close()
+        cl = client(self.c, "worker-1", "worker-0")
+        try:
+            hdr, _ = cl.request(tm_proto.CHILD_UPDATE, b"\x0a\x02\x0a", epoch=self.map["epoch"])
+            self.assertEqual(hdr["status"], "MALFORMED", hdr)
+        finally:
+            cl.close()
+        # test_09 and test_10 added 10 bays and 2 sensors to their own parents.
+        want_children = sum(len(v) for v in self.children.values()) + 10 + 2
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            nodes = {n["id"]: n for n in self.c.status()["nodes"] if n["role"] == "worker"}
+            h = {w: (n.get("stats") or {}).get("hierarchy") or {} for w, n in nodes.items()}
+            total = lambda k: sum(x.get(k, 0) for x in h.values())
+            if (len(h) == 2 and total("children") == want_children and total("parents") == 4
+                    and h["worker-1"].get("malformed", 0) >= 1
+                    and h["worker-1"].get("unauthorized", 0) >= 1):
+                break
+            self.assertLess(time.monotonic(), deadline, "status says %s" % h)
+            time.sleep(0.5)
+        self.assertGreater(total("sent"), 0)
+        self.assertGreater(total("acked"), 0)
+        self.assertGreater(total("received"), 0)
+        self.assertGreater(total("local_values"), 0)
+        self.assertEqual(total("refused"), 0)
 
 
 if __name__ == "__main__":
