@@ -15,6 +15,7 @@
 #include "tm_commands_cli.h"
 #include "tm_predict.h"
 #include "tm_history.h"
+#include "tm_hier_cli.h"
 #include "tm_auth.h"
 #include "tm_codec.h"
 #include "tm_log.h"
@@ -600,7 +601,7 @@ s_print_status_json (FILE *out, const char *endpoint, const Twinmesh__ClusterSta
                      "\"duplicates\": %llu, \"late\": %llu, \"shards\": %llu, \"map_epoch\": "
                      "%llu, \"anomalies\": %llu, \"out_of_range\": %llu, \"stale_twins\": "
                      "%llu, \"error_twins\": %llu, \"unmodelled\": %llu, "
-                     "\"unknown_property\": %llu, \"invalid_type\": %llu}}",
+                     "\"unknown_property\": %llu, \"invalid_type\": %llu",
                      (unsigned long long) st->readings, (unsigned long long) st->batches,
                      (unsigned long long) st->refused, (unsigned long long) st->malformed,
                      (unsigned long long) st->wrong_shard, (unsigned long long) st->retry_later,
@@ -611,6 +612,10 @@ s_print_status_json (FILE *out, const char *endpoint, const Twinmesh__ClusterSta
                      (unsigned long long) st->error_twins, (unsigned long long) st->unmodelled,
                      (unsigned long long) st->unknown_property,
                      (unsigned long long) st->invalid_type);
+        if (st) {
+            tm_hier_cli_print_stats_json (out, st);
+            fputs ("}}", out);
+        }
         else
             fputs ("null}", out);
     }
@@ -947,6 +952,7 @@ s_print_twin_json (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
     }
     fputs (ts->n_properties? "\n]": "]", stdout);
     tm_commands_cli_print (stdout, desired, true);
+    tm_hier_cli_print_json (stdout, ts);
     fputs ("}\n", stdout);
 }
 
@@ -976,6 +982,7 @@ s_print_twin_text (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
         printf ("\n");
     if (ts->n_properties == 0) {
         printf ("(no properties yet)\n");
+        tm_hier_cli_print_text (stdout, ts);
         return;
     }
     static const bool right[] = {false, true, false, true, true, true, true, true, true, true,
@@ -1009,6 +1016,7 @@ s_print_twin_text (const Twinmesh__TwinState *ts, const char *entity, uint32_t s
     }
     s_table_print (&table, stdout);
     s_table_fini (&table);
+    tm_hier_cli_print_text (stdout, ts);
 }
 
 int
@@ -1193,7 +1201,9 @@ s_twin_usage (FILE *out)
                   "  unset ID PROP ...                withdraw desired values\n"
                   "  deltas ID ...                    the twins' outstanding desired values\n"
                   "  watch ID ... [--count N] [--timeout T]\n"
-                  "                                   follow the twins' deltas through a gateway\n\n"
+                  "                                   follow the twins' deltas through a gateway\n"
+                  "  children PARENT [--limit N]      a parent's children and their latest "
+                  "values\n\n"
                   "'twinctl twin SUBCOMMAND --help' lists its settings.\n");
 }
 
@@ -1221,6 +1231,8 @@ s_cmd_twin (int argc, char **argv)
         return tm_commands_cli_deltas_main (argc - 1, argv + 1);
     if (strcmp (argv[1], "watch") == 0)
         return tm_commands_cli_watch_main (argc - 1, argv + 1);
+    if (strcmp (argv[1], "children") == 0)
+        return tm_hier_cli_children_main (argc - 1, argv + 1);
     fprintf (stderr, "twinctl twin: unknown subcommand '%s'\n", argv[1]);
     s_twin_usage (stderr);
     return 2;
@@ -1351,7 +1363,7 @@ static const s_command_t s_commands[] = {
      s_cmd_keygen},
     {"status", "[--json]", "show the shard map and every node, as the broker sees them",
      s_cmd_status},
-    {"twin", "get|forecast|simulate|history|set|unset|deltas|watch ID ...",
+    {"twin", "get|forecast|simulate|history|children|set|unset|deltas|watch ID ...",
      "a twin's state, forecasts and what-ifs, from the worker that owns it",
      s_cmd_twin},
     {"model", "load|list|show ...", "load model files into the broker, list and show them",

@@ -22,6 +22,8 @@ struct _tm_derived_t {
     const tm_models_t *models;     //  Registry the entries were built from
     uint64_t generation;           //  Its generation then
     s_entry_t *entries;            //  Owned
+    tm_derived_series_fn *series;  //  Other series (a parent's aggregates), NULL: none
+    void *series_arg;
 };
 
 static void
@@ -52,6 +54,13 @@ tm_derived_new (tm_twins_t *twins)
     if (self)
         self->twins = twins;
     return self;
+}
+
+void
+tm_derived_set_series (tm_derived_t *self, tm_derived_series_fn *fn, void *arg)
+{
+    self->series = fn;
+    self->series_arg = arg;
 }
 
 void
@@ -136,6 +145,10 @@ s_compute (tm_derived_t *self, s_entry_t *e, const tm_twin_t *twin, uint32_t upt
         for (uint16_t p = 0; interned && p < twin->nprops; p++)
             if (twin->props[p].name == interned && twin->props[p].count)
                 values[k] = tm_expr_number (twin->props[p].an.value);
+        double v;
+        if (values[k].type == TM_EXPR_NULL && self->series
+            && self->series (self->series_arg, twin, e->names[k], &v))
+            values[k] = tm_expr_number (v);
     }
     for (uint32_t i = 0; i <= upto && i < e->nderived; i++) {
         results[i] = tm_expr_null ();

@@ -28,6 +28,15 @@ tm_derived_t *tm_derived_new (tm_twins_t *twins);
 //  Destroy; nulls the pointer.
 void tm_derived_destroy (tm_derived_t **self_p);
 
+//  A source of series that are not the twin's properties: a parent's
+//  aggregate series (`occupied_mean`, docs/hierarchy.md). Returns true
+//  with *value if it has one for the name.
+typedef bool (tm_derived_series_fn) (void *arg, const tm_twin_t *twin, const char *name,
+                                     double *value);
+
+//  Read names the twin's properties lack from fn (NULL: none).
+void tm_derived_set_series (tm_derived_t *self, tm_derived_series_fn *fn, void *arg);
+
 //  The value of twin's derived property name under its model in models.
 //  Returns false if the twin's model is not loaded or defines no derived
 //  property of that name; true with *out (null when an input is missing

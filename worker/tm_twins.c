@@ -68,7 +68,11 @@ struct _tm_twins_t {
     size_t changed_cap;            //  Allocated entries of changed
     bool changed_overflow;         //  A change could not be listed: all rows changed
     size_t tick_next;              //  Next row tm_twins_tick_part ticks
+    tm_twins_touch_fn *touch;      //  The hierarchy's hook (tm_peers), NULL: none
+    void *touch_arg;
 };
+
+const char tm_twins_no_parent_ = 0;
 
 //  A table hash, not a keyed one: the shard hash that spreads entities
 //  across workers is keyed, so no producer can pick colliding ids for a
@@ -872,6 +876,54 @@ s_quality (const tm_twin_t *t, const tm_prop_t *p, double value)
     return TM_MODEL_Q_GOOD;
 }
 
+void
+tm_twins_set_touch (tm_twins_t *self, tm_twins_touch_fn *touch, void *arg)
+{
+    self->touch = touch;
+    self->touch_arg = arg;
+}
+
+//  The hierarchy's hook: a twin known to have no parent pays one compare;
+//  a change of model or attributes makes it look again.
+static inline void
+s_touch (tm_twins_t *self, tm_twin_t *t, int prop)
+{
+    if (!self->touch)
+        return;
+    if (t->hier == TM_TWINS_NO_PARENT) {
+        if (prop >= 0)
+            return;
+        t->hier = NULL;
+    }
+    self->touch (self->touch_arg, t, prop);
+}
+
+void
+tm_twins_mark_changed (tm_twins_t *self, tm_twin_t *twin)
+{
+    s_mark_dirty (self, twin);
+}
+
+tm_twin_t *
+tm_twins_ensure (tm_twins_t *self, const char *entity, size_t len, const char *model,
+                 const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards)
+{
+    tm_twin_t *t = tm_twins_find (self, entity, len);
+    if (!t) {
+        t = s_insert (self, entity, len, tm_shardmap_hash (key, num_shards, entity, len));
+        if (!t)
+            return NULL;
+        s_mark_dirty (self, t);
+    }
+    if (model && *model && !t->model) {
+        t->model = s_intern (self, model, strlen (model));
+        t->models_gen = UINT64_MAX;
+        s_mark_dirty (self, t);
+        s_touch (self, t, -1);
+    }
+    return t;
+}
+
 tm_apply_t
 tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
                 const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards, int64_t now_ms)
@@ -889,9 +941,12 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
         t->model = s_intern (self, r->model, r->model_len);
         t->models_gen = UINT64_MAX;    //  resolve its settings at the next lookup
         s_mark_dirty (self, t);
+        s_touch (self, t, -1);
     }
-    if (r->nattrs)
+    if (r->nattrs) {
         s_apply_attrs (self, t, r);
+        s_touch (self, t, -1);
+    }
     tm_prop_t *p = s_prop (self, t, r->property, r->property_len, true);
     if (!p)
         return TM_APPLY_REJECTED;
@@ -935,6 +990,8 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
     s_mark_dirty (self, t);
     if (t->commands && self->on_reported)
         self->on_reported (self->hooks_arg, t, p);
+    if (p->quality == TM_MODEL_Q_GOOD)
+        s_touch (self, t, (int) (p - t->props));
     return TM_APPLY_APPLIED;
 }
 

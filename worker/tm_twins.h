@@ -78,7 +78,20 @@ typedef struct _tm_twin_t {
     uint64_t models_gen;           //  Registry generation table was resolved at
     struct _tm_commands_twin_t *commands;  //  Desired values (tm_commands), NULL if none:
                                    //  the apply path's only cost for commands
+    void *hier;                    //  The hierarchy's link (worker/tm_peers): NULL not
+                                   //  looked at, TM_TWINS_NO_PARENT, or owned by tm_peers
 } tm_twin_t;
+
+//  tm_twin_t.hier of a twin known to have no parent: its readings skip the
+//  hierarchy with one compare.
+extern const char tm_twins_no_parent_;
+#define TM_TWINS_NO_PARENT ((void *) &tm_twins_no_parent_)
+
+//  Called by the apply path for a twin whose hier is not TM_TWINS_NO_PARENT
+//  (see tm_twins_set_touch): prop is the index of a property that just got
+//  a good reading, or -1 when the twin's model or attributes changed (its
+//  parent may have). Must be cheap: it runs per reading.
+typedef void (tm_twins_touch_fn) (void *arg, tm_twin_t *twin, int prop);
 
 typedef enum {
     TM_APPLY_APPLIED = 0,          //  Newer than the series' newest: now latest
@@ -165,6 +178,19 @@ void tm_twins_set_models (tm_twins_t *self, const tm_models_t *models);
 //  little, and no twin or caller can be left pointing at a freed one).
 const tm_analytics_settings_t *tm_twins_settings (tm_twins_t *self, const tm_twin_t *twin,
                                                   const tm_prop_t *prop);
+
+//  Call touch from the apply path (see tm_twins_touch_fn); NULL: never.
+void tm_twins_set_touch (tm_twins_t *self, tm_twins_touch_fn *touch, void *arg);
+
+//  The twin of an entity, created without a reading if absent (a parent
+//  that only its children's updates have named), with model (may be NULL
+//  or "") if it has none yet. NULL on allocation failure. Borrowed.
+tm_twin_t *tm_twins_ensure (tm_twins_t *self, const char *entity, size_t len, const char *model,
+                            const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards);
+
+//  Count a change of the twin that no reading made (a parent's aggregates):
+//  its version moves and its shard is checkpointed again.
+void tm_twins_mark_changed (tm_twins_t *self, tm_twin_t *twin);
 
 //  Find a twin by entity id; NULL if absent. Borrowed.
 tm_twin_t *tm_twins_find (tm_twins_t *self, const char *entity, size_t len);

@@ -28,6 +28,7 @@
 #include "tm_wlog.h"
 #include "tm_derived.h"
 #include "tm_wquery.h"
+#include "tm_peers.h"
 
 #include <math.h>
 #include <string.h>
@@ -81,6 +82,7 @@ struct _tm_worker_t {
     zsock_t *router;               //  APPEND and TWIN_GET from clients
     tm_mapclient_t *mapc;          //  Broker link: HELLO, shard map
     tm_modelsync_t *msync;         //  Broker link for models (own DEALER)
+    tm_peers_t *peers;             //  Hierarchy: children's contributions, other workers
     zpoller_t *poller;
     uint32_t num_shards;           //  From the map (0 until a map is known)
     uint8_t shard_key[TM_SHARDMAP_KEY_BYTES];  //  From the map
@@ -135,6 +137,8 @@ s_map_changed (tm_worker_t *self, bool persist)
     self->owned = self->my_index < 0? 0: tm_shardmap_count_owned (map, (uint32_t) self->my_index);
     tm_info ("worker: shard map epoch=%llu owned_shards=%u", (unsigned long long) map->epoch,
              self->owned);
+    if (self->peers)
+        tm_peers_set_map (self->peers, map);
     if (!persist)
         return;
     size_t size;
@@ -304,6 +308,20 @@ s_handle_twin_get (tm_worker_t *self, tm_msg_t *msg)
                                           names, values, TM_MODEL_MAX_DERIVED);
         uint8_t *buf = tm_twins_encode (self->twins, twin, self->id, tm_util_wall_ms (), names,
                                         values, nderived, &size);
+        //  A parent's aggregates: a TwinState fragment appended to the bytes
+        //  (protobuf merges concatenated messages), so tm_twins_encode
+        //  need not know about the hierarchy.
+        size_t extra_size = 0;
+        uint8_t *extra = buf? tm_peers_twin_extra (self->peers, twin, &extra_size): NULL;
+        if (extra) {
+            uint8_t *joined = realloc (buf, size + extra_size);
+            if (joined) {
+                memcpy (joined + size, extra, extra_size);
+                buf = joined;
+                size += extra_size;
+            }
+            free (extra);
+        }
         tm_msg_reply (self->router, msg, type, buf? TWINMESH__STATUS__OK: TWINMESH__STATUS__RETRY_LATER,
                       tm_mapclient_epoch (self->mapc), NULL, buf, buf? size: 0);
         free (buf);
@@ -631,6 +649,14 @@ s_handle (tm_worker_t *self, tm_msg_t *msg, int rc)
         tm_commands_handle (self->commands, self->router, msg, tm_mapclient_map (self->mapc),
                             self->my_index, tm_wlog_last_seq (self->wlog));
     }
+    if (msg->hdr.type == TWINMESH__MSG_TYPE__CHILD_UPDATE)
+        tm_peers_on_update (self->peers, self->router, msg);
+    else
+    if (msg->hdr.type == TWINMESH__MSG_TYPE__HIER_RESYNC)
+        tm_peers_on_resync (self->peers, self->router, msg);
+    else
+    if (msg->hdr.type == TWINMESH__MSG_TYPE__CHILDREN_GET)
+        tm_peers_on_children_get (self->peers, self->router, msg);
     else {
         self->stats.malformed++;
         char detail[96];
@@ -704,6 +730,7 @@ s_drain (tm_worker_t *self)
         tm_msg_fini (&msg);
     }
     s_commit_group (self);
+    tm_peers_flush (self->peers, tm_util_mono_ms (), false);
 }
 
 static void
@@ -730,6 +757,9 @@ s_heartbeat (tm_worker_t *self)
     st.unmodelled = ts.unmodelled;
     st.unknown_property = ts.unknown_property;
     st.invalid_type = ts.invalid_type;
+    Twinmesh__HierStats hs = TWINMESH__HIER_STATS__INIT;
+    tm_peers_node_stats (self->peers, &hs);
+    st.hier = &hs;
     Twinmesh__NodeInfo info = TWINMESH__NODE_INFO__INIT;
     info.id = self->id;
     info.role = (char *) "worker";
@@ -859,6 +889,19 @@ tm_worker_new (const tm_worker_config_t *config)
         goto fail;
     if (tm_mapclient_sub_sock (self->mapc))
         zpoller_add (self->poller, tm_mapclient_sub_sock (self->mapc));
+    tm_peers_config_t pc = {.id = self->id, .cert = self->cert, .twins = self->twins,
+                            .models = tm_modelsync_models (self->msync),
+                            .poller = self->poller};
+    self->peers = tm_peers_new (&pc);
+    if (!self->peers)
+        goto fail;
+    //  Derived properties of parents read their aggregates (1 - occupied_mean).
+    tm_derived_set_series (self->derived, tm_peers_series, self->peers);
+    if (tm_mapclient_map (self->mapc))
+        tm_peers_set_map (self->peers, tm_mapclient_map (self->mapc));
+    //  Parents' aggregates are rebuilt, not persisted (docs/hierarchy.md):
+    //  route every twin again and ask the other workers to resend.
+    tm_peers_start (self->peers);
     tm_info ("worker: ready id=%s endpoint=%s fsync=%s", self->id, self->endpoint,
              self->fsync? "on": "off");
     return self;
@@ -888,6 +931,10 @@ tm_worker_destroy (tm_worker_t **self_p)
                  (unsigned long long) bytes, (unsigned long long) open_points,
                  (unsigned long long) open_bytes);
     }
+    //  Before the poller (its sockets leave it) and the twins (their links).
+    if (self->derived)
+        tm_derived_set_series (self->derived, NULL, NULL);
+    tm_peers_destroy (&self->peers);
     if (self->staged)
         for (size_t i = 0; i < self->nstaged; i++) {
             zframe_destroy (&self->staged[i].routing);
@@ -960,11 +1007,20 @@ tm_worker_run (tm_worker_t *self)
             if (next_checkpoint < now)
                 next_checkpoint = now;
         }
+        tm_peers_flush (self->peers, tm_util_mono_ms (), false);
+        if (tm_peers_want_map (self->peers))
+            tm_mapclient_request (self->mapc);
         int64_t next = next_heartbeat < next_checkpoint? next_heartbeat: next_checkpoint;
         int64_t wait = (next_tick < next? next_tick: next) - tm_util_mono_ms ();
+        int64_t peers_wait = tm_peers_next_ms (self->peers, tm_util_mono_ms ());
+        if (peers_wait >= 0 && peers_wait < wait)
+            wait = peers_wait;
         void *which = zpoller_wait (self->poller, (int) (wait < 0? 0: wait > 1000? 1000: wait));
         if (which == self->router)
             s_drain (self);
+        else
+        if (which && tm_peers_handle (self->peers, (zsock_t *) which, tm_util_mono_ms ()))
+            ;
         else
         if (which && which == tm_modelsync_sock (self->msync))
             tm_modelsync_handle (self->msync, (zsock_t *) which);
@@ -976,5 +1032,14 @@ tm_worker_run (tm_worker_t *self)
     }
     tm_info ("worker: stopping id=%s accepted=%llu applied=%llu", self->id,
              (unsigned long long) self->stats.accepted, (unsigned long long) self->stats.applied);
+    tm_peers_stats_t ps;
+    tm_peers_stats (self->peers, &ps);
+    tm_info ("worker: hierarchy sent=%llu acked=%llu resent=%llu local_values=%llu "
+             "received=%llu applied=%llu ignored=%llu refused=%llu resyncs=%llu",
+             (unsigned long long) ps.sent, (unsigned long long) ps.acked,
+             (unsigned long long) ps.resent, (unsigned long long) ps.local_values,
+             (unsigned long long) ps.received, (unsigned long long) ps.applied,
+             (unsigned long long) ps.ignored, (unsigned long long) ps.refused,
+             (unsigned long long) ps.resyncs);
     return 0;
 }

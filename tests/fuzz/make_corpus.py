@@ -495,8 +495,46 @@ def expr_seeds():
         "bytes-unknown-record": tree(1, b"\x7f"),
     }
 
+def child_update_seeds():
+    """ChildUpdate bodies (worker/tm_hier.h): valid, and one per rule broken."""
+    def value(prop=b"pm25", v=12.5, ts=1700000000000, anomalous=False):
+        out = ld(1, prop) + f64(2, v) + vi(3, ts)
+        return out + (vi(4, 1) if anomalous else b"")
+
+    def entry(parent=b"milan/district/Brera", child=b"milan/air-000001", values=None,
+              detached=False, child_model=b"air_station", parent_model=b"district"):
+        out = ld(1, parent) + ld(2, child) + ld(3, child_model) + ld(4, parent_model)
+        for v in (values if values is not None else [value()]):
+            out += ld(5, v)
+        return out + (vi(6, 1) if detached else b"")
+
+    def update(*entries):
+        return b"".join(ld(1, e) for e in entries)
+
+    good = update(entry(), entry(child=b"milan/air-000002",
+                                 values=[value(), value(b"no2", -3.0, 5, True)]))
+    return {
+        "empty": b"",
+        "one": update(entry()),
+        "two": good,
+        "detach": update(entry(values=[], detached=True)),
+        "detach-with-values": update(entry(detached=True)),
+        "no-parent": update(entry(parent=b"")),
+        "long-child": update(entry(child=b"c" * 129)),
+        "long-model": update(entry(child_model=b"m" * 65)),
+        "bad-utf8": update(entry(parent=b"d\xff\xfe")),
+        "nan": update(entry(values=[value(v=float("nan"))])),
+        "inf": update(entry(values=[value(v=float("-inf"))])),
+        "no-property": update(entry(values=[value(prop=b"")])),
+        "too-many-values": update(entry(values=[value(b"p%d" % i) for i in range(65)])),
+        "truncated": good[:-4],
+        "huge-length": ld(1, b"")[:1] + varint(2**40),
+    }
+
+
 def main():
     sets = {
+        "child_update": child_update_seeds(),
         "wire": wire_seeds(),
         "header": header_seeds(),
         "shardmap": shardmap_seeds(),
