@@ -2673,9 +2673,11 @@ tm_expr_deserialise (const uint8_t *data, size_t size, const tm_expr_options_t *
 #define S_BATCH_ROWS 1024              //  Rows per pass at most
 #define S_BATCH_BYTES (1u << 22)       //  Scratch vectors, all nodes, at most
 
-//  Ordered so that three-valued AND is the smallest of its operands and
-//  OR the largest (false < unknown < true), and NOT is S_TRUE - x.
-enum { S_FALSE = 0, S_UNKNOWN = 1, S_TRUE = 2 };
+//  Bit patterns chosen so that three-valued AND is the bitwise AND of its
+//  operands and OR the bitwise OR (false 00 < unknown 01 < true 11, and
+//  AND / OR are the minimum / maximum in that order), eight rows to a
+//  machine word. NOT swaps the two bits and complements them.
+enum { S_FALSE = 0, S_UNKNOWN = 1, S_TRUE = 3 };
 
 //  A node's answers per dictionary entry (s_batch_lut).
 typedef struct {
@@ -2875,12 +2877,22 @@ s_batch_cmp_const (const tm_expr_batch_t *b, int op, uint32_t kid, const tm_expr
     if (left->kind == S_SLOT) {
         const tm_expr_col_t *col = s_col (left, cols, ncols);
         if (col && col->kind == TM_EXPR_COL_NUMBERS && k->type == TM_EXPR_NUMBER) {
+            //  One loop per operator, so that none tests the operator per row.
             const double *x = col->nums + b->base;
             double c = k->num;
-            for (size_t i = 0; i < n; i++)
-                out[i] = !isfinite (x[i])? S_UNKNOWN
-                       : s_order_holds (op, x[i], c)? S_TRUE: S_FALSE;
+#define S_CMP_LOOP(expr) \
+            for (size_t i = 0; i < n; i++) \
+                out[i] = !isfinite (x[i])? S_UNKNOWN: (expr)? S_TRUE: S_FALSE; \
             return;
+            switch (op) {
+                case S_EQ: S_CMP_LOOP (x[i] == c)
+                case S_NE: S_CMP_LOOP (x[i] != c)
+                case S_LT: S_CMP_LOOP (x[i] < c)
+                case S_LE: S_CMP_LOOP (x[i] <= c)
+                case S_GT: S_CMP_LOOP (x[i] > c)
+                default: S_CMP_LOOP (x[i] >= c)
+            }
+#undef S_CMP_LOOP
         }
         if (col && col->kind == TM_EXPR_COL_VALUES)
             vals = col->values + b->base;
@@ -3012,9 +3024,8 @@ s_batch_lut (tm_expr_batch_t *b, uint32_t at, const tm_expr_col_t *cols, size_t 
     return true;
 }
 
-//  Three-valued AND / OR over the kids, kid by kid: with false < unknown
-//  < true, AND is the smallest truth and OR the largest (loops a compiler
-//  turns into vector minimums and maximums).
+//  Three-valued AND / OR over the kids, kid by kid: bitwise on the truth
+//  bytes, a word of eight rows at a time.
 static void
 s_batch_logic (tm_expr_batch_t *b, const s_node_t *node, const tm_expr_col_t *cols,
                size_t ncols, size_t n, uint8_t *out)
@@ -3024,21 +3035,24 @@ s_batch_logic (tm_expr_batch_t *b, const s_node_t *node, const tm_expr_col_t *co
     memset (acc, is_and? S_TRUE: S_FALSE, n);
     for (uint32_t k = node->kid; k != S_NONE; k = b->expr->nodes[k].next) {
         const uint8_t *v = b->tri[k];
-        if (v && is_and) {
-            for (size_t i = 0; i < n; i++)
-                acc[i] = v[i] < acc[i]? v[i]: acc[i];
-            continue;
-        }
         if (v) {
-            for (size_t i = 0; i < n; i++)
-                acc[i] = v[i] > acc[i]? v[i]: acc[i];
+            size_t i = 0;
+            for (; i + 8 <= n; i += 8) {
+                uint64_t x, y;
+                memcpy (&x, acc + i, 8);
+                memcpy (&y, v + i, 8);
+                x = is_and? x & y: x | y;
+                memcpy (acc + i, &x, 8);
+            }
+            for (; i < n; i++)
+                acc[i] = (uint8_t) (is_and? acc[i] & v[i]: acc[i] | v[i]);
             continue;
         }
         for (size_t i = 0; i < n; i++) {
             tm_expr_value_t x;
             s_kid_value (b, k, cols, ncols, i, &x);
             uint8_t t = s_truth (&x);
-            acc[i] = is_and? (t < acc[i]? t: acc[i]): (t > acc[i]? t: acc[i]);
+            acc[i] = (uint8_t) (is_and? acc[i] & t: acc[i] | t);
         }
     }
 }
@@ -3175,7 +3189,7 @@ s_batch_node (tm_expr_batch_t *b, uint32_t at, const tm_expr_col_t *cols, size_t
     if (op == S_NOT && b->tri[first]) {
         const uint8_t *v = b->tri[first];
         for (size_t i = 0; i < n; i++)
-            tri[i] = (uint8_t) (S_TRUE - v[i]);
+            tri[i] = (uint8_t) (((~v[i] & 1) << 1) | ((~v[i] >> 1) & 1));
         return;
     }
     if (op == S_WITHIN && node->nkids == 4 && s_rest_constant (e, node)) {

@@ -8,10 +8,11 @@
     did before), each the median of a few runs after a warm-up, in ns per
     twin. The two answers are compared, so both did the same work.
 
-    Run: bench_scan [twins [columns-only-runs]] (default 250000: a quarter
-    of a million-twin city, one of bench_query's four workers). With a
-    second argument it only runs the columnar scan that many times per
-    query (for perf record).
+    Run: bench_scan [twins [columns-only-runs [query]]] (default 250000: a
+    quarter of a million-twin city, one of bench_query's four workers).
+    With a second argument it only runs the columnar scan that many times
+    per query (for perf record or callgrind), with a third only that query
+    (0 or 1).
 */
 #include "tm_qexec.h"
 #include "tm_query.h"
@@ -159,6 +160,7 @@ main (int argc, char **argv)
         }
     }
     long only = argc > 2? atol (argv[2]): 0;
+    long which = argc > 3? atol (argv[3]): -1;
     static uint32_t shards[1024];
     for (uint32_t s = 0; s < 1024; s++)
         shards[s] = s;
@@ -182,7 +184,7 @@ main (int argc, char **argv)
             fprintf (stderr, "bench_scan: %s\n", err.message);
             return 1;
         }
-        for (long run = 0; run < only; run++) {
+        for (long run = 0; run < only && (which < 0 || (size_t) which == q); run++) {
             tm_qpartial_t *part = tm_qpartial_new (plan);
             tm_wquery_scan (wq, NULL, NULL, plan, shards, 1024, ts, part);
             tm_qpartial_destroy (&part);
