@@ -3084,6 +3084,7 @@ s_batch_within (const tm_expr_batch_t *b, const s_node_t *node, const tm_expr_co
     //  the band, 1 if it holds the equator); a row whose bound stays under
     //  h at the radius by the same margin is inside.
     double inner = -1, inner_c = 0;    //  inner < 0: no inside cut
+    double outer = INFINITY, outer_c = 0;   //  The corners' cut (INFINITY: none)
     if (valid && radius->num >= 0 && radius->num < S_PI * TM_EXPR_EARTH_RADIUS_M / 4) {
         double band = radius->num / TM_EXPR_EARTH_RADIUS_M / rad;      //  Degrees
         double hi = lat->num + band, lo = lat->num - band;
@@ -3097,6 +3098,8 @@ s_batch_within (const tm_expr_batch_t *b, const s_node_t *node, const tm_expr_co
                 dlon_max = 2 * asin (sqrt (q)) / rad * (1 + 1e-6) + 1e-9;
             inner = sr * sr * (1 - 1e-6);
             inner_c = c0 * cmax * (1 + 1e-9);
+            outer = sr * sr * (1 + 1e-6);
+            outer_c = c0 * cmin * (1 - 1e-9);
         }
     }
     const s_node_t *k0n = &nodes[k0];
@@ -3147,6 +3150,12 @@ s_batch_within (const tm_expr_batch_t *b, const s_node_t *node, const tm_expr_co
             double hx = (la - lat->num) * (rad / 2), hy = dlon * (rad / 2);
             if (hx * hx + inner_c * hy * hy <= inner) {
                 out[i] = S_TRUE;
+                continue;
+            }
+            //  The box's corners: sin x >= x - x^3/6 bounds h from below.
+            double sx = fabs (hx) - fabs (hx) * hx * hx / 6, sy = hy - hy * hy * hy / 6;
+            if (sx * sx + outer_c * sy * sy > outer) {
+                out[i] = S_FALSE;
                 continue;
             }
         }
