@@ -526,6 +526,12 @@ tm_twins_set_models (tm_twins_t *self, const tm_models_t *models)
             self->slots[i]->models_gen = UINT64_MAX;
 }
 
+const tm_models_t *
+tm_twins_models (tm_twins_t *self)
+{
+    return self->models;
+}
+
 //  A model property's settings, mapped as docs/models.md describes. 0, or
 //  -1 if tm_analytics rejects them (the caller keeps the defaults).
 static int

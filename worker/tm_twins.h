@@ -136,6 +136,9 @@ void tm_twins_stats (tm_twins_t *self, tm_twins_stats_t *stats);
 //  when the table first sees the model at a new registry generation.
 void tm_twins_set_models (tm_twins_t *self, const tm_models_t *models);
 
+//  The registry set by tm_twins_set_models (borrowed; NULL if none).
+const tm_models_t *tm_twins_models (tm_twins_t *self);
+
 //  The analytics settings a property of this twin uses: its model's, when
 //  the twin's model is in the registry and defines the property, else the
 //  defaults. O(1) per reading: the twin caches its model's settings table

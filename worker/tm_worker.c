@@ -797,6 +797,15 @@ tm_worker_new (const tm_worker_config_t *config)
         tm_warn ("worker: checkpoint after recovery failed; will retry");
     tm_info ("worker: recovered twins=%zu log_records=%ld bad_twins=%zu ms=%lld",
              tm_twins_size (self->twins), replayed, bad, (long long) (tm_util_mono_ms () - t0));
+    if (config->compact_at_start) {
+        //  After the checkpoint, so that the history it wrote is judged too.
+        int64_t c0 = tm_util_mono_ms ();
+        if (tm_store_compact (self->store) != 0)
+            tm_warn ("worker: compaction at start failed; expired history stays until "
+                     "compactions pass by");
+        else
+            tm_info ("worker: compacted at start ms=%lld", (long long) (tm_util_mono_ms () - c0));
+    }
     memset (&self->stats, 0, sizeof self->stats);
 
     self->router = tm_net_server (ZMQ_ROUTER, config->bind, config->cert,

@@ -29,7 +29,9 @@ typedef struct {
     int64_t heartbeat_ms;          //  HELLO / MAP_GET interval
     int64_t checkpoint_ms;         //  Twin state flush interval
     int64_t max_batch_bytes;       //  Largest APPEND accepted
-    int64_t history_retention_ms;  //  History kept this long (0 = forever)
+    int64_t history_retention_ms;  //  History kept this long (0 = forever) when its
+                                   //  model sets no retention
+    bool compact_at_start;         //  Compact the store once after recovery
     volatile sig_atomic_t *stop;   //  Set by a signal handler to stop
     volatile sig_atomic_t *reload; //  Set by a signal handler: return to reload keys
 } tm_worker_config_t;
