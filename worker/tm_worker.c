@@ -788,6 +788,9 @@ tm_worker_new (const tm_worker_config_t *config)
                   config->data_dir);
         goto fail;
     }
+    //  The saved map's key lets the restore check each twin's shard
+    //  instead of searching the table for it (tm_twins_restore_begin).
+    tm_twins_restore_begin (self->twins, self->shard_key, self->num_shards, self->owned);
     replayed = tm_wlog_recover (self->wlog, self->twins, s_replay_record, self, &bad);
     if (replayed < 0)
         goto fail;
