@@ -1340,13 +1340,13 @@ s_seen_reset (tm_twins_t *self, uint64_t ntwins)
 //  unsuccessful search costs a cache miss per slot probed (a fifth of a
 //  million-twin recovery's time went there).
 static bool
-s_restore_seen (tm_twins_t *self, uint32_t shard, bool local, const char *entity, size_t len)
+s_restore_seen (tm_twins_t *self, uint32_t shard, bool local, const char *entity, size_t len,
+                uint64_t h)
 {
     if (!local)
         return tm_twins_find (self, entity, len) != NULL;
     if (tm_shardmap_hash (self->bulk.key, self->bulk.num_shards, entity, len) != shard)
         return true;       //  not this shard's: the blob is not ours
-    uint64_t h = s_hash (entity, len);
     size_t mask = self->bulk.nseen - 1;
     for (size_t j = h & mask;; j = (j + 1) & mask) {
         tm_twin_t *t = self->bulk.seen[j];
@@ -1382,6 +1382,7 @@ s_restore_note (tm_twins_t *self, tm_twin_t *t)
 typedef struct {
     const char *entity;            //  Into the blob, elen bytes
     uint32_t elen;
+    uint64_t hash;                 //  s_hash of the entity (computed while decoding)
     uint32_t mlen;                 //  Model name's length, 0 if none
     const char *model;             //  Into the blob
     uint64_t version;              //  Twin version
@@ -1454,6 +1455,7 @@ s_decode_twin (int format, const uint8_t **pp, const uint8_t *end, s_decoded_twi
         return -1;
     d->entity = (const char *) p;
     d->elen = (uint32_t) elen;
+    d->hash = s_hash (p, (size_t) elen);
     p += elen;
     if (tm_varint_get (&p, end, &mlen) != 0 || mlen > TM_WIRE_MAX_MODEL
         || mlen > (uint64_t) (end - p))
@@ -1620,10 +1622,9 @@ s_restore (tm_twins_t *self, uint32_t shard, tm_twins_decoded_t *dec)
         //  faults, even if the array grows meanwhile.)
         if (k + S_RESTORE_AHEAD < dec->n) {
             const s_decoded_twin_t *a = &dec->twins[k + S_RESTORE_AHEAD];
-            __builtin_prefetch (&self->slots[s_hash (a->entity, a->elen) & (self->nslots - 1)],
-                                1);
+            __builtin_prefetch (&self->slots[a->hash & (self->nslots - 1)], 1);
         }
-        if (s_restore_seen (self, shard, local, d->entity, d->elen))
+        if (s_restore_seen (self, shard, local, d->entity, d->elen, d->hash))
             return -1;     //  the same entity twice: not a blob we wrote
         tm_twin_t *t = s_insert (self, d->entity, d->elen, shard);
         if (!t)
