@@ -88,6 +88,7 @@ struct _tm_worker_t {
     s_stats_t stats;
     int64_t last_warn_ms;          //  Rate limit for refusal warnings
     uint64_t warns_suppressed;     //  Warnings not logged since the last one
+    bool checkpoint_soon;          //  Start a checkpoint round at once (log replayed)
 };
 
 //  Log a refusal at most once a second, saying how many were not logged.
@@ -794,10 +795,13 @@ tm_worker_new (const tm_worker_config_t *config)
     replayed = tm_wlog_recover (self->wlog, self->twins, s_replay_record, self, &bad);
     if (replayed < 0)
         goto fail;
-    //  Replayed readings are now in memory only: write them out at once so
-    //  that the log can be trimmed.
-    if (tm_wlog_checkpoint (self->wlog, self->twins) != 0)
-        tm_warn ("worker: checkpoint after recovery failed; will retry");
+    //  Replayed readings are in memory and still in the log: the first
+    //  checkpoint round, started as soon as the worker runs, writes them
+    //  and trims the log. Not here before serving: a few seconds of log
+    //  touch nearly every shard, and writing them all at once (every
+    //  shard's value, ~600 MB at a million twins) took longer than the
+    //  restore itself. A crash before that round just replays again.
+    self->checkpoint_soon = replayed > 0;
     tm_info ("worker: recovered twins=%zu log_records=%ld bad_twins=%zu ms=%lld",
              tm_twins_size (self->twins), replayed, bad, (long long) (tm_util_mono_ms () - t0));
     if (config->compact_at_start) {
@@ -884,7 +888,8 @@ int
 tm_worker_run (tm_worker_t *self)
 {
     int64_t next_heartbeat = 0;
-    int64_t next_checkpoint = tm_util_mono_ms () + self->checkpoint_ms;
+    int64_t next_checkpoint = tm_util_mono_ms () + (self->checkpoint_soon? 0: self->checkpoint_ms);
+    self->checkpoint_soon = false;
     int64_t round_started = 0;
     zsock_t *req = tm_mapclient_req_sock (self->mapc);
     zsock_t *sub = tm_mapclient_sub_sock (self->mapc);
