@@ -1212,7 +1212,8 @@ s_canonical (const tm_model_t *m, size_t *len)
     s_set (root, "name", json_string (m->name), &ok);
     s_set (root, "version", json_integer (m->version), &ok);
     s_set (root, "description", json_string (m->description), &ok);
-    s_set (root, "retention_ms", json_integer (m->retention_ms), &ok);
+    if (m->retention_ms)
+        s_set (root, "retention_ms", json_integer (m->retention_ms), &ok);
     for (uint32_t i = 0; i < m->nproperties; i++)
         s_set (props, m->properties[i].name, s_property_json (&m->properties[i], &ok), &ok);
     s_set (root, "properties", props, &ok);
@@ -1463,7 +1464,6 @@ tm_model_parse (const char *text, size_t len, const char *source, char *err, siz
         s_fail (&ctx, "out of memory");
         return NULL;
     }
-    self->retention_ms = TM_MODEL_DEFAULT_RETENTION_MS;
     int rc = s_parse_root (&ctx, root, self);
     json_decref (root);
     if (rc == 0) {
@@ -1566,7 +1566,7 @@ tm_model_retention_ms (const tm_model_t *self, const tm_model_property_t *prop)
 {
     if (prop && prop->retention_ms)
         return prop->retention_ms;
-    return self? self->retention_ms: TM_MODEL_DEFAULT_RETENTION_MS;
+    return self? self->retention_ms: 0;
 }
 
 const tm_model_property_t *

@@ -164,7 +164,8 @@ typedef struct _tm_model_t {
     char name[TM_MODEL_NAME_MAX + 1];  //  Model name, as readings name it
     uint32_t version;                  //  Higher replaces lower in a registry
     char *description;                 //  Free text, "" if none; owned
-    int64_t retention_ms;              //  History kept for properties that do not say
+    int64_t retention_ms;              //  History kept for properties that do not say,
+                                       //  0 = the worker's history_retention
     tm_model_property_t *properties;   //  nproperties entries, in file order; owned
     uint32_t nproperties;              //  At most TM_MODEL_MAX_PROPERTIES
     tm_model_attribute_t *attributes;  //  In file order; owned
@@ -220,7 +221,9 @@ const tm_model_aggregate_t *tm_model_aggregate_find (const tm_model_t *self, con
 //  The parent relationship, or NULL if the model has none.
 const tm_model_relationship_t *tm_model_parent (const tm_model_t *self);
 
-//  The history kept for a property: its own retention or the model's.
+//  The history kept for a property (prop may be NULL: a property the model
+//  does not define; self NULL: no model): its own retention, else the
+//  model's, else 0, which means the worker's history_retention setting.
 int64_t tm_model_retention_ms (const tm_model_t *self, const tm_model_property_t *prop);
 
 //  The settings the worker applies to a property no model describes (a
@@ -228,7 +231,8 @@ int64_t tm_model_retention_ms (const tm_model_t *self, const tm_model_property_t
 //  docs/models.md, type number, unbounded. Static, never freed.
 const tm_model_property_t *tm_model_default_property (void);
 
-//  The history kept for series no model describes (30 days).
+//  The worker's default history_retention (30 days): what series keep
+//  when neither their model nor their property sets retention_ms.
 #define TM_MODEL_DEFAULT_RETENTION_MS 2592000000LL
 
 //  Classify one value against a property: GOOD, OUT_OF_RANGE or

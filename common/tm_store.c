@@ -6,6 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+//  Read-ahead of a one-pass scan: a shard's state is one value of up to a
+//  few MB at a million twins, so reads of a few blocks would each cost a
+//  system call and a fresh buffer.
+#define S_SCAN_READAHEAD (8 << 20)
+
 struct _tm_store_t {
     rocksdb_t *db;
     rocksdb_options_t *options;
@@ -264,6 +269,27 @@ tm_store_iter_new_at (tm_store_t *self, const void *prefix, size_t plen, const v
     it->ropt = rocksdb_readoptions_create ();
     it->it = rocksdb_create_iterator (self->db, it->ropt);
     rocksdb_iter_seek (it->it, start, slen);
+    return it;
+}
+
+tm_store_iter_t *
+tm_store_iter_new_scan (tm_store_t *self, const void *prefix, size_t plen)
+{
+    tm_store_iter_t *it = calloc (1, sizeof *it);
+    if (!it)
+        return NULL;
+    it->prefix = malloc (plen? plen: 1);
+    if (!it->prefix) {
+        free (it);
+        return NULL;
+    }
+    memcpy (it->prefix, prefix, plen);
+    it->plen = plen;
+    it->ropt = rocksdb_readoptions_create ();
+    rocksdb_readoptions_set_fill_cache (it->ropt, 0);
+    rocksdb_readoptions_set_readahead_size (it->ropt, S_SCAN_READAHEAD);
+    it->it = rocksdb_create_iterator (self->db, it->ropt);
+    rocksdb_iter_seek (it->it, prefix, plen);
     return it;
 }
 

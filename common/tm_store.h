@@ -69,6 +69,11 @@ int tm_store_write (tm_store_t *self, tm_store_batch_t *batch, bool sync);
 //  next are valid until the following call.
 tm_store_iter_t *tm_store_iter_new (tm_store_t *self, const void *prefix, size_t plen);
 
+//  The same, for one pass over a large range (recovery reading every
+//  shard's state): blocks read are not kept in RocksDB's block cache (they
+//  would only evict each other) and files are read ahead in large reads.
+tm_store_iter_t *tm_store_iter_new_scan (tm_store_t *self, const void *prefix, size_t plen);
+
 //  The same, starting at the first key >= start (which should begin with
 //  prefix).
 tm_store_iter_t *tm_store_iter_new_at (tm_store_t *self, const void *prefix, size_t plen,

@@ -35,8 +35,11 @@ static const tm_setting_t s_settings[] = {
      "load, more log to replay after a crash)"},
     {"max_batch_bytes", TM_CFG_INT, "16777216", "largest append part accepted"},
     {"history_retention", TM_CFG_DURATION, "30d",
-     "how long each series' history is kept after its readings' time (0: forever); "
-     "a worker setting until models reach the workers, then per model"},
+     "how long each series' history is kept after its readings' time (0: forever), for "
+     "series whose model (or property) sets no retention_ms"},
+    {"compact_at_start", TM_CFG_BOOL, "false",
+     "compact the whole store once at start, after recovery: expired history is dropped "
+     "at once instead of as compactions pass by (slow on a big store)"},
 };
 
 static const char s_usage[] =
@@ -135,6 +138,7 @@ main (int argc, char **argv)
         .history_retention_ms = tm_config_int (cfg, "history_retention"),
         .events_bind = tm_config_str (cfg, "events_bind"),
         .events_advertise = tm_config_str (cfg, "events_advertise"),
+        .compact_at_start = tm_config_bool (cfg, "compact_at_start"),
         .stop = &s_stop,
         .reload = &s_reload,
     };

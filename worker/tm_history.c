@@ -51,23 +51,89 @@ s_prefix (uint8_t *key, char kind, uint32_t shard, const char *entity, size_t el
     return n;
 }
 
+_Static_assert (TM_GORILLA_VERSION != TM_HISTORY_VALUE_STAMPED,
+                "byte 8 of a format-0 chunk value is the chunk's version");
+
+//  A stamped value's head (8 bytes), marker and expiry.
+#define S_STAMP_SIZE 9
+
+int
+tm_history_value_decode (char kind, const void *val, size_t vlen, tm_history_value_t *out)
+{
+    const uint8_t *v = (const uint8_t *) val;
+    memset (out, 0, sizeof *out);
+    out->expires = TM_HISTORY_NO_EXPIRY;
+    if (kind == 'L') {
+        if (vlen != 8 && !(vlen == 8 + S_STAMP_SIZE && v[8] == TM_HISTORY_VALUE_STAMPED))
+            return -1;
+        uint64_t bits = 0;
+        for (int b = 7; b >= 0; b--)
+            bits = bits << 8 | v[b];
+        memcpy (&out->value, &bits, 8);
+        if (vlen > 8) {
+            out->format = 1;
+            out->expires = s_get_ts (v + 9);
+        }
+        return 0;
+    }
+    if (kind != 'H' || vlen < 8 + TM_GORILLA_EMPTY_SIZE)
+        return -1;
+    out->last_ts = s_get_ts (v);
+    size_t head = 8;
+    if (v[8] == TM_HISTORY_VALUE_STAMPED) {
+        if (vlen < 8 + S_STAMP_SIZE + TM_GORILLA_EMPTY_SIZE)
+            return -1;
+        out->format = 1;
+        out->expires = s_get_ts (v + 9);
+        head += S_STAMP_SIZE;
+    }
+    out->chunk = v + head;
+    out->chunk_size = vlen - head;
+    return 0;
+}
+
 bool
 tm_history_filter (void *arg, const void *key, size_t klen, const void *val, size_t vlen)
 {
     const tm_history_retention_t *ret = (const tm_history_retention_t *) arg;
     const uint8_t *k = (const uint8_t *) key;
-    if (!ret || ret->retention_ms <= 0 || klen < 6 + 8 || k[0] != 'S')
+    if (!ret || klen < 6 + 8 || k[0] != 'S' || (k[5] != 'H' && k[5] != 'L'))
         return false;
-    int64_t last;
-    if (k[5] == 'H' && vlen >= 8)
-        last = s_get_ts ((const uint8_t *) val);
-    else
-    if (k[5] == 'L')
-        last = s_get_ts (k + klen - 8);
-    else
-        return false;
+    tm_history_value_t hv;
+    if (tm_history_value_decode ((char) k[5], val, vlen, &hv) != 0)
+        return false;      //  not ours to judge: keep it for the reader to report
     int64_t now = ret->now_ms? ret->now_ms (): tm_util_wall_ms ();
+    if (hv.format == 1)
+        return now > hv.expires;
+    if (ret->retention_ms <= 0)
+        return false;
+    int64_t last = k[5] == 'H'? hv.last_ts: s_get_ts (k + klen - 8);
+    //  now - retention is a few years from now at most: no overflow.
     return now - ret->retention_ms > last;
+}
+
+int64_t
+tm_history_series_retention (tm_twins_t *twins, const tm_twin_t *twin, const char *property,
+                             size_t plen)
+{
+    const tm_models_t *models = tm_twins_models (twins);
+    if (!models || !twin->model)
+        return 0;
+    const tm_model_t *m = tm_models_find (models, twin->model, tm_twins_name_len (twin->model));
+    if (!m)
+        return 0;
+    return tm_model_retention_ms (m, tm_model_property_find (m, property, plen));
+}
+
+//  The expiry of a value whose newest point is at last (saturating: a
+//  reading far in the future simply never expires).
+static int64_t
+s_expiry (int64_t last, int64_t retention_ms)
+{
+    int64_t expires;
+    if (__builtin_add_overflow (last, retention_ms, &expires))
+        return INT64_MAX;
+    return expires;
 }
 
 int
@@ -83,37 +149,51 @@ tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
     for (const tm_twins_pending_t *item = tm_twins_pending (twins, shard); item;
          item = item->next) {
         const tm_twin_t *t = item->twin;
+        size_t plen = tm_twins_name_len (item->property);
         size_t n = s_prefix (key, item->late? 'L': 'H', shard, t->entity, t->entity_len,
-                             item->property, tm_twins_name_len (item->property));
+                             item->property, plen);
         s_put_ts (key + n, item->first_ts);
         n += 8;
+        //  The model's retention as of now, stamped: the compaction filter
+        //  cannot look models up (banner).
+        int64_t retention = tm_history_series_retention (twins, t, item->property, plen);
+        uint8_t stamp[S_STAMP_SIZE];
+        size_t slen = 0;
+        if (retention > 0) {
+            stamp[0] = TM_HISTORY_VALUE_STAMPED;
+            s_put_ts (stamp + 1, s_expiry (item->last_ts, retention));
+            slen = S_STAMP_SIZE;
+        }
         if (item->late) {
-            uint8_t v[8];
+            uint8_t v[8 + S_STAMP_SIZE];
             uint64_t bits;
             memcpy (&bits, &item->value, 8);
             for (int b = 0; b < 8; b++)
                 v[b] = (uint8_t) (bits >> (8 * b));
-            tm_store_batch_put (batch, key, n, v, 8);
+            memcpy (v + 8, stamp, slen);
+            tm_store_batch_put (batch, key, n, v, 8 + slen);
             counts->late++;
             continue;
         }
-        if (cap < item->size + 8) {
-            uint8_t *grown = realloc (val, item->size + 8);
+        size_t vlen = 8 + slen + item->size;
+        if (cap < vlen) {
+            uint8_t *grown = realloc (val, vlen);
             if (!grown) {
                 free (val);
                 return -1;
             }
             val = grown;
-            cap = item->size + 8;
+            cap = vlen;
         }
         s_put_ts (val, item->last_ts);
-        memcpy (val + 8, item->data, item->size);
-        tm_store_batch_put (batch, key, n, val, item->size + 8);
+        memcpy (val + 8, stamp, slen);
+        memcpy (val + 8 + slen, item->data, item->size);
+        tm_store_batch_put (batch, key, n, val, vlen);
         tm_gorilla_dec_t dec;
         counts->chunks++;
         counts->points += tm_gorilla_dec_init (&dec, item->data, item->size) == 0?
                           tm_gorilla_dec_count (&dec): 0;
-        counts->value_bytes += item->size + 8;
+        counts->value_bytes += vlen;
         counts->key_bytes += n;
     }
     free (val);
@@ -213,15 +293,16 @@ s_scan_chunks (tm_store_t *store, const uint8_t *prefix, size_t plen, s_points_t
     const char *k, *v;
     size_t kl, vl;
     while (tm_store_iter_next (it, &k, &kl, &v, &vl)) {
-        if (kl != plen + 8 || vl < 8 + TM_GORILLA_EMPTY_SIZE)
+        tm_history_value_t hv;
+        if (kl != plen + 8 || tm_history_value_decode ('H', v, vl, &hv) != 0)
             continue;
         int64_t first = s_get_ts ((const uint8_t *) k + plen);
-        int64_t last = s_get_ts ((const uint8_t *) v);
+        int64_t last = hv.last_ts;
         if (first >= pts->to)
             break;
         if (last < pts->from)
             continue;
-        if (!s_add_chunk (pts, (const uint8_t *) v + 8, vl - 8))
+        if (!s_add_chunk (pts, hv.chunk, hv.chunk_size))
             tm_warn ("history: a stored chunk does not decode; skipped");
         if (pts->n > budget || pts->scanned >= TM_HISTORY_MAX_SCAN) {
             if (last < INT64_MAX && last + 1 < pts->to)
@@ -248,7 +329,8 @@ s_scan_late (tm_store_t *store, const uint8_t *prefix, size_t plen, s_points_t *
     const char *k, *v;
     size_t kl, vl;
     while (tm_store_iter_next (it, &k, &kl, &v, &vl)) {
-        if (kl != plen + 8 || vl != 8)
+        tm_history_value_t hv;
+        if (kl != plen + 8 || tm_history_value_decode ('L', v, vl, &hv) != 0)
             continue;
         int64_t ts = s_get_ts ((const uint8_t *) k + plen);
         if (ts >= pts->to)
@@ -258,12 +340,7 @@ s_scan_late (tm_store_t *store, const uint8_t *prefix, size_t plen, s_points_t *
             *truncated = true;
             break;
         }
-        uint64_t bits = 0;
-        for (int b = 7; b >= 0; b--)
-            bits = bits << 8 | (uint8_t) v[b];
-        double value;
-        memcpy (&value, &bits, 8);
-        s_add (pts, ts, value, true);
+        s_add (pts, ts, hv.value, true);
     }
     tm_store_iter_destroy (&it);
     return 0;

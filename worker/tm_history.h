@@ -14,9 +14,32 @@
           -> f64 (8, little-endian)      a late reading
 
     They live under the shard's prefix, so a shard's whole state is one key
-    range. Retention is a compaction filter: a chunk whose last point (a
-    late reading whose ts) is older than now - retention is dropped when a
+    range.
+
+    Retention is a compaction filter: a chunk whose last point (a late
+    reading whose ts) is older than its retention is dropped when a
     compaction passes by, so nothing ever scans the store to expire data.
+    The retention is the series' model's (a property's retention_ms, else
+    its model's) or, when the model says nothing or is not loaded, the
+    worker's history_retention. The filter runs on RocksDB's background
+    threads, where the model registry (owned by the apply thread) cannot be
+    read: so a value whose series has a model retention carries its expiry
+    time, stamped when it is written from the model the worker holds then,
+    and the filter only compares numbers. Value formats (byte 8 says which;
+    in format 0 it is a chunk's own version byte, 1, or nothing):
+
+      format 0  H: last_ts(8) chunk       L: f64(8)
+                the worker's history_retention applies (at compaction time,
+                so changing the setting applies to all of this history)
+      format 1  H: last_ts(8) 0xE1 expires(8) chunk
+                L: f64(8) 0xE1 expires(8)
+                dropped once now > expires (an absolute time in ms, as a
+                key timestamp), whatever the worker's setting
+
+    A changed model retention applies to history written after the change:
+    what is stamped stays stamped. Format 0 is still written for series
+    without a model retention (9 bytes less per value), and every store
+    written before format 1 existed reads as it did.
 
     A query merges, for one series, the stored chunks overlapping the range
     (found by seeking to the last chunk starting at or before its start),
@@ -41,12 +64,42 @@
 
 //  Retention for the compaction filter; lives as long as the store.
 typedef struct {
-    int64_t retention_ms;          //  Keep this long after a chunk's last point
+    int64_t retention_ms;          //  Keep format-0 values this long after their last
+                                   //  point (the worker's history_retention; 0 = forever)
     int64_t (*now_ms) (void);      //  Clock (tests move it), NULL = wall clock
 } tm_history_retention_t;
 
-//  The compaction filter (tm_store_filter_fn) over tm_history_retention_t.
+//  The compaction filter (tm_store_filter_fn) over tm_history_retention_t:
+//  true to drop an expired history value. Keys that are not history, and
+//  values that do not decode, are kept. Any thread; no locks, no lookups.
 bool tm_history_filter (void *arg, const void *key, size_t klen, const void *val, size_t vlen);
+
+#define TM_HISTORY_VALUE_STAMPED 0xE1  //  Byte 8 of a format-1 value
+#define TM_HISTORY_NO_EXPIRY INT64_MIN //  tm_history_value_t.expires of format 0
+
+//  A stored history value, decoded (pointers into the value's bytes).
+typedef struct {
+    int format;                    //  0 or 1
+    int64_t expires;               //  Format 1: drop after this time (ms);
+                                   //  format 0: TM_HISTORY_NO_EXPIRY
+    int64_t last_ts;               //  H: the chunk's last point (L: unused)
+    double value;                  //  L: the reading's value (H: unused)
+    const uint8_t *chunk;          //  H: the tm_gorilla bytes (L: NULL)
+    size_t chunk_size;             //  H: their size
+} tm_history_value_t;
+
+//  Decode the value of a history key of kind 'H' (a closed chunk) or 'L'
+//  (a late reading), from the store (untrusted: every length is checked;
+//  the chunk itself is checked by its decoder). 0, or -1 if the bytes are
+//  no value of that kind.
+int tm_history_value_decode (char kind, const void *val, size_t vlen, tm_history_value_t *out);
+
+//  The retention that applies to a series of a twin (property interned, or
+//  any name) from the models the twin table uses: its model's property
+//  retention_ms, else its model's, else 0 when the worker's setting applies
+//  (no model retention, or the model is not loaded). Apply thread only.
+int64_t tm_history_series_retention (tm_twins_t *twins, const tm_twin_t *twin,
+                                     const char *property, size_t plen);
 
 //  What tm_history_stage put in batches, for the measures operators ask
 //  for (bytes per reading); counted before the write succeeds.
@@ -59,8 +112,9 @@ typedef struct {
 } tm_history_counts_t;
 
 //  Add the shard's pending history (tm_twins_pending) to a batch, adding
-//  to *counts if not NULL. 0, or -1 if memory is short (the history stays
-//  pending).
+//  to *counts if not NULL; values of series with a model retention are
+//  stamped with their expiry (format 1). 0, or -1 if memory is short (the
+//  history stays pending).
 int tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
                       tm_history_counts_t *counts);
 

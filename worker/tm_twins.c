@@ -70,6 +70,14 @@ struct _tm_twins_t {
     size_t tick_next;              //  Next row tm_twins_tick_part ticks
     tm_twins_touch_fn *touch;      //  The hierarchy's hook (tm_peers), NULL: none
     void *touch_arg;
+    struct {
+        bool on;                   //  Recovery into a table that was empty
+        uint8_t key[TM_SHARDMAP_KEY_BYTES];    //  The cluster's shard key
+        uint32_t num_shards;       //  Its shard count
+        uint32_t owned;            //  Shards this worker owns (sizes the table)
+        tm_twin_t **seen;          //  One blob's twins by hash (open addressing)
+        size_t nseen;              //  Slots in seen (a power of two)
+    } bulk;                        //  tm_twins_restore_begin .. end
 };
 
 const char tm_twins_no_parent_ = 0;
@@ -221,6 +229,7 @@ tm_twins_destroy (tm_twins_t **self_p)
         self->tables = next;
     }
     zhashx_destroy (&self->values);
+    free (self->bulk.seen);
     free (self->current);
     free (self->pending);
     free (self->rows);
@@ -586,6 +595,12 @@ tm_twins_set_hooks (tm_twins_t *self, tm_twins_hook_fn *created, tm_twins_hook_f
     self->on_created = created;
     self->on_reported = reported;
     self->hooks_arg = arg;
+}
+
+const tm_models_t *
+tm_twins_models (tm_twins_t *self)
+{
+    return self->models;
 }
 
 //  A model property's settings, mapped as docs/models.md describes. 0, or
@@ -1405,101 +1420,407 @@ s_get_attr (tm_twins_t *self, tm_twin_t *t, const uint8_t **p, const uint8_t *en
     return s_attr_append (self, t, &a);
 }
 
-long
-tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, size_t size)
+void
+tm_twins_restore_begin (tm_twins_t *self, const uint8_t key[TM_SHARDMAP_KEY_BYTES],
+                        uint32_t num_shards, uint32_t owned)
+{
+    tm_twins_restore_end (self);
+    if (self->count || num_shards == 0 || num_shards > TM_SHARDMAP_MAX_SHARDS)
+        return;
+    self->bulk.on = true;
+    memcpy (self->bulk.key, key, TM_SHARDMAP_KEY_BYTES);
+    self->bulk.num_shards = num_shards;
+    self->bulk.owned = owned <= num_shards? owned: num_shards;
+}
+
+//  Before the first blob of a bulk restore: size the table for what the
+//  worker's shards hold, judged by this one (the shard hash spreads twins
+//  evenly), so that it does not double again and again as twins arrive.
+//  Each doubling rehashes every twin, a cache miss each: at a million
+//  twins that was a tenth of the recovery.
+static void
+s_restore_reserve (tm_twins_t *self, uint64_t ntwins)
+{
+    uint64_t target = ntwins * self->bulk.owned;
+    target += target / 4;
+    if (target > (1u << 26))
+        target = 1u << 26;
+    while (target * 10 > self->nslots * 7)
+        if (s_grow_twins (self) != 0)
+            return;        //  it grows as usual, then
+}
+
+void
+tm_twins_restore_end (tm_twins_t *self)
+{
+    free (self->bulk.seen);
+    memset (&self->bulk, 0, sizeof self->bulk);
+}
+
+//  Make the per-blob set of twins empty, with room for ntwins (at most
+//  half full). -1 if memory is short: the caller looks in the table.
+static int
+s_seen_reset (tm_twins_t *self, uint64_t ntwins)
+{
+    size_t want = 64;
+    while (want < 2 * ntwins)
+        want *= 2;
+    if (want > self->bulk.nseen) {
+        tm_twin_t **grown = realloc (self->bulk.seen, want * sizeof *grown);
+        if (!grown)
+            return -1;
+        self->bulk.seen = grown;
+        self->bulk.nseen = want;
+    }
+    memset (self->bulk.seen, 0, self->bulk.nseen * sizeof *self->bulk.seen);
+    return 0;
+}
+
+//  True if the entity is already a twin: in bulk mode (recovery into an
+//  empty table), a twin can only be where its shard's blob put it, so the
+//  entity must hash to this shard and appear once in this blob, which a
+//  small set that stays in cache tells; else look in the table, where an
+//  unsuccessful search costs a cache miss per slot probed (a fifth of a
+//  million-twin recovery's time went there).
+static bool
+s_restore_seen (tm_twins_t *self, uint32_t shard, bool local, const char *entity, size_t len,
+                uint64_t h)
+{
+    if (!local)
+        return tm_twins_find (self, entity, len) != NULL;
+    if (tm_shardmap_hash (self->bulk.key, self->bulk.num_shards, entity, len) != shard)
+        return true;       //  not this shard's: the blob is not ours
+    size_t mask = self->bulk.nseen - 1;
+    for (size_t j = h & mask;; j = (j + 1) & mask) {
+        tm_twin_t *t = self->bulk.seen[j];
+        if (!t)
+            return false;
+        if (t->hash == h && t->entity_len == len && memcmp (t->entity, entity, len) == 0)
+            return true;
+    }
+}
+
+static void
+s_restore_note (tm_twins_t *self, tm_twin_t *t)
+{
+    size_t mask = self->bulk.nseen - 1;
+    size_t j = t->hash & mask;
+    while (self->bulk.seen[j])
+        j = (j + 1) & mask;
+    self->bulk.seen[j] = t;
+}
+
+//  Restoring runs in two phases, so that recovery can spread a million
+//  twins over two threads without breaking the one-writer rule: decoding
+//  (tm_twins_decode_shard) parses a blob and builds each twin's properties
+//  (analytics, open chunks: most of the allocations and the byte work)
+//  touching no table, on any thread; restoring (tm_twins_restore_decoded)
+//  makes the twins in the table on its thread: the twin, its entry, its
+//  interned names and its attributes (which share the table's values).
+//  tm_twins_restore_shard is both in a row.
+
+//  One twin of a blob, decoded but not in a table. Names point into the
+//  blob, at the name's bytes: a name is at most 64 bytes, so the varint
+//  before it is its length in one byte, as for interned names.
+typedef struct {
+    const char *entity;            //  Into the blob, elen bytes
+    uint32_t elen;
+    uint64_t hash;                 //  s_hash of the entity (computed while decoding)
+    uint32_t mlen;                 //  Model name's length, 0 if none
+    const char *model;             //  Into the blob
+    uint64_t version;              //  Twin version
+    tm_analytics_sync_t sync;      //  Sync state
+    uint16_t nprops;               //  Entries in props
+    tm_prop_t *props;              //  Owned until restored; each name into the blob
+    uint64_t nattrs;               //  Attributes, encoded at attrs .. attrs_end
+    const uint8_t *attrs;
+    const uint8_t *attrs_end;
+} s_decoded_twin_t;
+
+struct _tm_twins_decoded_t {
+    uint8_t *owned;                //  The blob, if ours to free
+    int format;                    //  Blob format
+    s_decoded_twin_t *twins;       //  Decoded in blob order
+    size_t n;                      //  Entries in twins
+    size_t cap;                    //  Allocated
+    bool bad;                      //  The bytes after twins[n - 1] do not decode
+};
+
+static void
+s_free_props (tm_prop_t *props, uint16_t nprops)
+{
+    if (!props)
+        return;
+    for (uint16_t i = 0; i < nprops; i++)
+        if (props[i].hist) {
+            tm_gorilla_enc_fini (props[i].hist);
+            free (props[i].hist);
+        }
+    free (props);
+}
+
+//  Skip one attribute of a blob, checking its shape (restoring checks the
+//  rest): 0, or -1 if it does not fit.
+static int
+s_skip_attr (int format, const uint8_t **p, const uint8_t *end)
+{
+    uint64_t nlen, len;
+    if (tm_varint_get (p, end, &nlen) != 0 || nlen > (uint64_t) (end - *p))
+        return -1;
+    *p += nlen;
+    if (format == 4) {
+        if (tm_varint_get (p, end, &len) != 0 || len > (uint64_t) (end - *p))
+            return -1;
+        *p += len;
+        return 0;
+    }
+    if (end - *p < 1)
+        return -1;
+    uint8_t type = *(*p)++ & 0x7f;
+    len = type == TM_EXPR_NUMBER? 8: type == TM_EXPR_BOOL? 1: type == TM_EXPR_LOCATION? 16: 0;
+    if (type == TM_EXPR_STRING && tm_varint_get (p, end, &len) != 0)
+        return -1;
+    if ((len == 0 && type != TM_EXPR_STRING) || len > (uint64_t) (end - *p))
+        return -1;
+    *p += len;
+    return 0;
+}
+
+//  Decode one twin at *p into d (props owned by d on success). 0 or -1.
+static int
+s_decode_twin (int format, const uint8_t **pp, const uint8_t *end, s_decoded_twin_t *d)
+{
+    const uint8_t *p = *pp;
+    uint64_t elen, mlen, version, nprops;
+    memset (d, 0, sizeof *d);
+    if (tm_varint_get (&p, end, &elen) != 0 || elen == 0 || elen > TM_WIRE_MAX_ENTITY
+        || elen > (uint64_t) (end - p))
+        return -1;
+    d->entity = (const char *) p;
+    d->elen = (uint32_t) elen;
+    d->hash = s_hash (p, (size_t) elen);
+    p += elen;
+    if (tm_varint_get (&p, end, &mlen) != 0 || mlen > TM_WIRE_MAX_MODEL
+        || mlen > (uint64_t) (end - p))
+        return -1;
+    d->model = (const char *) p;
+    d->mlen = (uint32_t) mlen;
+    p += mlen;
+    if (tm_varint_get (&p, end, &version) != 0)
+        return -1;
+    d->version = version;
+    tm_analytics_sync_init (&d->sync);
+    if (format >= 2) {
+        uint64_t zheard, faults, window, interval;
+        if (tm_varint_get (&p, end, &zheard) != 0 || tm_varint_get (&p, end, &faults) != 0
+            || tm_varint_get (&p, end, &window) != 0
+            || tm_varint_get (&p, end, &interval) != 0
+            || s_get_f32 (&p, end, &d->sync.quality) != 0 || end - p < 3
+            || window > UINT32_MAX || interval > UINT32_MAX || p[0] >= TM_SYNC_NSTATES)
+            return -1;
+        d->sync.heard_ms = tm_unzigzag (zheard);
+        d->sync.faults = faults;
+        d->sync.window_ms = (uint32_t) window;
+        d->sync.interval_ms = (uint32_t) interval;
+        d->sync.state = p[0];
+        d->sync.good_run = p[1];
+        d->sync.nquality = p[2];
+        p += 3;
+    }
+    if (tm_varint_get (&p, end, &nprops) != 0 || nprops > TM_TWINS_MAX_PROPS)
+        return -1;
+    //  Exactly as many as the twin has (growing from 4 took a realloc for
+    //  every twin of five properties).
+    if (nprops) {
+        d->props = calloc ((size_t) nprops, sizeof *d->props);
+        if (!d->props)
+            return -1;
+    }
+    for (uint64_t i = 0; i < nprops; i++) {
+        uint64_t nlen;
+        if (tm_varint_get (&p, end, &nlen) != 0 || nlen == 0 || nlen > TM_WIRE_MAX_PROPERTY
+            || nlen > (uint64_t) (end - p))
+            goto fail;
+        tm_prop_t *pr = &d->props[i];
+        *pr = (tm_prop_t) {.name = (const char *) p, .sidx = TM_TWINS_SIDX_UNRESOLVED};
+        d->nprops++;
+        tm_analytics_init (&pr->an);
+        p += nlen;
+        if (format >= 2) {
+            if (s_get_prop_v2 (&p, end, pr) != 0)
+                goto fail;
+            if (format >= 3 && s_get_hist (&p, end, pr) != 0)
+                goto fail;
+            continue;
+        }
+        uint64_t zts, count;
+        double value;
+        if (s_get_f64 (&p, end, &value) != 0 || tm_varint_get (&p, end, &zts) != 0
+            || tm_varint_get (&p, end, &count) != 0)
+            goto fail;
+        //  Version 1 kept no analytics: the latest value only.
+        pr->an.value = value;
+        pr->an.ts_ms = tm_unzigzag (zts);
+        pr->count = count;
+    }
+    if (format >= 4) {
+        if (tm_varint_get (&p, end, &d->nattrs) != 0 || d->nattrs > TM_ATTR_MAX_PER_TWIN)
+            goto fail;
+        d->attrs = p;
+        for (uint64_t i = 0; i < d->nattrs; i++)
+            if (s_skip_attr (format, &p, end) != 0)
+                goto fail;
+        d->attrs_end = p;
+    }
+    *pp = p;
+    return 0;
+fail:
+    s_free_props (d->props, d->nprops);
+    d->props = NULL;
+    return -1;
+}
+
+//  Phase one over data (borrowed; dec->owned says whether it is ours).
+static void
+s_decode (const uint8_t *data, size_t size, tm_twins_decoded_t *dec)
 {
     const uint8_t *p = data, *end = data + size;
     uint64_t ntwins;
+    dec->bad = true;
     if (size < 1 || *p < 1 || *p > S_SHARD_FORMAT)
-        return -1;
-    int format = *p++;
+        return;
+    dec->format = *p++;
     if (tm_varint_get (&p, end, &ntwins) != 0)
-        return -1;
-    long restored = 0;
+        return;
     for (uint64_t k = 0; k < ntwins; k++) {
-        uint64_t elen, mlen, version, nprops;
-        if (tm_varint_get (&p, end, &elen) != 0 || elen == 0 || elen > TM_WIRE_MAX_ENTITY
-            || elen > (uint64_t) (end - p))
-            return -1;
-        const char *entity = (const char *) p;
-        p += elen;
-        if (tm_varint_get (&p, end, &mlen) != 0 || mlen > TM_WIRE_MAX_MODEL
-            || mlen > (uint64_t) (end - p))
-            return -1;
-        const char *model = (const char *) p;
-        p += mlen;
-        if (tm_varint_get (&p, end, &version) != 0)
-            return -1;
-        tm_analytics_sync_t sync;
-        tm_analytics_sync_init (&sync);
-        if (format >= 2) {
-            uint64_t zheard, faults, window, interval;
-            if (tm_varint_get (&p, end, &zheard) != 0 || tm_varint_get (&p, end, &faults) != 0
-                || tm_varint_get (&p, end, &window) != 0
-                || tm_varint_get (&p, end, &interval) != 0
-                || s_get_f32 (&p, end, &sync.quality) != 0 || end - p < 3
-                || window > UINT32_MAX || interval > UINT32_MAX || p[0] >= TM_SYNC_NSTATES)
-                return -1;
-            sync.heard_ms = tm_unzigzag (zheard);
-            sync.faults = faults;
-            sync.window_ms = (uint32_t) window;
-            sync.interval_ms = (uint32_t) interval;
-            sync.state = p[0];
-            sync.good_run = p[1];
-            sync.nquality = p[2];
-            p += 3;
+        if (dec->n == dec->cap) {
+            size_t cap = dec->cap? dec->cap * 2: (ntwins < 1024? (size_t) ntwins: 1024);
+            s_decoded_twin_t *grown = realloc (dec->twins, cap * sizeof *grown);
+            if (!grown)
+                return;
+            dec->twins = grown;
+            dec->cap = cap;
         }
-        if (tm_varint_get (&p, end, &nprops) != 0 || nprops > TM_TWINS_MAX_PROPS)
-            return -1;
-        if (tm_twins_find (self, entity, elen))
+        if (s_decode_twin (dec->format, &p, end, &dec->twins[dec->n]) != 0)
+            return;
+        dec->n++;
+    }
+    dec->bad = p != end;
+}
+
+static void
+s_decoded_fini (tm_twins_decoded_t *dec)
+{
+    for (size_t i = 0; i < dec->n; i++)
+        s_free_props (dec->twins[i].props, dec->twins[i].nprops);
+    free (dec->twins);
+    free (dec->owned);
+}
+
+tm_twins_decoded_t *
+tm_twins_decode_shard (uint8_t **data_p, size_t size)
+{
+    tm_twins_decoded_t *dec = calloc (1, sizeof *dec);
+    if (!dec)
+        return NULL;
+    dec->owned = *data_p;
+    *data_p = NULL;
+    s_decode (dec->owned, size, dec);
+    return dec;
+}
+
+void
+tm_twins_decoded_destroy (tm_twins_decoded_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    s_decoded_fini (*self_p);
+    free (*self_p);
+    *self_p = NULL;
+}
+
+size_t
+tm_twins_decoded_count (const tm_twins_decoded_t *self)
+{
+    return self->n;
+}
+
+#define S_RESTORE_AHEAD 8           //  Twins ahead whose slot is prefetched
+
+//  Phase two: the decoded twins into the table, in blob order, stopping at
+//  the first that does not fit (the twins before it are kept).
+static long
+s_restore (tm_twins_t *self, uint32_t shard, tm_twins_decoded_t *dec)
+{
+    //  A twin takes at least 4 bytes of blob, so n bounds what the set needs.
+    bool local = self->bulk.on && s_seen_reset (self, dec->n) == 0;
+    if (local && self->count == 0)
+        s_restore_reserve (self, dec->n);
+    long restored = 0;
+    for (size_t k = 0; k < dec->n; k++) {
+        s_decoded_twin_t *d = &dec->twins[k];
+        //  The slot a few twins ahead will take: at a million twins the
+        //  slot array is far bigger than the caches, and waiting for each
+        //  slot's line was the largest cost left here. (A prefetch never
+        //  faults, even if the array grows meanwhile.)
+        if (k + S_RESTORE_AHEAD < dec->n) {
+            const s_decoded_twin_t *a = &dec->twins[k + S_RESTORE_AHEAD];
+            __builtin_prefetch (&self->slots[a->hash & (self->nslots - 1)], 1);
+        }
+        if (s_restore_seen (self, shard, local, d->entity, d->elen, d->hash))
             return -1;     //  the same entity twice: not a blob we wrote
-        tm_twin_t *t = s_insert (self, entity, elen, shard);
+        tm_twin_t *t = s_insert (self, d->entity, d->elen, shard);
         if (!t)
             return -1;
-        s_state_moved (self, t->sync.state, sync.state);
-        t->sync = sync;
-        if (mlen)
-            t->model = s_intern (self, model, mlen);
-        for (uint64_t i = 0; i < nprops; i++) {
-            uint64_t nlen;
-            if (tm_varint_get (&p, end, &nlen) != 0 || nlen == 0 || nlen > TM_WIRE_MAX_PROPERTY
-                || nlen > (uint64_t) (end - p))
+        if (local)
+            s_restore_note (self, t);
+        s_state_moved (self, t->sync.state, d->sync.state);
+        t->sync = d->sync;
+        if (d->mlen)
+            t->model = s_intern (self, d->model, d->mlen);
+        for (uint16_t i = 0; i < d->nprops; i++) {
+            tm_prop_t *pr = &d->props[i];
+            const char *interned = s_intern (self, pr->name, s_name_len (pr->name));
+            if (!interned)
                 return -1;
-            const char *name = (const char *) p;
-            p += nlen;
-            tm_prop_t *pr = s_prop (self, t, name, nlen, true);
-            if (!pr || pr->count)
-                return -1;     //  over a limit, or the same property twice
-            if (format >= 2) {
-                if (s_get_prop_v2 (&p, end, pr) != 0)
-                    return -1;
-                if (format >= 3 && s_get_hist (&p, end, pr) != 0)
-                    return -1;
-                continue;
-            }
-            uint64_t zts, count;
-            double value;
-            if (s_get_f64 (&p, end, &value) != 0 || tm_varint_get (&p, end, &zts) != 0
-                || tm_varint_get (&p, end, &count) != 0)
-                return -1;
-            //  Version 1 kept no analytics: the latest value only.
-            pr->an.value = value;
-            pr->an.ts_ms = tm_unzigzag (zts);
-            pr->count = count;
+            for (uint16_t j = 0; j < i; j++)
+                if (d->props[j].name == interned)
+                    return -1;     //  the same property twice
+            pr->name = interned;
         }
-        if (format >= 4) {
-            uint64_t nattrs;
-            if (tm_varint_get (&p, end, &nattrs) != 0 || nattrs > TM_ATTR_MAX_PER_TWIN)
+        //  The properties move to the twin: the table frees them now.
+        t->props = d->props;
+        t->nprops = t->cap = d->nprops;
+        d->props = NULL;
+        const uint8_t *p = d->attrs;
+        for (uint64_t i = 0; i < d->nattrs; i++)
+            if ((dec->format == 4? s_get_attr_v4 (self, t, &p, d->attrs_end):
+                                   s_get_attr (self, t, &p, d->attrs_end)) != 0)
                 return -1;
-            for (uint64_t i = 0; i < nattrs; i++)
-                if ((format == 4? s_get_attr_v4 (self, t, &p, end):
-                                  s_get_attr (self, t, &p, end)) != 0)
-                    return -1;
-        }
-        t->version = version;
+        if (p != d->attrs_end)
+            return -1;
+        t->version = d->version;
         restored++;
     }
-    return p == end? restored: -1;
+    return dec->bad? -1: restored;
+}
+
+long
+tm_twins_restore_decoded (tm_twins_t *self, uint32_t shard, tm_twins_decoded_t **decoded_p)
+{
+    long rc = s_restore (self, shard, *decoded_p);
+    tm_twins_decoded_destroy (decoded_p);
+    return rc;
+}
+
+long
+tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, size_t size)
+{
+    tm_twins_decoded_t dec = {0};
+    s_decode (data, size, &dec);
+    long rc = s_restore (self, shard, &dec);
+    s_decoded_fini (&dec);
+    return rc;
 }
 
 uint8_t *

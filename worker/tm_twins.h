@@ -168,6 +168,9 @@ void tm_twins_stats (tm_twins_t *self, tm_twins_stats_t *stats);
 //  when the table first sees the model at a new registry generation.
 void tm_twins_set_models (tm_twins_t *self, const tm_models_t *models);
 
+//  The registry set by tm_twins_set_models (borrowed; NULL if none).
+const tm_models_t *tm_twins_models (tm_twins_t *self);
+
 //  The analytics settings a property of this twin uses: its model's, when
 //  the twin's model is in the registry and defines the property, else the
 //  defaults. O(1) per reading: the twin caches its model's settings table
@@ -273,6 +276,33 @@ size_t tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, s
 //  fault are kept).
 long tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data,
                              size_t size);
+
+//  The same in two steps, for recovery on two threads: decode on any
+//  thread (it touches no table), then restore on the table's thread. A
+//  decoded blob owns its bytes (data_p is consumed; malloc'd) and the
+//  twins' properties; whoever holds it destroys it. decode returns NULL
+//  only when memory is short; bytes that do not decode are reported by
+//  restore_decoded, which returns as tm_twins_restore_shard and consumes
+//  *decoded_p.
+typedef struct _tm_twins_decoded_t tm_twins_decoded_t;
+tm_twins_decoded_t *tm_twins_decode_shard (uint8_t **data_p, size_t size);
+long tm_twins_restore_decoded (tm_twins_t *self, uint32_t shard,
+                               tm_twins_decoded_t **decoded_p);
+void tm_twins_decoded_destroy (tm_twins_decoded_t **self_p);
+
+//  Twins a decoded blob holds.
+size_t tm_twins_decoded_count (const tm_twins_decoded_t *self);
+
+//  Recovery of a whole worker: between begin and end, restore_shard may
+//  trust that a twin is nowhere but in its shard's blob, checking that its
+//  entity hashes to that shard (key, num_shards: the cluster's) and that a
+//  blob names it once, instead of searching the table for it; and the
+//  first blob sizes the table for owned shards like it. Only if the table
+//  is empty at begin (else, and with num_shards 0, restore_shard searches
+//  as usual); every shard's blob must be restored at most once.
+void tm_twins_restore_begin (tm_twins_t *self, const uint8_t key[TM_SHARDMAP_KEY_BYTES],
+                             uint32_t num_shards, uint32_t owned);
+void tm_twins_restore_end (tm_twins_t *self);
 
 //  Encode a twin's state for TWIN replies (a TwinState protobuf with its
 //  analytics, attributes, sync status at now_ms, and nderived derived

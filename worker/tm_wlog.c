@@ -2,6 +2,8 @@
 #include "tm_wlog.h"
 #include "tm_history.h"
 #include "tm_log.h"
+#include "tm_util.h"
+#include "tm_wrestore.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -256,45 +258,44 @@ tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void
                  size_t *bad_twins)
 {
     *bad_twins = 0;
-    tm_store_iter_t *it = tm_store_iter_new (self->store, "S", 1);
-    if (!it)
+    //  Read and decoded on a helper thread, restored here (tm_wrestore).
+    tm_wrestore_t *loader = tm_wrestore_new (self->store);
+    if (!loader)
         return -1;
-    const char *k, *v;
-    size_t kl, vl;
-    while (tm_store_iter_next (it, &k, &kl, &v, &vl)) {
-        const uint8_t *key = (const uint8_t *) k;
-        if (kl > 6 && (key[5] == 'H' || key[5] == 'L')) {
-            //  History, read only by queries: skip the shard's to its
-            //  twins ('T' sorts after 'H' and 'L') without reading it.
-            uint8_t tkey[6];
-            memcpy (tkey, key, 5);
-            tkey[5] = 'T';
-            tm_store_iter_seek (it, tkey, sizeof tkey);
-            continue;
-        }
-        if (kl != 6 || key[5] != 'T') {
-            (*bad_twins)++;
-            continue;
-        }
-        uint32_t shard = (uint32_t) key[1] << 24 | (uint32_t) key[2] << 16
-                       | (uint32_t) key[3] << 8 | key[4];
-        if (tm_twins_restore_shard (twins, shard, (const uint8_t *) v, vl) < 0) {
+    //  Where a restart's time goes, for operators (docs/operations.md).
+    int64_t t0 = tm_util_mono_ms (), restore_ms = 0;
+    size_t shards = 0;
+    uint32_t shard;
+    tm_twins_decoded_t *decoded;
+    int rc;
+    while ((rc = tm_wrestore_next (loader, &shard, &decoded)) == 1) {
+        int64_t d0 = tm_util_mono_ms ();
+        if (tm_twins_restore_decoded (twins, shard, &decoded) < 0) {
             tm_warn ("wlog: stored twins of shard %u do not decode; the log alone restores them",
                      shard);
             (*bad_twins)++;
         }
+        restore_ms += tm_util_mono_ms () - d0;
+        shards++;
     }
-    tm_store_iter_destroy (&it);
+    *bad_twins += tm_wrestore_bad_keys (loader);
+    tm_wrestore_destroy (&loader);
+    tm_twins_restore_end (twins);
+    if (rc < 0)
+        return -1;
+    int64_t t1 = tm_util_mono_ms ();
     //  Loaded state is what is stored: nothing to write back for it.
     size_t n;
     free (tm_twins_take_dirty (twins, &n));
 
     uint8_t start[10];
     s_log_key (start, self->checkpoint_seq + 1);
-    it = tm_store_iter_new_at (self->store, S_LOG_PREFIX, 2, start, sizeof start);
+    tm_store_iter_t *it = tm_store_iter_new_at (self->store, S_LOG_PREFIX, 2, start, sizeof start);
     if (!it)
         return -1;
     long replayed = 0;
+    const char *k, *v;
+    size_t kl, vl;
     while (tm_store_iter_next (it, &k, &kl, &v, &vl)) {
         if (kl != 10)
             continue;
@@ -302,6 +303,9 @@ tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void
         replayed++;
     }
     tm_store_iter_destroy (&it);
+    tm_info ("wlog: recovery shards=%zu load_ms=%lld (restore_ms=%lld) replay_ms=%lld "
+             "records=%ld", shards, (long long) (t1 - t0), (long long) restore_ms,
+             (long long) (tm_util_mono_ms () - t1), replayed);
     return replayed;
 }
 

@@ -82,7 +82,8 @@ bool tm_wlog_checkpointing (tm_wlog_t *self);
 typedef void (tm_wlog_replay_fn) (void *arg, uint64_t seq, const uint8_t *data, size_t size);
 
 //  Recovery: load every stored shard's twins, then call fn for each log
-//  record after the checkpoint, in order. Returns the number of records
+//  record after the checkpoint, in order. Loading ends a bulk restore the
+//  caller may have begun (tm_twins_restore_begin) before the replay. Returns the number of records
 //  replayed, or -1 on a store error. Shards whose stored state does not
 //  decode are counted in *bad_twins (their twins decoded before the fault
 //  are kept; the rest come back only from the log).

@@ -95,6 +95,7 @@ struct _tm_worker_t {
     s_stats_t stats;
     int64_t last_warn_ms;          //  Rate limit for refusal warnings
     uint64_t warns_suppressed;     //  Warnings not logged since the last one
+    bool checkpoint_soon;          //  Start a checkpoint round at once (log replayed)
 };
 
 //  Log a refusal at most once a second, saying how many were not logged.
@@ -845,18 +846,33 @@ tm_worker_new (const tm_worker_config_t *config)
                   config->data_dir);
         goto fail;
     }
+    //  The saved map's key lets the restore check each twin's shard
+    //  instead of searching the table for it (tm_twins_restore_begin).
+    tm_twins_restore_begin (self->twins, self->shard_key, self->num_shards, self->owned);
     replayed = tm_wlog_recover (self->wlog, self->twins, s_replay_record, self, &bad);
     tm_commands_replaying (self->commands, UINT64_MAX);
     if (replayed < 0)
         goto fail;
     if (tm_commands_flush (self->commands) != 0)
         tm_warn ("worker: clears found in the replay are not written yet; will retry");
-    //  Replayed readings are now in memory only: write them out at once so
-    //  that the log can be trimmed.
-    if (tm_wlog_checkpoint (self->wlog, self->twins) != 0)
-        tm_warn ("worker: checkpoint after recovery failed; will retry");
+    //  Replayed readings are in memory and still in the log: the first
+    //  checkpoint round, started as soon as the worker runs, writes them
+    //  and trims the log. Not here before serving: a few seconds of log
+    //  touch nearly every shard, and writing them all at once (every
+    //  shard's value, ~600 MB at a million twins) took longer than the
+    //  restore itself. A crash before that round just replays again.
+    self->checkpoint_soon = replayed > 0;
     tm_info ("worker: recovered twins=%zu log_records=%ld bad_twins=%zu ms=%lld",
              tm_twins_size (self->twins), replayed, bad, (long long) (tm_util_mono_ms () - t0));
+    if (config->compact_at_start) {
+        //  After the checkpoint, so that the history it wrote is judged too.
+        int64_t c0 = tm_util_mono_ms ();
+        if (tm_store_compact (self->store) != 0)
+            tm_warn ("worker: compaction at start failed; expired history stays until "
+                     "compactions pass by");
+        else
+            tm_info ("worker: compacted at start ms=%lld", (long long) (tm_util_mono_ms () - c0));
+    }
     memset (&self->stats, 0, sizeof self->stats);
 
     self->router = tm_net_server (ZMQ_ROUTER, config->bind, config->cert,
@@ -965,7 +981,8 @@ int
 tm_worker_run (tm_worker_t *self)
 {
     int64_t next_heartbeat = 0, next_tick = 0;
-    int64_t next_checkpoint = tm_util_mono_ms () + self->checkpoint_ms;
+    int64_t next_checkpoint = tm_util_mono_ms () + (self->checkpoint_soon? 0: self->checkpoint_ms);
+    self->checkpoint_soon = false;
     int64_t round_started = 0;
     zsock_t *req = tm_mapclient_req_sock (self->mapc);
     zsock_t *sub = tm_mapclient_sub_sock (self->mapc);

@@ -29,7 +29,9 @@ typedef struct {
     int64_t heartbeat_ms;          //  HELLO / MAP_GET interval
     int64_t checkpoint_ms;         //  Twin state flush interval
     int64_t max_batch_bytes;       //  Largest APPEND accepted
-    int64_t history_retention_ms;  //  History kept this long (0 = forever)
+    int64_t history_retention_ms;  //  History kept this long (0 = forever) when its
+                                   //  model sets no retention
+    bool compact_at_start;         //  Compact the store once after recovery
     const char *events_bind;       //  PUB of delta events (NULL: tcp://127.0.0.1:*)
     const char *events_advertise;  //  Its endpoint for gateways (NULL: the bound one)
     volatile sig_atomic_t *stop;   //  Set by a signal handler to stop

@@ -38,7 +38,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
             if (tm_model_property_find (m, p->name, strlen (p->name)) != p)
                 abort ();
             if (tm_model_check_value (p, 0) >= TM_MODEL_Q_COUNT
-                || tm_model_retention_ms (m, p) <= 0)
+                || tm_model_retention_ms (m, p) < 0)
                 abort ();
         }
         tm_models_t *reg = tm_models_new ();

@@ -532,9 +532,36 @@ def child_update_seeds():
     }
 
 
+def history_value_seeds():
+    """Inputs of fuzz_history_value: kind byte (even 'H', odd 'L'), clock
+    (8 bytes, shifted right by one), then a stored value."""
+    def ts(v):
+        return struct.pack(">Q", (v ^ (1 << 63)) & ((1 << 64) - 1))
+
+    def clock(ms):
+        return struct.pack(">Q", ms << 1)
+
+    # A chunk of one point (version 1, count 1, ts zigzag 1000, decimal
+    # mode 0, value zigzag 5): the bytes tm_gorilla writes.
+    chunk = bytes([1, 1, 0, 0, 0]) + bytes([0xd0, 0x0f]) + bytes([0, 10])
+    now = 1700000000000
+    return {
+        "chunk-v0": b"\0" + clock(now) + ts(1000) + chunk,
+        "chunk-v1": b"\0" + clock(now) + ts(1000) + b"\xe1" + ts(5000) + chunk,
+        "chunk-v1-future": b"\0" + clock(now) + ts(1000) + b"\xe1" + ts(now * 2) + chunk,
+        "chunk-v1-short": b"\0" + clock(now) + ts(1000) + b"\xe1" + ts(5000)[:4],
+        "chunk-garbage": b"\0" + clock(now) + ts(1000) + b"\x07\xff\xff",
+        "late-v0": b"\1" + clock(now) + struct.pack("<d", 12.5),
+        "late-v1": b"\1" + clock(now) + struct.pack("<d", 12.5) + b"\xe1" + ts(90000),
+        "late-v1-bad-marker": b"\1" + clock(now) + struct.pack("<d", 12.5) + b"\xe2" + ts(9),
+        "late-long": b"\1" + clock(now) + bytes(30),
+    }
+
+
 def main():
     sets = {
         "child_update": child_update_seeds(),
+        "history_value": history_value_seeds(),
         "wire": wire_seeds(),
         "header": header_seeds(),
         "shardmap": shardmap_seeds(),

@@ -383,7 +383,7 @@ test_round_trip (void **state)
     s_assert_round_trip (min);
     assert_string_equal (tm_model_canonical (min, NULL),
                          "{\"format\":1,\"name\":\"m\",\"version\":1,\"description\":\"\","
-                         "\"retention_ms\":2592000000,\"properties\":{},\"attributes\":{},"
+                         "\"properties\":{},\"attributes\":{},"
                          "\"relationships\":{},\"derived\":{},\"aggregates\":{}}");
     assert_false (tm_model_equal (m, min));
     tm_model_destroy (&min);
@@ -418,12 +418,14 @@ test_defaults (void **state)
     s_assert_num (p->forecast_beta, 0.1);
     assert_int_equal (p->forecast_horizon, 10);
     assert_int_equal (p->retention_ms, 0);
-    assert_int_equal (tm_model_retention_ms (m, p), TM_MODEL_DEFAULT_RETENTION_MS);
+    //  Neither the model nor the property says: 0, the worker's setting.
+    assert_int_equal (m->retention_ms, 0);
+    assert_int_equal (tm_model_retention_ms (m, p), 0);
     //  The generic property is the same set of defaults.
     s_assert_num (d->ewma_alpha, p->ewma_alpha);
     s_assert_num (d->anomaly_threshold_sigma, p->anomaly_threshold_sigma);
     assert_int_equal (d->forecast_horizon, p->forecast_horizon);
-    assert_int_equal (tm_model_retention_ms (NULL, d), TM_MODEL_DEFAULT_RETENTION_MS);
+    assert_int_equal (tm_model_retention_ms (NULL, d), 0);
     p = tm_model_property_find (m, "b", 1);
     assert_false (p->anomaly_enabled);
     assert_false (p->forecast_enabled);

@@ -20,6 +20,7 @@
 #include "tm_util.h"
 #include "tm_wire.h"
 #include "tm_wlog.h"
+#include "tm_wrestore.h"
 
 static const uint8_t s_key[TM_SHARDMAP_KEY_BYTES] = "0123456789abcdef";
 
@@ -212,12 +213,83 @@ test_round_in_steps_and_crash (void **state)
     assert_int_equal (tm_util_rm_rf (dir), 0);
 }
 
+//  The recovery loader: every shard's twins, in key order, from a store
+//  that also holds history and a key that is neither; and a loader
+//  destroyed while its helper waits on a full queue.
+static void
+test_loader (void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/tm-test-wlog-XXXXXX";
+    assert_non_null (mkdtemp (dir));
+    tm_store_t *store = tm_store_open (dir);
+    tm_wlog_t *wlog = tm_wlog_new (store, false);
+    tm_twins_t *twins = tm_twins_new ();
+    uint8_t buf[512];
+    //  200 twins over the 64 shards, 130 readings for one (a closed chunk:
+    //  history keys before its shard's twins).
+    for (int i = 0; i < 200; i++) {
+        char entity[32];
+        snprintf (entity, sizeof entity, "load/e-%03d", i);
+        for (int ts = 1; ts <= (i == 7? 130: 1); ts++)
+            s_apply_batch (twins, buf, s_batch (buf, sizeof buf, entity, ts * 1000));
+    }
+    assert_int_equal (tm_wlog_checkpoint (wlog, twins), 0);
+    assert_int_equal (tm_store_put (store, "S\0\0\0\3X", 6, "junk", 4, false), 0);
+    bool has[64] = {false};
+    size_t nshards = 0;
+    for (uint32_t sh = 0; sh < 64; sh++)
+        if (tm_twins_shard_first (twins, sh)) {
+            has[sh] = true;
+            nshards++;
+        }
+    assert_true (nshards > 8);     //  more than the queue holds
+    tm_wrestore_t *loader = tm_wrestore_new (store);
+    assert_non_null (loader);
+    tm_twins_t *back = tm_twins_new ();
+    uint32_t shard, last = 0;
+    size_t got = 0;
+    tm_twins_decoded_t *dec = NULL;
+    int rc;
+    while ((rc = tm_wrestore_next (loader, &shard, &dec)) == 1) {
+        assert_true (shard < 64 && has[shard]);
+        assert_true (got == 0 || shard > last);
+        last = shard;
+        assert_true (tm_twins_restore_decoded (back, shard, &dec) > 0);
+        assert_null (dec);
+        got++;
+    }
+    assert_int_equal (rc, 0);
+    assert_int_equal (tm_wrestore_next (loader, &shard, &dec), 0);
+    assert_int_equal (got, nshards);
+    assert_int_equal (tm_wrestore_bad_keys (loader), 1);
+    tm_wrestore_destroy (&loader);
+    assert_null (loader);
+    assert_int_equal (tm_twins_size (back), 200);
+    assert_int_equal (tm_twins_find (back, "load/e-007", 10)->props[0].count, 130);
+    tm_twins_destroy (&back);
+    //  Destroyed early: the helper is stopped, what it decoded is freed.
+    loader = tm_wrestore_new (store);
+    assert_int_equal (tm_wrestore_next (loader, &shard, &dec), 1);
+    tm_twins_decoded_destroy (&dec);
+    usleep (50 * 1000);            //  let the helper fill its queue and wait
+    tm_wrestore_destroy (&loader);
+    tm_wrestore_destroy (&loader);
+    tm_wlog_destroy (&wlog);
+    tm_twins_destroy (&twins);
+    tm_store_destroy (&store);
+    char cmd[128];
+    snprintf (cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal (system (cmd), 0);
+}
+
 int
 main (void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test (test_commit_checkpoint_recover),
         cmocka_unit_test (test_round_in_steps_and_crash),
+        cmocka_unit_test (test_loader),
     };
     return cmocka_run_group_tests (tests, NULL, NULL);
 }

@@ -1,0 +1,179 @@
+/*  tm_wrestore - recovery's shard loader on a helper thread  */
+#include "tm_wrestore.h"
+#include "tm_log.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define S_QUEUE 8                  //  Shards decoded ahead of the apply thread
+
+typedef struct {
+    uint32_t shard;
+    tm_twins_decoded_t *decoded;   //  Owned by the queue while in it
+} s_item_t;
+
+struct _tm_wrestore_t {
+    tm_store_t *store;             //  Borrowed; read by the helper only
+    pthread_t thread;              //  The helper
+    pthread_mutex_t lock;          //  Guards everything below
+    pthread_cond_t changed;        //  Signalled on every put, take and stop
+    s_item_t queue[S_QUEUE];       //  Ring of decoded shards
+    size_t head;                   //  Next to take
+    size_t count;                  //  In the ring
+    bool done;                     //  The helper has put its last shard
+    bool failed;                   //  The helper ran out of memory
+    bool stop;                     //  Asked to stop early (destroy)
+    size_t bad_keys;               //  Keys that are not ours
+};
+
+//  Hand a decoded shard to the apply thread (ownership moves with it);
+//  false if asked to stop (then it is freed here).
+static bool
+s_put (tm_wrestore_t *self, uint32_t shard, tm_twins_decoded_t *decoded)
+{
+    pthread_mutex_lock (&self->lock);
+    while (self->count == S_QUEUE && !self->stop)
+        pthread_cond_wait (&self->changed, &self->lock);
+    bool stop = self->stop;
+    if (!stop) {
+        self->queue[(self->head + self->count) % S_QUEUE] =
+            (s_item_t) {.shard = shard, .decoded = decoded};
+        self->count++;
+        pthread_cond_broadcast (&self->changed);
+    }
+    pthread_mutex_unlock (&self->lock);
+    if (stop)
+        tm_twins_decoded_destroy (&decoded);
+    return !stop;
+}
+
+static void *
+s_helper (void *arg)
+{
+    tm_wrestore_t *self = (tm_wrestore_t *) arg;
+    bool failed = false;
+    size_t bad = 0;
+    tm_store_iter_t *it = tm_store_iter_new_scan (self->store, "S", 1);
+    const char *k, *v;
+    size_t kl, vl;
+    while (it && tm_store_iter_next (it, &k, &kl, &v, &vl)) {
+        const uint8_t *key = (const uint8_t *) k;
+        if (kl > 6 && (key[5] == 'H' || key[5] == 'L')) {
+            //  History, read only by queries: skip the shard's to its
+            //  twins ('T' sorts after 'H' and 'L') without reading it.
+            uint8_t tkey[6];
+            memcpy (tkey, key, 5);
+            tkey[5] = 'T';
+            tm_store_iter_seek (it, tkey, sizeof tkey);
+            continue;
+        }
+        if (kl != 6 || key[5] != 'T') {
+            bad++;
+            continue;
+        }
+        uint32_t shard = (uint32_t) key[1] << 24 | (uint32_t) key[2] << 16
+                       | (uint32_t) key[3] << 8 | key[4];
+        //  A copy: the decoded twins point into their bytes, which must
+        //  outlive the iterator's next step.
+        uint8_t *copy = malloc (vl? vl: 1);
+        tm_twins_decoded_t *decoded = NULL;
+        if (copy) {
+            memcpy (copy, v, vl);
+            decoded = tm_twins_decode_shard (&copy, vl);
+        }
+        if (!decoded) {
+            free (copy);
+            failed = true;
+            break;
+        }
+        if (!s_put (self, shard, decoded))
+            break;
+    }
+    if (!it)
+        failed = true;
+    tm_store_iter_destroy (&it);
+    pthread_mutex_lock (&self->lock);
+    self->done = true;
+    self->failed = failed;
+    self->bad_keys = bad;
+    pthread_cond_broadcast (&self->changed);
+    pthread_mutex_unlock (&self->lock);
+    return NULL;
+}
+
+tm_wrestore_t *
+tm_wrestore_new (tm_store_t *store)
+{
+    tm_wrestore_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->store = store;
+    pthread_mutex_init (&self->lock, NULL);
+    pthread_cond_init (&self->changed, NULL);
+    if (pthread_create (&self->thread, NULL, s_helper, self) != 0) {
+        tm_error ("wrestore: cannot start the loader thread");
+        pthread_cond_destroy (&self->changed);
+        pthread_mutex_destroy (&self->lock);
+        free (self);
+        return NULL;
+    }
+    return self;
+}
+
+int
+tm_wrestore_next (tm_wrestore_t *self, uint32_t *shard, tm_twins_decoded_t **decoded)
+{
+    int rc;
+    pthread_mutex_lock (&self->lock);
+    while (self->count == 0 && !self->done)
+        pthread_cond_wait (&self->changed, &self->lock);
+    if (self->count) {
+        //  Ownership of the decoded shard moves to the caller here.
+        *shard = self->queue[self->head].shard;
+        *decoded = self->queue[self->head].decoded;
+        self->queue[self->head].decoded = NULL;
+        self->head = (self->head + 1) % S_QUEUE;
+        self->count--;
+        pthread_cond_broadcast (&self->changed);
+        rc = 1;
+    }
+    else
+        rc = self->failed? -1: 0;
+    pthread_mutex_unlock (&self->lock);
+    if (rc < 0)
+        tm_error ("wrestore: out of memory reading the stored shards");
+    return rc;
+}
+
+size_t
+tm_wrestore_bad_keys (tm_wrestore_t *self)
+{
+    pthread_mutex_lock (&self->lock);
+    size_t bad = self->bad_keys;
+    pthread_mutex_unlock (&self->lock);
+    return bad;
+}
+
+void
+tm_wrestore_destroy (tm_wrestore_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    tm_wrestore_t *self = *self_p;
+    pthread_mutex_lock (&self->lock);
+    self->stop = true;
+    pthread_cond_broadcast (&self->changed);
+    pthread_mutex_unlock (&self->lock);
+    pthread_join (self->thread, NULL);
+    while (self->count) {
+        tm_twins_decoded_destroy (&self->queue[self->head].decoded);
+        self->head = (self->head + 1) % S_QUEUE;
+        self->count--;
+    }
+    pthread_cond_destroy (&self->changed);
+    pthread_mutex_destroy (&self->lock);
+    free (self);
+    *self_p = NULL;
+}
