@@ -72,4 +72,24 @@ tm_unzigzag (uint64_t z)
     return u <= (uint64_t) INT64_MAX? (int64_t) u: -(int64_t) (~u) - 1;
 }
 
+//  Eight bytes big-endian: RocksDB keys and values whose byte order must
+//  sort as the number does (log sequence numbers, stored clocks).
+static inline void
+tm_be64_put (uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t) v;
+        v >>= 8;
+    }
+}
+
+static inline uint64_t
+tm_be64_get (const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
 #endif

@@ -1,5 +1,6 @@
 /*  tm_commands - desired values of twins, their deltas, and delta events  */
 #include "tm_commands.h"
+#include "tm_varint.h"
 #include "tm_codec.h"
 #include "tm_log.h"
 #include "tm_util.h"
@@ -31,35 +32,17 @@ struct _tm_commands_t {
 //  Records and keys
 
 static void
-s_put_be64 (uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t) v;
-        v >>= 8;
-    }
-}
-
-static uint64_t
-s_get_be64 (const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static void
 s_put_f64 (uint8_t *p, double d)
 {
     uint64_t v;
     memcpy (&v, &d, 8);
-    s_put_be64 (p, v);
+    tm_be64_put (p, v);
 }
 
 static double
 s_get_f64 (const uint8_t *p)
 {
-    uint64_t v = s_get_be64 (p);
+    uint64_t v = tm_be64_get (p);
     double d;
     memcpy (&d, &v, 8);
     return d;
@@ -72,9 +55,9 @@ tm_commands_record_encode (const tm_desired_t *d, uint8_t *buf)
     buf[0] = S_FORMAT;
     s_put_f64 (buf + 1, d->value);
     s_put_f64 (buf + 9, d->tolerance);
-    s_put_be64 (buf + 17, (uint64_t) d->set_ms);
-    s_put_be64 (buf + 25, d->version);
-    s_put_be64 (buf + 33, d->set_seq);
+    tm_be64_put (buf + 17, (uint64_t) d->set_ms);
+    tm_be64_put (buf + 25, d->version);
+    tm_be64_put (buf + 33, d->set_seq);
     buf[41] = (uint8_t) who;
     memcpy (buf + 42, d->set_by, who);
     return 42 + who;
@@ -131,9 +114,9 @@ tm_commands_record_decode (const uint8_t *key, size_t klen, const uint8_t *val, 
     d->tolerance = s_get_f64 (val + 9);
     if (!isfinite (d->value) || !isfinite (d->tolerance) || d->tolerance < 0)
         return -1;
-    d->set_ms = (int64_t) s_get_be64 (val + 17);
-    d->version = s_get_be64 (val + 25);
-    d->set_seq = s_get_be64 (val + 33);
+    d->set_ms = (int64_t) tm_be64_get (val + 17);
+    d->version = tm_be64_get (val + 25);
+    d->set_seq = tm_be64_get (val + 33);
     memcpy (d->set_by, val + 42, val[41]);
     d->set_by[val[41]] = 0;
     memcpy (d->property, nul + 1, plen);

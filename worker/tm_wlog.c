@@ -1,5 +1,6 @@
 /*  tm_wlog - the worker's durable log and checkpoints in its RocksDB  */
 #include "tm_wlog.h"
+#include "tm_varint.h"
 #include "tm_history.h"
 #include "tm_log.h"
 #include "tm_util.h"
@@ -37,28 +38,10 @@ struct _tm_wlog_t {
 };
 
 static void
-s_put_be64 (uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t) v;
-        v >>= 8;
-    }
-}
-
-static uint64_t
-s_get_be64 (const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static void
 s_log_key (uint8_t key[10], uint64_t seq)
 {
     memcpy (key, S_LOG_PREFIX, 2);
-    s_put_be64 (key + 2, seq);
+    tm_be64_put (key + 2, seq);
 }
 
 tm_wlog_t *
@@ -78,7 +61,7 @@ tm_wlog_new (tm_store_t *store, bool fsync)
     size_t vlen = 0;
     int rc = tm_store_get (store, S_META_APPLIED, strlen (S_META_APPLIED), &val, &vlen);
     if (rc == 0 && vlen == 8)
-        self->checkpoint_seq = s_get_be64 ((const uint8_t *) val);
+        self->checkpoint_seq = tm_be64_get ((const uint8_t *) val);
     else
     if (rc < 0 || (rc == 0 && vlen != 8)) {
         tm_error ("wlog: checkpoint position unreadable");
@@ -95,7 +78,7 @@ tm_wlog_new (tm_store_t *store, bool fsync)
     size_t kl, vl;
     while (it && tm_store_iter_next (it, &k, &kl, &v, &vl))
         if (kl == 10) {
-            uint64_t seq = s_get_be64 ((const uint8_t *) k + 2);
+            uint64_t seq = tm_be64_get ((const uint8_t *) k + 2);
             if (seq > self->last_seq)
                 self->last_seq = seq;
         }
@@ -204,7 +187,7 @@ tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, 
     bool last = self->round_next == self->round_count;
     if (last) {
         uint8_t pos[8], from[10], to[10];
-        s_put_be64 (pos, self->round_seq);
+        tm_be64_put (pos, self->round_seq);
         tm_store_batch_put (batch, S_META_APPLIED, strlen (S_META_APPLIED), pos, 8);
         s_log_key (from, 0);
         s_log_key (to, self->round_seq + 1);
@@ -299,7 +282,7 @@ tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void
     while (tm_store_iter_next (it, &k, &kl, &v, &vl)) {
         if (kl != 10)
             continue;
-        fn (arg, s_get_be64 ((const uint8_t *) k + 2), (const uint8_t *) v, vl);
+        fn (arg, tm_be64_get ((const uint8_t *) k + 2), (const uint8_t *) v, vl);
         replayed++;
     }
     tm_store_iter_destroy (&it);
