@@ -601,7 +601,9 @@ s_print_status_json (FILE *out, const char *endpoint, const Twinmesh__ClusterSta
                      "\"duplicates\": %llu, \"late\": %llu, \"shards\": %llu, \"map_epoch\": "
                      "%llu, \"anomalies\": %llu, \"out_of_range\": %llu, \"stale_twins\": "
                      "%llu, \"error_twins\": %llu, \"unmodelled\": %llu, "
-                     "\"unknown_property\": %llu, \"invalid_type\": %llu",
+                     "\"unknown_property\": %llu, \"invalid_type\": %llu, "
+                     "\"passive_twins\": %llu, \"passivated\": %llu, \"reactivated\": %llu, "
+                     "\"heap_bytes\": %llu",
                      (unsigned long long) st->readings, (unsigned long long) st->batches,
                      (unsigned long long) st->refused, (unsigned long long) st->malformed,
                      (unsigned long long) st->wrong_shard, (unsigned long long) st->retry_later,
@@ -611,7 +613,9 @@ s_print_status_json (FILE *out, const char *endpoint, const Twinmesh__ClusterSta
                      (unsigned long long) st->out_of_range, (unsigned long long) st->stale_twins,
                      (unsigned long long) st->error_twins, (unsigned long long) st->unmodelled,
                      (unsigned long long) st->unknown_property,
-                     (unsigned long long) st->invalid_type);
+                     (unsigned long long) st->invalid_type,
+                     (unsigned long long) st->passive_twins, (unsigned long long) st->passivated,
+                     (unsigned long long) st->reactivated, (unsigned long long) st->heap_bytes);
         if (st) {
             tm_hier_cli_print_stats_json (out, st);
             fputs ("}}", out);

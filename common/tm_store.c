@@ -218,6 +218,12 @@ tm_store_batch_put (tm_store_batch_t *self, const void *key, size_t klen, const 
 }
 
 void
+tm_store_batch_delete (tm_store_batch_t *self, const void *key, size_t klen)
+{
+    rocksdb_writebatch_delete (self->wb, key, klen);
+}
+
+void
 tm_store_batch_delete_range (tm_store_batch_t *self, const void *start, size_t slen,
                              const void *end, size_t elen)
 {

@@ -37,6 +37,11 @@ static const tm_setting_t s_settings[] = {
     {"history_retention", TM_CFG_DURATION, "30d",
      "how long each series' history is kept after its readings' time (0: forever), for "
      "series whose model (or property) sets no retention_ms"},
+    {"memory_budget", TM_CFG_INT, "0",
+     "heap bytes over which checkpoints passivate idle twins to the store (0: never; "
+     "docs/operations.md)"},
+    {"passivate_idle", TM_CFG_DURATION, "10m",
+     "how long a twin goes without a reading before it may passivate"},
     {"compact_at_start", TM_CFG_BOOL, "false",
      "compact the whole store once at start, after recovery: expired history is dropped "
      "at once instead of as compactions pass by (slow on a big store)"},
@@ -139,6 +144,8 @@ main (int argc, char **argv)
         .events_bind = tm_config_str (cfg, "events_bind"),
         .events_advertise = tm_config_str (cfg, "events_advertise"),
         .compact_at_start = tm_config_bool (cfg, "compact_at_start"),
+        .memory_budget = tm_config_int (cfg, "memory_budget"),
+        .passivate_idle_ms = tm_config_int (cfg, "passivate_idle"),
         .stop = &s_stop,
         .reload = &s_reload,
     };

@@ -266,6 +266,41 @@ tm_peers_destroy (tm_peers_t **self_p)
     *self_p = NULL;
 }
 
+//  True if d's child is t, for the detachments of a list.
+static bool
+s_detaching (s_vec_t *v, const tm_twin_t *t)
+{
+    for (size_t i = 0; i < v->n; i++)
+        if (((s_detach_t *) s_vec_at (v, i))->child == t)
+            return true;
+    return false;
+}
+
+bool
+tm_peers_may_passivate (void *arg, tm_twin_t *t)
+{
+    tm_peers_t *self = (tm_peers_t *) arg;
+    if (!t->hier || t->hier == TM_TWINS_NO_PARENT)
+        return true;
+    if (t->hier == S_PENDING)
+        return false;      //  in the resolve list
+    s_link_t *l = (s_link_t *) t->hier;
+    if (l->pending || l->inflight || l->queued >= 0 || l->touched || l->recheck)
+        return false;      //  a list holds it, or a message about it is due
+    if (s_detaching (&self->detach_route, t))
+        return false;
+    for (size_t i = 0; i < self->npeers; i++)
+        if (s_detaching (&self->peers[i].detach, t)
+            || s_detaching (&self->peers[i].detach_flying, t))
+            return false;
+    //  Quiet: the link goes with the twin. Back in the table, the twin's next
+    //  change finds its parent again and sends what it has, which the
+    //  parent already holds.
+    free (l);
+    t->hier = NULL;
+    return true;
+}
+
 tm_hier_t *
 tm_peers_hier (tm_peers_t *self)
 {
@@ -461,6 +496,8 @@ s_apply_local (tm_peers_t *self, const tm_hier_entry_t *e, tm_hier_counts_t *cou
                               self->map->key, self->map->num_shards);
         if (!pt)
             tm_warn ("peers: cannot create parent twin entity=%s", e->parent);
+        else
+            pt->flags |= TM_TWIN_PINNED;   //  the tag keeps its pointer for good
         *tag = pt;
     }
     if (counts->applied == before)

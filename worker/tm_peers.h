@@ -130,4 +130,9 @@ void tm_peers_stats (tm_peers_t *self, tm_peers_stats_t *stats);
 //  worker's heartbeat (NodeStats.hier).
 void tm_peers_node_stats (tm_peers_t *self, Twinmesh__HierStats *out);
 
+//  tm_twins_may_fn for passivation (arg: the peers): yes for a twin with
+//  no parent link, or whose link is quiet (nothing queued, in flight or
+//  detaching), and then the link is freed; no otherwise.
+bool tm_peers_may_passivate (void *arg, tm_twin_t *twin);
+
 #endif

@@ -71,6 +71,19 @@ struct _tm_twins_t {
     tm_twins_touch_fn *touch;      //  The hierarchy's hook (tm_peers), NULL: none
     void *touch_arg;
     struct {
+        tm_twins_load_fn *load;    //  Reads a passive twin's copy; NULL: none
+        tm_twins_may_fn *may;      //  Vetoes passivation, or NULL
+        void *arg;
+        uint8_t key[TM_SHARDMAP_KEY_BYTES];    //  The cluster's shard key
+        uint32_t num_shards;       //  Its shard count (0: unknown, no reactivation)
+        uint64_t **set;            //  Per shard, sorted table hashes of passive twins
+        uint32_t *n;               //  Per shard, entries in set
+        uint32_t *cap;             //  Per shard, allocated entries
+        uint8_t *changed;          //  Bitmap: passive set changed since the last commit
+        size_t total;              //  Entries in every set
+        tm_twins_passive_stats_t stats;
+    } passive;                     //  tm_twins_set_passivation
+    struct {
         bool on;                   //  Recovery into a table that was empty
         uint8_t key[TM_SHARDMAP_KEY_BYTES];    //  The cluster's shard key
         uint32_t num_shards;       //  Its shard count
@@ -229,6 +242,13 @@ tm_twins_destroy (tm_twins_t **self_p)
         self->tables = next;
     }
     zhashx_destroy (&self->values);
+    if (self->passive.set)
+        for (uint32_t shard = 0; shard < TM_SHARDMAP_MAX_SHARDS; shard++)
+            free (self->passive.set[shard]);
+    free (self->passive.set);
+    free (self->passive.n);
+    free (self->passive.cap);
+    free (self->passive.changed);
     free (self->bulk.seen);
     free (self->current);
     free (self->pending);
@@ -448,8 +468,19 @@ s_apply_attrs (tm_twins_t *self, tm_twin_t *t, const tm_reading_t *r)
     s_mark_dirty (self, t);
 }
 
+static tm_twin_t *s_reactivate (tm_twins_t *self, const char *entity, size_t len);
+
 tm_twin_t *
 tm_twins_find (tm_twins_t *self, const char *entity, size_t len)
+{
+    tm_twin_t *t = tm_twins_find_active (self, entity, len);
+    if (!t && self->passive.total)
+        t = s_reactivate (self, entity, len);
+    return t;
+}
+
+tm_twin_t *
+tm_twins_find_active (tm_twins_t *self, const char *entity, size_t len)
 {
     uint64_t h = s_hash (entity, len);
     size_t j = h & (self->nslots - 1);
@@ -1174,114 +1205,137 @@ s_reserve (uint8_t **buf, size_t *cap, size_t need)
 
 
 
+//  One twin of a shard blob at *buf + *n. False on allocation failure.
+static bool
+s_encode_twin (const tm_twin_t *t, uint8_t **buf, size_t *cap, size_t *n_p)
+{
+    size_t n = *n_p;
+    size_t mlen = t->model? s_name_len (t->model): 0;
+    //  Upper bound of this twin's bytes: 10 per varint.
+    size_t need = n + 120 + t->entity_len + mlen;
+    for (uint16_t i = 0; i < t->nprops; i++) {
+        size_t hlen = 0;
+        if (t->props[i].hist)
+            tm_gorilla_enc_data (t->props[i].hist, &hlen);
+        need += 150 + s_name_len (t->props[i].name) + hlen;
+    }
+    if (!s_reserve (buf, cap, need))
+        return false;
+    uint8_t *p = *buf;
+    n += tm_varint_put (p + n, t->entity_len);
+    memcpy (p + n, t->entity, t->entity_len);
+    n += t->entity_len;
+    n += tm_varint_put (p + n, mlen);
+    memcpy (p + n, t->model? t->model: "", mlen);
+    n += mlen;
+    n += tm_varint_put (p + n, t->version);
+    const tm_analytics_sync_t *sy = &t->sync;
+    n += tm_varint_put (p + n, tm_zigzag (sy->heard_ms));
+    n += tm_varint_put (p + n, sy->faults);
+    n += tm_varint_put (p + n, sy->window_ms);
+    n += tm_varint_put (p + n, sy->interval_ms);
+    n += s_put_f32 (p + n, sy->quality);
+    p[n++] = sy->state;
+    p[n++] = sy->good_run;
+    p[n++] = sy->nquality;
+    n += tm_varint_put (p + n, t->nprops);
+    for (uint16_t i = 0; i < t->nprops; i++) {
+        const tm_prop_t *pr = &t->props[i];
+        const tm_analytics_t *a = &pr->an;
+        size_t nlen = s_name_len (pr->name);
+        n += tm_varint_put (p + n, nlen);
+        memcpy (p + n, pr->name, nlen);
+        n += nlen;
+        n += tm_varint_put (p + n, pr->count);
+        n += s_put_f64 (p + n, a->value);
+        n += tm_varint_put (p + n, tm_zigzag (a->ts_ms));
+        n += s_put_f64 (p + n, a->mean);
+        n += s_put_f64 (p + n, a->m2);
+        n += s_put_f64 (p + n, a->min);
+        n += s_put_f64 (p + n, a->max);
+        n += s_put_f64 (p + n, a->ewma);
+        n += s_put_f64 (p + n, a->level);
+        n += s_put_f32 (p + n, a->trend);
+        n += s_put_f32 (p + n, a->resid_sd);
+        n += tm_varint_put (p + n, a->count);
+        n += tm_varint_put (p + n, tm_zigzag (a->score_cs));
+        p[n++] = a->same_run;
+        p[n++] = a->oor_run;
+        size_t hlen = 0;
+        const uint8_t *hist = pr->hist && tm_gorilla_enc_count (pr->hist)?
+                              tm_gorilla_enc_data (pr->hist, &hlen): NULL;
+        n += tm_varint_put (p + n, hist? hlen: 0);
+        if (hist) {
+            memcpy (p + n, hist, hlen);
+            n += hlen;
+        }
+    }
+    //  Format 5: attributes, binary: name, type, value. (Format 4 had
+    //  their JSON text: printing and re-parsing every location at each
+    //  checkpoint and restart cost more than the rest of the twin.)
+    size_t need_attrs = n + 10;
+    for (uint8_t i = 0; i < t->nattrs; i++)
+        need_attrs += 40 + s_name_len (t->attrs[i].name) + t->attrs[i].len;
+    if (!s_reserve (buf, cap, need_attrs))
+        return false;
+    p = *buf;
+    n += tm_varint_put (p + n, t->nattrs);
+    for (uint8_t i = 0; i < t->nattrs; i++) {
+        const tm_attr_t *a = &t->attrs[i];
+        size_t nlen = s_name_len (a->name);
+        n += tm_varint_put (p + n, nlen);
+        memcpy (p + n, a->name, nlen);
+        n += nlen;
+        p[n++] = (uint8_t) (a->type | (a->tags? 0x80: 0));
+        if (a->type == TM_EXPR_NUMBER)
+            n += s_put_f64 (p + n, a->num);
+        else
+        if (a->type == TM_EXPR_BOOL)
+            p[n++] = a->b;
+        else
+        if (a->type == TM_EXPR_LOCATION) {
+            n += s_put_f64 (p + n, a->loc.lat);
+            n += s_put_f64 (p + n, a->loc.lon);
+        }
+        else {
+            n += tm_varint_put (p + n, a->len);
+            memcpy (p + n, a->str, a->len);
+            n += a->len;
+        }
+    }
+    *n_p = n;
+    return true;
+}
+
 size_t
 tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *cap)
 {
     shard %= TM_SHARDMAP_MAX_SHARDS;
     size_t ntwins = 0;
+    //  Twins marked to passivate are written to their own keys instead.
     for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard)
-        ntwins++;
+        ntwins += !(t->flags & TM_TWIN_PASSIVATING);
     if (!s_reserve (buf, cap, 16))
         return 0;
     size_t n = 0;
     (*buf)[n++] = S_SHARD_FORMAT;
     n += tm_varint_put (*buf + n, ntwins);
-    for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard) {
-        size_t mlen = t->model? s_name_len (t->model): 0;
-        //  Upper bound of this twin's bytes: 10 per varint.
-        size_t need = n + 120 + t->entity_len + mlen;
-        for (uint16_t i = 0; i < t->nprops; i++) {
-            size_t hlen = 0;
-            if (t->props[i].hist)
-                tm_gorilla_enc_data (t->props[i].hist, &hlen);
-            need += 150 + s_name_len (t->props[i].name) + hlen;
-        }
-        if (!s_reserve (buf, cap, need))
+    for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard)
+        if (!(t->flags & TM_TWIN_PASSIVATING) && !s_encode_twin (t, buf, cap, &n))
             return 0;
-        uint8_t *p = *buf;
-        n += tm_varint_put (p + n, t->entity_len);
-        memcpy (p + n, t->entity, t->entity_len);
-        n += t->entity_len;
-        n += tm_varint_put (p + n, mlen);
-        memcpy (p + n, t->model? t->model: "", mlen);
-        n += mlen;
-        n += tm_varint_put (p + n, t->version);
-        const tm_analytics_sync_t *sy = &t->sync;
-        n += tm_varint_put (p + n, tm_zigzag (sy->heard_ms));
-        n += tm_varint_put (p + n, sy->faults);
-        n += tm_varint_put (p + n, sy->window_ms);
-        n += tm_varint_put (p + n, sy->interval_ms);
-        n += s_put_f32 (p + n, sy->quality);
-        p[n++] = sy->state;
-        p[n++] = sy->good_run;
-        p[n++] = sy->nquality;
-        n += tm_varint_put (p + n, t->nprops);
-        for (uint16_t i = 0; i < t->nprops; i++) {
-            const tm_prop_t *pr = &t->props[i];
-            const tm_analytics_t *a = &pr->an;
-            size_t nlen = s_name_len (pr->name);
-            n += tm_varint_put (p + n, nlen);
-            memcpy (p + n, pr->name, nlen);
-            n += nlen;
-            n += tm_varint_put (p + n, pr->count);
-            n += s_put_f64 (p + n, a->value);
-            n += tm_varint_put (p + n, tm_zigzag (a->ts_ms));
-            n += s_put_f64 (p + n, a->mean);
-            n += s_put_f64 (p + n, a->m2);
-            n += s_put_f64 (p + n, a->min);
-            n += s_put_f64 (p + n, a->max);
-            n += s_put_f64 (p + n, a->ewma);
-            n += s_put_f64 (p + n, a->level);
-            n += s_put_f32 (p + n, a->trend);
-            n += s_put_f32 (p + n, a->resid_sd);
-            n += tm_varint_put (p + n, a->count);
-            n += tm_varint_put (p + n, tm_zigzag (a->score_cs));
-            p[n++] = a->same_run;
-            p[n++] = a->oor_run;
-            size_t hlen = 0;
-            const uint8_t *hist = pr->hist && tm_gorilla_enc_count (pr->hist)?
-                                  tm_gorilla_enc_data (pr->hist, &hlen): NULL;
-            n += tm_varint_put (p + n, hist? hlen: 0);
-            if (hist) {
-                memcpy (p + n, hist, hlen);
-                n += hlen;
-            }
-        }
-        //  Format 5: attributes, binary: name, type, value. (Format 4 had
-        //  their JSON text: printing and re-parsing every location at each
-        //  checkpoint and restart cost more than the rest of the twin.)
-        size_t need_attrs = n + 10;
-        for (uint8_t i = 0; i < t->nattrs; i++)
-            need_attrs += 40 + s_name_len (t->attrs[i].name) + t->attrs[i].len;
-        if (!s_reserve (buf, cap, need_attrs))
-            return 0;
-        p = *buf;
-        n += tm_varint_put (p + n, t->nattrs);
-        for (uint8_t i = 0; i < t->nattrs; i++) {
-            const tm_attr_t *a = &t->attrs[i];
-            size_t nlen = s_name_len (a->name);
-            n += tm_varint_put (p + n, nlen);
-            memcpy (p + n, a->name, nlen);
-            n += nlen;
-            p[n++] = (uint8_t) (a->type | (a->tags? 0x80: 0));
-            if (a->type == TM_EXPR_NUMBER)
-                n += s_put_f64 (p + n, a->num);
-            else
-            if (a->type == TM_EXPR_BOOL)
-                p[n++] = a->b;
-            else
-            if (a->type == TM_EXPR_LOCATION) {
-                n += s_put_f64 (p + n, a->loc.lat);
-                n += s_put_f64 (p + n, a->loc.lon);
-            }
-            else {
-                n += tm_varint_put (p + n, a->len);
-                memcpy (p + n, a->str, a->len);
-                n += a->len;
-            }
-        }
-    }
     return n;
+}
+
+size_t
+tm_twins_encode_twin (tm_twins_t *self, const tm_twin_t *twin, uint8_t **buf, size_t *cap)
+{
+    (void) self;
+    if (!s_reserve (buf, cap, 16))
+        return 0;
+    size_t n = 0;
+    (*buf)[n++] = S_SHARD_FORMAT;
+    n += tm_varint_put (*buf + n, 1);
+    return s_encode_twin (twin, buf, cap, &n)? n: 0;
 }
 
 //  One property of a version-2 blob into pr (fields bounded by the caller).
@@ -1487,7 +1541,7 @@ s_restore_seen (tm_twins_t *self, uint32_t shard, bool local, const char *entity
                 uint64_t h)
 {
     if (!local)
-        return tm_twins_find (self, entity, len) != NULL;
+        return tm_twins_find_active (self, entity, len) != NULL;
     if (tm_shardmap_hash (self->bulk.key, self->bulk.num_shards, entity, len) != shard)
         return true;       //  not this shard's: the blob is not ours
     size_t mask = self->bulk.nseen - 1;
@@ -1934,4 +1988,314 @@ tm_twins_changed_clear (tm_twins_t *self)
         for (size_t i = 0; i < self->nchanged; i++)
             self->rows[self->changed[i]]->changed = 0;
     self->nchanged = 0;
+}
+
+//  -------------------------------------------------------------------------
+//  Passivation
+
+//  The per-shard sets, allocated when first needed (a megabyte of heads
+//  for the largest cluster; a worker that never passivates pays nothing).
+static int
+s_passive_init (tm_twins_t *self)
+{
+    if (self->passive.set)
+        return 0;
+    self->passive.set = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof *self->passive.set);
+    self->passive.n = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof *self->passive.n);
+    self->passive.cap = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof *self->passive.cap);
+    self->passive.changed = calloc (TM_SHARDMAP_MAX_SHARDS / 8, 1);
+    if (!self->passive.set || !self->passive.n || !self->passive.cap
+        || !self->passive.changed) {
+        free (self->passive.set);
+        free (self->passive.n);
+        free (self->passive.cap);
+        free (self->passive.changed);
+        self->passive.set = NULL;
+        self->passive.n = self->passive.cap = NULL;
+        self->passive.changed = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void
+s_passive_changed (tm_twins_t *self, uint32_t shard, bool on)
+{
+    uint8_t bit = (uint8_t) (1u << (shard & 7));
+    if (on)
+        self->passive.changed[shard >> 3] |= bit;
+    else
+        self->passive.changed[shard >> 3] &= (uint8_t) ~bit;
+}
+
+static int
+s_cmp_u64 (const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+    return x < y? -1: x > y;
+}
+
+//  Index of h in the shard's sorted set, or -1.
+static long
+s_passive_find (tm_twins_t *self, uint32_t shard, uint64_t h)
+{
+    if (!self->passive.set || !self->passive.n[shard])
+        return -1;
+    const uint64_t *set = self->passive.set[shard];
+    size_t lo = 0, hi = self->passive.n[shard];
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (set[mid] < h)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < self->passive.n[shard] && set[lo] == h? (long) lo: -1;
+}
+
+static void
+s_passive_remove (tm_twins_t *self, uint32_t shard, long at)
+{
+    uint64_t *set = self->passive.set[shard];
+    uint32_t n = self->passive.n[shard];
+    memmove (set + at, set + at + 1, (n - (size_t) at - 1) * sizeof *set);
+    self->passive.n[shard]--;
+    self->passive.total--;
+    s_passive_changed (self, shard, true);
+}
+
+void
+tm_twins_set_passivation (tm_twins_t *self, const uint8_t key[TM_SHARDMAP_KEY_BYTES],
+                          uint32_t num_shards, tm_twins_load_fn *load, tm_twins_may_fn *may,
+                          void *arg)
+{
+    memcpy (self->passive.key, key, TM_SHARDMAP_KEY_BYTES);
+    self->passive.num_shards = num_shards <= TM_SHARDMAP_MAX_SHARDS? num_shards: 0;
+    self->passive.load = load;
+    self->passive.may = may;
+    self->passive.arg = arg;
+}
+
+//  A miss in the table: the entity's twin may be passive. Its stored copy
+//  is decoded and checked to be this entity's before it enters the table.
+static tm_twin_t *
+s_reactivate (tm_twins_t *self, const char *entity, size_t len)
+{
+    if (!self->passive.load || !self->passive.num_shards || len == 0)
+        return NULL;
+    uint32_t shard = tm_shardmap_hash (self->passive.key, self->passive.num_shards, entity, len)
+                   % TM_SHARDMAP_MAX_SHARDS;
+    long at = s_passive_find (self, shard, s_hash (entity, len));
+    if (at < 0)
+        return NULL;
+    uint8_t *val = NULL;
+    size_t vlen = 0;
+    int rc = self->passive.load (self->passive.arg, shard, entity, len, &val, &vlen);
+    if (rc == 0)
+        return NULL;       //  another passive entity with the same table hash
+    if (rc < 0) {
+        self->passive.stats.failed++;
+        return NULL;       //  a store error: stays passive, asked again next time
+    }
+    tm_twins_decoded_t dec = {0};
+    s_decode (val, vlen, &dec);
+    tm_twin_t *t = NULL;
+    if (!dec.bad && dec.n == 1 && dec.twins[0].elen == len
+        && memcmp (dec.twins[0].entity, entity, len) == 0 && s_restore (self, shard, &dec) == 1)
+        t = tm_twins_find_active (self, entity, len);
+    s_decoded_fini (&dec);
+    free (val);
+    s_passive_remove (self, shard, at);
+    if (!t) {
+        //  Nothing better can be had: the log since has only newer readings.
+        tm_warn ("twins: the passive copy of entity=%.*s does not decode; it starts empty",
+                 (int) len, entity);
+        self->passive.stats.failed++;
+        return NULL;
+    }
+    t->flags |= TM_TWIN_REACTIVATED;
+    self->passive.stats.reactivated++;
+    s_mark_dirty (self, t);
+    return t;
+}
+
+size_t
+tm_twins_passivate_mark (tm_twins_t *self, uint32_t shard, int64_t idle_before_ms)
+{
+    shard %= TM_SHARDMAP_MAX_SHARDS;
+    if (s_passive_init (self) != 0)
+        return 0;
+    size_t marked = 0;
+    for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard) {
+        if (t->flags & (TM_TWIN_PINNED | TM_TWIN_PASSIVATING) || t->commands
+            || t->sync.heard_ms >= idle_before_ms)
+            continue;
+        if (self->passive.may && !self->passive.may (self->passive.arg, t))
+            continue;
+        t->flags |= TM_TWIN_PASSIVATING;
+        marked++;
+    }
+    if (marked)
+        s_passive_changed (self, shard, true);
+    return marked;
+}
+
+bool
+tm_twins_passive_changed (tm_twins_t *self, uint32_t shard)
+{
+    shard %= TM_SHARDMAP_MAX_SHARDS;
+    return self->passive.changed
+           && (self->passive.changed[shard >> 3] >> (shard & 7)) & 1;
+}
+
+uint8_t *
+tm_twins_passive_encode (tm_twins_t *self, uint32_t shard, size_t *size, bool *ok)
+{
+    shard %= TM_SHARDMAP_MAX_SHARDS;
+    *size = 0;
+    *ok = true;
+    size_t n = self->passive.set? self->passive.n[shard]: 0;
+    for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard)
+        n += (t->flags & TM_TWIN_PASSIVATING) != 0;
+    if (n == 0)
+        return NULL;
+    uint8_t *out = malloc (n * 8);
+    if (!out) {
+        *ok = false;
+        return NULL;
+    }
+    size_t k = 0;
+    for (uint32_t i = 0; self->passive.set && i < self->passive.n[shard]; i++)
+        tm_be64_put (out + 8 * k++, self->passive.set[shard][i]);
+    for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard)
+        if (t->flags & TM_TWIN_PASSIVATING)
+            tm_be64_put (out + 8 * k++, t->hash);
+    *size = n * 8;
+    return out;
+}
+
+//  Take a twin out of the table: its slot (linear probing: the entries
+//  after it that it displaced move back), its row (the last row's twin
+//  takes it) and its sync state count. Not its shard list (the caller).
+static void
+s_remove (tm_twins_t *self, tm_twin_t *t)
+{
+    size_t mask = self->nslots - 1;
+    size_t i = t->hash & mask;
+    while (self->slots[i] != t)
+        i = (i + 1) & mask;
+    self->slots[i] = NULL;
+    for (size_t j = (i + 1) & mask; self->slots[j]; j = (j + 1) & mask) {
+        size_t home = self->slots[j]->hash & mask;
+        //  Stays if its home is cyclically in (i, j]: the hole is not on its probe path.
+        bool stays = i <= j? (home > i && home <= j): (home > i || home <= j);
+        if (stays)
+            continue;
+        self->slots[i] = self->slots[j];
+        self->slots[j] = NULL;
+        i = j;
+    }
+    tm_twin_t *last = self->rows[self->count - 1];
+    self->rows[t->row] = last;
+    last->row = t->row;
+    self->count--;
+    self->in_state[t->sync.state]--;
+}
+
+size_t
+tm_twins_passivate_commit (tm_twins_t *self, uint32_t shard)
+{
+    shard %= TM_SHARDMAP_MAX_SHARDS;
+    if (!tm_twins_passive_changed (self, shard))
+        return 0;
+    size_t gone = 0;
+    for (tm_twin_t **pp = &self->shard_heads[shard]; *pp;) {
+        tm_twin_t *t = *pp;
+        t->flags &= (uint8_t) ~TM_TWIN_REACTIVATED;
+        if (!(t->flags & TM_TWIN_PASSIVATING)) {
+            pp = &t->next_in_shard;
+            continue;
+        }
+        uint32_t n = self->passive.n[shard];
+        if (n == self->passive.cap[shard]) {
+            uint32_t cap = n? n * 2: 64;
+            uint64_t *grown = realloc (self->passive.set[shard], cap * sizeof *grown);
+            if (!grown) {
+                //  Its copy is written but it stays: the copy is stale
+                //  and unlisted in the set, so nothing reads it.
+                t->flags &= (uint8_t) ~TM_TWIN_PASSIVATING;
+                pp = &t->next_in_shard;
+                continue;
+            }
+            self->passive.set[shard] = grown;
+            self->passive.cap[shard] = cap;
+        }
+        self->passive.set[shard][self->passive.n[shard]++] = t->hash;
+        *pp = t->next_in_shard;
+        s_remove (self, t);
+        s_twin_free (self, t);
+        gone++;
+    }
+    if (gone) {
+        qsort (self->passive.set[shard], self->passive.n[shard], sizeof (uint64_t), s_cmp_u64);
+        self->passive.total += gone;
+        self->passive.stats.passivated += gone;
+        //  Rows moved: whatever keeps per-row data must look at every row.
+        self->changed_overflow = true;
+    }
+    s_passive_changed (self, shard, false);
+    return gone;
+}
+
+void
+tm_twins_passivate_abort (tm_twins_t *self, uint32_t shard)
+{
+    shard %= TM_SHARDMAP_MAX_SHARDS;
+    for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard)
+        t->flags &= (uint8_t) ~TM_TWIN_PASSIVATING;
+}
+
+int
+tm_twins_passive_load (tm_twins_t *self, uint32_t shard, const uint8_t *data, size_t size)
+{
+    shard %= TM_SHARDMAP_MAX_SHARDS;
+    if (size % 8 || size / 8 > UINT32_MAX || s_passive_init (self) != 0)
+        return -1;
+    uint32_t n = (uint32_t) (size / 8);
+    uint64_t *set = malloc ((n? n: 1) * sizeof *set);
+    if (!set)
+        return -1;
+    for (uint32_t i = 0; i < n; i++)
+        set[i] = tm_be64_get (data + 8 * i);
+    qsort (set, n, sizeof *set, s_cmp_u64);
+    self->passive.total -= self->passive.n[shard];
+    free (self->passive.set[shard]);
+    self->passive.set[shard] = set;
+    self->passive.n[shard] = self->passive.cap[shard] = n;
+    self->passive.total += n;
+    return 0;
+}
+
+bool
+tm_twins_passive_has (tm_twins_t *self, uint32_t shard, const char *entity, size_t len)
+{
+    return s_passive_find (self, shard % TM_SHARDMAP_MAX_SHARDS, s_hash (entity, len)) >= 0;
+}
+
+size_t
+tm_twins_passive_count (tm_twins_t *self, uint32_t shard)
+{
+    return self->passive.set? self->passive.n[shard % TM_SHARDMAP_MAX_SHARDS]: 0;
+}
+
+size_t
+tm_twins_passive_total (tm_twins_t *self)
+{
+    return self->passive.total;
+}
+
+void
+tm_twins_passive_stats (tm_twins_t *self, tm_twins_passive_stats_t *stats)
+{
+    *stats = self->passive.stats;
 }

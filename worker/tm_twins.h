@@ -69,6 +69,7 @@ typedef struct _tm_twin_t {
     uint16_t cap;                  //  Properties allocated
     uint8_t nattrs;                //  Attributes in attrs (fills padding)
     uint8_t changed;               //  In the changed-rows list (fills padding)
+    uint8_t flags;                 //  TM_TWIN_* (passivation; fills padding)
     tm_prop_t *props;              //  Owned array
     tm_attr_t *attrs;              //  Attributes (names interned), owned; NULL if none
     struct _tm_twin_t *next_in_shard;  //  The shard's twins, for checkpoints
@@ -81,6 +82,12 @@ typedef struct _tm_twin_t {
     void *hier;                    //  The hierarchy's link (worker/tm_peers): NULL not
                                    //  looked at, TM_TWINS_NO_PARENT, or owned by tm_peers
 } tm_twin_t;
+
+//  tm_twin_t.flags.
+#define TM_TWIN_PINNED 0x01        //  Never passivated: something keeps its pointer
+#define TM_TWIN_PASSIVATING 0x02   //  Marked by tm_twins_passivate_mark, not yet gone
+#define TM_TWIN_REACTIVATED 0x04   //  Loaded back from its passive copy since its
+                                   //  shard's last checkpoint (which must delete it)
 
 //  tm_twin_t.hier of a twin known to have no parent: its readings skip the
 //  hierarchy with one compare.
@@ -311,5 +318,83 @@ void tm_twins_restore_end (tm_twins_t *self);
 uint8_t *tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id,
                           int64_t now_ms, const char *const *derived_names,
                           const tm_expr_value_t *derived_values, size_t nderived, size_t *size);
+
+//  -------------------------------------------------------------------------
+//  Passivation: under a memory budget, a twin idle for long leaves the
+//  table for a copy of its own in the store ('S' shard 'P' entity: a
+//  one-twin blob in the checkpoint format), written in the same batch as
+//  the shard blob that no longer holds it, so a crash finds it in exactly
+//  one of the two. The table keeps only the 8-byte table hash of each
+//  passive twin, per shard, so that a miss in tm_twins_find (a reading, a
+//  request) knows whether to look in the store: new entities pay a short
+//  binary search, readings of active twins nothing.
+
+//  Read the stored copy of a passive twin: 1 with *val (malloc'd) and
+//  *vlen, 0 if there is none, -1 on a store error.
+typedef int (tm_twins_load_fn) (void *arg, uint32_t shard, const char *entity, size_t len,
+                                uint8_t **val, size_t *vlen);
+
+//  May this twin leave the table (called for twins otherwise eligible; the
+//  hierarchy's links say no while a message about the twin is on its way)?
+typedef bool (tm_twins_may_fn) (void *arg, tm_twin_t *twin);
+
+//  Enable reactivation: load reads passive copies; key and num_shards are
+//  the cluster's (find computes a missing entity's shard). Call again
+//  when the map changes. may (NULL: always) vetoes passivation.
+void tm_twins_set_passivation (tm_twins_t *self, const uint8_t key[TM_SHARDMAP_KEY_BYTES],
+                               uint32_t num_shards, tm_twins_load_fn *load,
+                               tm_twins_may_fn *may, void *arg);
+
+//  Mark the shard's twins that may passivate: not heard from since
+//  idle_before_ms (tm_util_wall_ms clock, as readings' now), no desired
+//  values, no parent link the hierarchy holds, not pinned. Returns how
+//  many are marked (they are left out of tm_twins_encode_shard from now).
+size_t tm_twins_passivate_mark (tm_twins_t *self, uint32_t shard, int64_t idle_before_ms);
+
+//  True if the shard's passive set changed since its last commit (twins
+//  reactivated, or marked): its checkpoint must write P and Q keys.
+bool tm_twins_passive_changed (tm_twins_t *self, uint32_t shard);
+
+//  The shard's passive set as it will be after commit (current set plus
+//  marked twins, minus none), as big-endian u64 hashes in a new buffer
+//  (caller frees; NULL with *size 0 when empty or out of memory: *ok says
+//  which).
+uint8_t *tm_twins_passive_encode (tm_twins_t *self, uint32_t shard, size_t *size, bool *ok);
+
+//  The marked twins are written: drop them from the table (rows move:
+//  every row counts as changed), add them to the passive set, and forget
+//  the shard's reactivations. Returns the twins dropped.
+size_t tm_twins_passivate_commit (tm_twins_t *self, uint32_t shard);
+
+//  The write failed: the marked twins stay.
+void tm_twins_passivate_abort (tm_twins_t *self, uint32_t shard);
+
+//  Load a shard's passive set (a 'Q' value, from tm_twins_passive_encode)
+//  at recovery. 0, or -1 if the bytes are not a set.
+int tm_twins_passive_load (tm_twins_t *self, uint32_t shard, const uint8_t *data, size_t size);
+
+//  True if an entity with this id is in the shard's passive set (its
+//  stored copy counts for the shard; one that is not in it is stale).
+bool tm_twins_passive_has (tm_twins_t *self, uint32_t shard, const char *entity, size_t len);
+
+//  The twin in the table only, never loaded from the store.
+tm_twin_t *tm_twins_find_active (tm_twins_t *self, const char *entity, size_t len);
+
+//  Passive twins in a shard and in all.
+size_t tm_twins_passive_count (tm_twins_t *self, uint32_t shard);
+size_t tm_twins_passive_total (tm_twins_t *self);
+
+//  Counters since the table was made.
+typedef struct {
+    uint64_t passivated;           //  Twins that left the table
+    uint64_t reactivated;          //  Twins loaded back
+    uint64_t failed;               //  Passive twins whose copy could not be read
+} tm_twins_passive_stats_t;
+void tm_twins_passive_stats (tm_twins_t *self, tm_twins_passive_stats_t *stats);
+
+//  Encode one twin as a one-twin shard blob (tm_twins_restore_shard
+//  reads it). Returns the size, 0 on allocation failure.
+size_t tm_twins_encode_twin (tm_twins_t *self, const tm_twin_t *twin, uint8_t **buf,
+                             size_t *cap);
 
 #endif

@@ -35,6 +35,11 @@ struct _tm_wlog_t {
     tm_history_counts_t hist;      //  History staged by checkpoints
     uint8_t *encode_buf;           //  Reused for encoding shards
     size_t encode_cap;
+    uint8_t *twin_buf;             //  Reused for encoding passivated twins
+    size_t twin_cap;
+    int64_t idle_before_ms;        //  Passivate twins idle since before this in the
+                                   //  running round; INT64_MIN: none
+    uint64_t passivated;           //  Twins passivated by checkpoints since open
 };
 
 static void
@@ -52,6 +57,7 @@ tm_wlog_new (tm_store_t *store, bool fsync)
         return NULL;
     self->store = store;
     self->fsync = fsync;
+    self->idle_before_ms = INT64_MIN;
     self->pending = tm_store_batch_new ();
     if (!self->pending) {
         free (self);
@@ -93,6 +99,7 @@ tm_wlog_destroy (tm_wlog_t **self_p)
     if (!self_p || !*self_p)
         return;
     tm_store_batch_destroy (&(*self_p)->pending);
+    free ((*self_p)->twin_buf);
     free ((*self_p)->round_shards);
     free ((*self_p)->encode_buf);
     free (*self_p);
@@ -124,26 +131,86 @@ tm_wlog_commit (tm_wlog_t *self)
 }
 
 static void
-s_shard_key (uint8_t key[6], uint32_t shard)
+s_shard_key (uint8_t key[6], uint32_t shard, char what)
 {
     key[0] = 'S';
     key[1] = (uint8_t) (shard >> 24);
     key[2] = (uint8_t) (shard >> 16);
     key[3] = (uint8_t) (shard >> 8);
     key[4] = (uint8_t) shard;
-    key[5] = 'T';
+    key[5] = (uint8_t) what;
+}
+
+size_t
+tm_wlog_passive_key (uint8_t *key, uint32_t shard, const char *entity, size_t len)
+{
+    s_shard_key (key, shard, 'P');
+    memcpy (key + 6, entity, len);
+    return 6 + len;
 }
 
 //  Give the round's unwritten shards back to the changed set.
 static void
 s_abandon_round (tm_wlog_t *self, tm_twins_t *twins, size_t from)
 {
-    for (size_t i = from; i < self->round_count; i++)
+    for (size_t i = from; i < self->round_count; i++) {
+        tm_twins_passivate_abort (twins, self->round_shards[i]);
         tm_twins_mark_dirty (twins, self->round_shards[i]);
+    }
+    self->idle_before_ms = INT64_MIN;
     free (self->round_shards);
     self->round_shards = NULL;
     self->round_count = self->round_next = 0;
     self->in_round = false;
+}
+
+void
+tm_wlog_passivate (tm_wlog_t *self, int64_t idle_before_ms)
+{
+    self->idle_before_ms = idle_before_ms;
+}
+
+uint64_t
+tm_wlog_passivated (tm_wlog_t *self)
+{
+    return self->passivated;
+}
+
+//  The shard's passive copies into the batch: a put for each twin marked
+//  to go, a delete for each that came back since (its copy is stale now),
+//  and the set. -1 if memory is short.
+static int
+s_stage_passive (tm_wlog_t *self, tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
+                 size_t *bytes)
+{
+    uint8_t key[6 + TM_WIRE_MAX_ENTITY];
+    for (tm_twin_t *t = tm_twins_shard_first (twins, shard); t; t = t->next_in_shard) {
+        if (!(t->flags & (TM_TWIN_PASSIVATING | TM_TWIN_REACTIVATED))
+            || t->entity_len > TM_WIRE_MAX_ENTITY)
+            continue;
+        size_t klen = tm_wlog_passive_key (key, shard, t->entity, t->entity_len);
+        if (t->flags & TM_TWIN_PASSIVATING) {
+            size_t size = tm_twins_encode_twin (twins, t, &self->twin_buf, &self->twin_cap);
+            if (size == 0)
+                return -1;
+            tm_store_batch_put (batch, key, klen, self->twin_buf, size);
+            *bytes += size;
+        }
+        else
+            tm_store_batch_delete (batch, key, klen);
+    }
+    bool ok;
+    size_t size;
+    uint8_t *set = tm_twins_passive_encode (twins, shard, &size, &ok);
+    if (!ok)
+        return -1;
+    s_shard_key (key, shard, 'Q');
+    if (set)
+        tm_store_batch_put (batch, key, 6, set, size);
+    else
+        tm_store_batch_delete (batch, key, 6);
+    free (set);
+    return 0;
 }
 
 int
@@ -173,14 +240,19 @@ tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, 
     while (self->round_next < self->round_count && self->round_next - first < max_shards
            && (self->round_next == first || step_bytes < S_STEP_BYTES)) {
         uint32_t shard = self->round_shards[self->round_next];
-        size_t size = tm_twins_encode_shard (twins, shard, &self->encode_buf, &self->encode_cap);
+        if (self->idle_before_ms != INT64_MIN)
+            tm_twins_passivate_mark (twins, shard, self->idle_before_ms);
+        int prc = tm_twins_passive_changed (twins, shard)?
+                  s_stage_passive (self, batch, twins, shard, &step_bytes): 0;
+        size_t size = prc == 0? tm_twins_encode_shard (twins, shard, &self->encode_buf,
+                                                       &self->encode_cap): 0;
         step_bytes += size;
         if (size == 0 || tm_history_stage (batch, twins, shard, &self->hist) != 0) {
             tm_store_batch_destroy (&batch);
             s_abandon_round (self, twins, first);
             return -1;
         }
-        s_shard_key (key, shard);
+        s_shard_key (key, shard, 'T');
         tm_store_batch_put (batch, key, sizeof key, self->encode_buf, size);
         self->round_next++;
     }
@@ -204,9 +276,14 @@ tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, 
     }
     //  The closed chunks and late readings of these shards are on disk
     //  now, in the same write as the blob that no longer holds them.
-    for (size_t i = first; i < self->round_next; i++)
+    //  Then the passivated twins leave the table (their pending history
+    //  pointed at them).
+    for (size_t i = first; i < self->round_next; i++) {
         tm_twins_pending_drop (twins, self->round_shards[i]);
+        self->passivated += tm_twins_passivate_commit (twins, self->round_shards[i]);
+    }
     if (last) {
+        self->idle_before_ms = INT64_MIN;
         self->checkpoint_seq = self->round_seq;
         free (self->round_shards);
         self->round_shards = NULL;
@@ -253,7 +330,14 @@ tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void
     int rc;
     while ((rc = tm_wrestore_next (loader, &shard, &decoded)) == 1) {
         int64_t d0 = tm_util_mono_ms ();
-        if (tm_twins_restore_decoded (twins, shard, &decoded) < 0) {
+        size_t qlen;
+        const uint8_t *q = tm_wrestore_passive (loader, &qlen);
+        if (q && tm_twins_passive_load (twins, shard, q, qlen) != 0) {
+            tm_warn ("wlog: the passive set of shard %u does not decode; its passive twins "
+                     "come back only from the log", shard);
+            (*bad_twins)++;
+        }
+        if (decoded && tm_twins_restore_decoded (twins, shard, &decoded) < 0) {
             tm_warn ("wlog: stored twins of shard %u do not decode; the log alone restores them",
                      shard);
             (*bad_twins)++;

@@ -28,6 +28,10 @@
                                              -> closed history chunk (tm_history)
       'S' shard(4) 'L' entity 0 property 0 ts(8)
                                              -> a late reading (tm_history)
+      'S' shard(4) 'P' entity               -> a passive twin (tm_twins
+                                                passivation: a one-twin blob)
+      'S' shard(4) 'Q'                       -> the shard's passive set (the
+                                                table hashes of its 'P' twins)
       'W' 'L' seq(8, big-endian)             -> log record (IngestBatch bytes)
       'W' 'M' "applied"                      -> seq(8) covered by the twins
     So a shard's twin state is one key range (streamed, deleted or ingested
@@ -71,6 +75,18 @@ int tm_wlog_commit (tm_wlog_t *self);
 //  are marked changed again and the log stays.
 int tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards,
                              bool *done);
+
+//  Passivate, in the running round (or the next), the twins not heard
+//  from since idle_before_ms (wall clock) whose shards it writes: each
+//  goes to its own 'P' key in the batch that writes its shard without it
+//  (tm_twins_passivate_mark). The request ends with the round.
+void tm_wlog_passivate (tm_wlog_t *self, int64_t idle_before_ms);
+
+//  Twins passivated by checkpoints since open.
+uint64_t tm_wlog_passivated (tm_wlog_t *self);
+
+//  The key of a passive twin's copy into key (6 + len bytes); its size.
+size_t tm_wlog_passive_key (uint8_t *key, uint32_t shard, const char *entity, size_t len);
 
 //  Run a whole checkpoint now (at shutdown, after recovery). 0 or -1.
 int tm_wlog_checkpoint (tm_wlog_t *self, tm_twins_t *twins);

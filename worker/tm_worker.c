@@ -30,6 +30,7 @@
 #include "tm_wquery.h"
 #include "tm_peers.h"
 
+#include <malloc.h>
 #include <math.h>
 #include <string.h>
 
@@ -96,7 +97,51 @@ struct _tm_worker_t {
     int64_t last_warn_ms;          //  Rate limit for refusal warnings
     uint64_t warns_suppressed;     //  Warnings not logged since the last one
     bool checkpoint_soon;          //  Start a checkpoint round at once (log replayed)
+    int64_t memory_budget;         //  Heap bytes over which idle twins passivate, 0: never
+    int64_t passivate_idle_ms;     //  Idle this long before a twin may passivate
+    size_t heap_bytes;             //  Heap in use at the last round start (0: not measured)
+    uint64_t passivated_before;    //  tm_wlog_passivated when the round started
+    bool passivating;              //  The running round passivates
+    uint64_t passive_scanned;      //  Passive twins read from the store by queries
 };
+
+//  Reactivation: read a passive twin's copy (tm_twins_load_fn).
+static int
+s_load_passive (void *arg, uint32_t shard, const char *entity, size_t len, uint8_t **val,
+                size_t *vlen)
+{
+    tm_worker_t *self = (tm_worker_t *) arg;
+    uint8_t key[6 + TM_WIRE_MAX_ENTITY];
+    if (len > TM_WIRE_MAX_ENTITY)
+        return 0;
+    size_t klen = tm_wlog_passive_key (key, shard, entity, len);
+    char *v = NULL;
+    int rc = tm_store_get (self->store, key, klen, &v, vlen);
+    if (rc == TM_STORE_E_NOT_FOUND)
+        return 0;
+    if (rc != 0)
+        return -1;
+    *val = (uint8_t *) v;
+    return 1;
+}
+
+static bool
+s_may_passivate (void *arg, tm_twin_t *twin)
+{
+    tm_worker_t *self = (tm_worker_t *) arg;
+    if (!self->peers)
+        return !twin->hier || twin->hier == TM_TWINS_NO_PARENT;
+    return tm_peers_may_passivate (self->peers, twin);
+}
+
+//  Heap bytes in use (malloc'd and mmap'd chunks): what twins cost, which
+//  resident size does not show once freed pages stay mapped.
+static size_t
+s_heap_bytes (void)
+{
+    struct mallinfo2 mi = mallinfo2 ();
+    return mi.uordblks + mi.hblkhd;
+}
 
 //  Log a refusal at most once a second, saying how many were not logged.
 static void
@@ -140,6 +185,8 @@ s_map_changed (tm_worker_t *self, bool persist)
              self->owned);
     if (self->peers)
         tm_peers_set_map (self->peers, map);
+    tm_twins_set_passivation (self->twins, self->shard_key, self->num_shards, s_load_passive,
+                              s_may_passivate, self);
     if (!persist)
         return;
     size_t size;
@@ -544,6 +591,73 @@ s_handle_history (tm_worker_t *self, tm_msg_t *msg)
     tm_history_result_fini (&res);
 }
 
+#define S_PASSIVE_BATCH 4096         //  Passive twins a query holds in memory at once
+
+//  A scan of the shard's passive twins: their copies are read from the
+//  store into a table of their own, a batch at a time, scanned with the
+//  same row scan, and dropped, so a query sees every twin and memory stays
+//  within a batch. A copy whose twin is active again (reactivated since
+//  the last checkpoint) or not in the passive set is stale and skipped.
+//  Returns the twins scanned, -1 on a store error or short memory.
+static long
+s_scan_passive (tm_worker_t *self, const tm_query_t *plan, uint32_t shard, int64_t now,
+                tm_qpartial_t *partial)
+{
+    const tm_models_t *models = tm_modelsync_models (self->msync);
+    uint8_t prefix[6 + 1];
+    size_t plen = tm_wlog_passive_key (prefix, shard, "", 0);
+    tm_store_iter_t *it = tm_store_iter_new (self->store, prefix, plen);
+    if (!it)
+        return -1;
+    long scanned = 0;
+    tm_twins_t *batch = NULL;
+    size_t in_batch = 0;
+    const char *k, *v;
+    size_t kl, vl;
+    bool more = true;
+    while (scanned >= 0 && more) {
+        more = tm_store_iter_next (it, &k, &kl, &v, &vl);
+        if (more) {
+            const char *entity = k + plen;
+            size_t len = kl - plen;
+            if (len == 0 || !tm_twins_passive_has (self->twins, shard, entity, len)
+                || tm_twins_find_active (self->twins, entity, len))
+                continue;
+            if (!batch) {
+                batch = tm_twins_new ();
+                if (!batch) {
+                    scanned = -1;
+                    break;
+                }
+                tm_twins_set_models (batch, models);
+            }
+            if (tm_twins_restore_shard (batch, shard, (const uint8_t *) v, vl) == 1)
+                in_batch++;
+            else
+                tm_warn ("worker: the passive copy of a twin in shard %u does not decode; "
+                         "a query skips it", shard);
+            if (in_batch < S_PASSIVE_BATCH)
+                continue;
+        }
+        if (batch && in_batch) {
+            //  Their sync status as of now, as the active twins' timers keep it.
+            tm_twins_tick (batch, now);
+            //  Derived properties resolve names in their table: one of its own.
+            tm_derived_t *derived = tm_derived_new (batch);
+            long n = derived? tm_wquery_scan_rows (batch, models, derived, plan, &shard, 1, now,
+                                                   partial): -1;
+            tm_derived_destroy (&derived);
+            scanned = n < 0? -1: scanned + n;
+            self->passive_scanned += (uint64_t) in_batch;
+        }
+        tm_twins_destroy (&batch);
+        in_batch = 0;
+    }
+    tm_twins_destroy (&batch);
+    tm_store_iter_destroy (&it);
+    return scanned;
+}
+
 //  QUERY_SCAN: the broker's plan over the twins of the shards it asks for
 //  that this worker owns now; the reply lists the shards scanned, so the
 //  broker knows which shards answered, whatever the epochs.
@@ -580,9 +694,14 @@ s_handle_query_scan (tm_worker_t *self, tm_msg_t *msg)
             mine[nmine++] = shard;
     }
     tm_qpartial_t *partial = mine? tm_qpartial_new (plan): NULL;
+    int64_t now = tm_util_wall_ms ();
     long scanned = partial? tm_wquery_scan (self->wquery, tm_modelsync_models (self->msync),
-                                            self->derived, plan, mine, nmine, tm_util_wall_ms (),
-                                            partial): -1;
+                                            self->derived, plan, mine, nmine, now, partial): -1;
+    for (size_t i = 0; scanned >= 0 && i < nmine; i++)
+        if (tm_twins_passive_count (self->twins, mine[i])) {
+            long more = s_scan_passive (self, plan, mine[i], now, partial);
+            scanned = more < 0? -1: scanned + more;
+        }
     size_t size = 0;
     uint8_t *bytes = scanned >= 0? tm_qpartial_encode (partial, &size): NULL;
     uint8_t *out = NULL;
@@ -758,6 +877,12 @@ s_heartbeat (tm_worker_t *self)
     st.unmodelled = ts.unmodelled;
     st.unknown_property = ts.unknown_property;
     st.invalid_type = ts.invalid_type;
+    tm_twins_passive_stats_t pst;
+    tm_twins_passive_stats (self->twins, &pst);
+    st.passive_twins = tm_twins_passive_total (self->twins);
+    st.passivated = pst.passivated;
+    st.reactivated = pst.reactivated;
+    st.heap_bytes = self->heap_bytes? self->heap_bytes: s_heap_bytes ();
     Twinmesh__HierStats hs = TWINMESH__HIER_STATS__INIT;
     tm_peers_node_stats (self->peers, &hs);
     st.hier = &hs;
@@ -802,6 +927,8 @@ tm_worker_new (const tm_worker_config_t *config)
     self->max_batch_bytes = config->max_batch_bytes;
     self->stop = config->stop;
     self->reload = config->reload;
+    self->memory_budget = config->memory_budget > 0? config->memory_budget: 0;
+    self->passivate_idle_ms = config->passivate_idle_ms > 0? config->passivate_idle_ms: 600000;
     self->my_index = -1;
     self->staged = calloc (S_DRAIN_MAX_PARTS, sizeof (s_staged_t));
     self->twins = tm_twins_new ();
@@ -977,6 +1104,25 @@ tm_worker_destroy (tm_worker_t **self_p)
     *self_p = NULL;
 }
 
+//  At a checkpoint round's start: over the memory budget, the round also
+//  passivates the twins idle for passivate_idle_ms, so it visits every
+//  shard that has twins (a shard whose twins are all idle changed nothing).
+static void
+s_round_start (tm_worker_t *self)
+{
+    if (!self->memory_budget)
+        return;
+    self->heap_bytes = s_heap_bytes ();
+    if ((int64_t) self->heap_bytes <= self->memory_budget || self->num_shards == 0)
+        return;
+    tm_wlog_passivate (self->wlog, tm_util_wall_ms () - self->passivate_idle_ms);
+    self->passivated_before = tm_wlog_passivated (self->wlog);
+    self->passivating = true;
+    for (uint32_t shard = 0; shard < self->num_shards; shard++)
+        if (tm_twins_shard_first (self->twins, shard))
+            tm_twins_mark_dirty (self->twins, shard);
+}
+
 int
 tm_worker_run (tm_worker_t *self)
 {
@@ -1009,13 +1155,23 @@ tm_worker_run (tm_worker_t *self)
             //  A round is spread over steps so that ingest never waits for
             //  more than a tenth of the shards to be written; rounds start
             //  at most once per checkpoint interval.
-            if (!tm_wlog_checkpointing (self->wlog))
+            if (!tm_wlog_checkpointing (self->wlog)) {
                 round_started = now;
+                s_round_start (self);
+            }
             size_t step = self->num_shards / 10 > 16? self->num_shards / 10: 16;
             bool done = false;
             if (tm_wlog_checkpoint_step (self->wlog, self->twins, step, &done) != 0) {
                 tm_warn ("worker: checkpoint failed; retrying next interval");
                 done = true;
+            }
+            if (done && self->passivating) {
+                self->passivating = false;
+                uint64_t gone = tm_wlog_passivated (self->wlog) - self->passivated_before;
+                tm_info ("worker: passivated twins=%llu active=%zu passive=%zu heap_before=%zu "
+                         "heap_after=%zu budget=%lld", (unsigned long long) gone,
+                         tm_twins_size (self->twins), tm_twins_passive_total (self->twins),
+                         self->heap_bytes, s_heap_bytes (), (long long) self->memory_budget);
             }
             if (done)
                 next_checkpoint = round_started + self->checkpoint_ms;

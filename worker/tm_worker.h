@@ -32,6 +32,8 @@ typedef struct {
     int64_t history_retention_ms;  //  History kept this long (0 = forever) when its
                                    //  model sets no retention
     bool compact_at_start;         //  Compact the store once after recovery
+    int64_t memory_budget;         //  Heap bytes over which idle twins passivate (0: never)
+    int64_t passivate_idle_ms;     //  How long a twin is idle before it may (0: 10 min)
     const char *events_bind;       //  PUB of delta events (NULL: tcp://127.0.0.1:*)
     const char *events_advertise;  //  Its endpoint for gateways (NULL: the bound one)
     volatile sig_atomic_t *stop;   //  Set by a signal handler to stop

@@ -763,6 +763,10 @@ s_catch_up (tm_wquery_t *self, s_ctx_t *ctx)
             return -1;
         }
     }
+    //  Overflow also means rows moved (twins passivated): every row's shard again.
+    bool everything = tm_twins_changed_overflow (self->twins);
+    if (everything)
+        self->nshard = 0;
     for (size_t r = self->nshard; r < nrows; r++) {
         uint16_t sh = (uint16_t) rows[r]->shard;
         self->shard[r] = sh;
@@ -774,7 +778,6 @@ s_catch_up (tm_wquery_t *self, s_ctx_t *ctx)
     self->nshard = nrows;
     size_t nchanged;
     const uint32_t *changed = tm_twins_changed (self->twins, &nchanged);
-    bool everything = tm_twins_changed_overflow (self->twins);
     for (size_t i = 0; i < self->ncached; i++) {
         s_cached_t *c = self->cached[i];
         if (everything)

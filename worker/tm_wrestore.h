@@ -23,16 +23,21 @@
 
 typedef struct _tm_wrestore_t tm_wrestore_t;
 
-//  Start reading every shard's stored twins ('S' shard 'T' keys) from the
+//  Start reading every shard's stored twins ('S' shard 'T' and 'Q' keys) from the
 //  store (borrowed; nothing else may write it until destroy). NULL if the
 //  thread or memory cannot be had.
 tm_wrestore_t *tm_wrestore_new (tm_store_t *store);
 
 //  The next shard, in key order: 1 with *shard and *decoded (the caller
-//  now owns it: restore it with tm_twins_restore_decoded), 0 when every
-//  shard was given, -1 if the helper ran out of memory. Blocks until the
-//  helper has one. Apply thread.
+//  now owns it: restore it with tm_twins_restore_decoded; NULL for a shard
+//  whose twins are all passive), 0 when every shard was given, -1 if the
+//  helper ran out of memory. Blocks until the helper has one. Apply thread.
 int tm_wrestore_next (tm_wrestore_t *self, uint32_t *shard, tm_twins_decoded_t **decoded);
+
+//  The passive set ('S' shard 'Q' value, see tm_twins_passive_load) of the
+//  shard tm_wrestore_next gave last, or NULL if it has none. Borrowed until
+//  the next call of tm_wrestore_next.
+const uint8_t *tm_wrestore_passive (tm_wrestore_t *self, size_t *size);
 
 //  Keys under 'S' that are neither shard state nor history (counted as bad).
 size_t tm_wrestore_bad_keys (tm_wrestore_t *self);
