@@ -769,6 +769,7 @@ s_handle (tm_worker_t *self, tm_msg_t *msg, int rc)
         tm_commands_handle (self->commands, self->router, msg, tm_mapclient_map (self->mapc),
                             self->my_index, tm_wlog_last_seq (self->wlog));
     }
+    else
     if (msg->hdr.type == TWINMESH__MSG_TYPE__CHILD_UPDATE)
         tm_peers_on_update (self->peers, self->router, msg);
     else

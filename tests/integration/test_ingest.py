@@ -76,6 +76,17 @@ class IngestTest(unittest.TestCase):
         # Both workers own shards and hold some of these twins.
         self.assertEqual(owners_seen, {"worker-0", "worker-1"})
 
+    def test_1b_good_requests_are_not_refused(self):
+        # Every APPEND and TWIN_GET so far was well-formed and for the
+        # worker's own shards: none may be answered with an error as well.
+        # (A missing else once sent every message on to "a worker does not
+        # serve ...", counted malformed, with a stray ERROR reply.)
+        time.sleep(1.5)                 # a heartbeat carries the counters
+        for n in self.c.status()["nodes"]:
+            if n["role"] == "worker":
+                self.assertEqual(n["stats"]["malformed"], 0, n)
+                self.assertEqual(n["stats"]["refused"], 0, n)
+
     def test_2_non_owner_refuses_reads(self):
         m = shard_map(self.c)
         entity = "test/ent-0001"
