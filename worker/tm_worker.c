@@ -33,6 +33,7 @@
 #include <malloc.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #define S_DRAIN_MAX_PARTS 512          //  Parts per group commit at most
 #define S_DRAIN_MAX_BYTES (32 << 20)   //  Bytes per group commit at most
@@ -140,7 +141,19 @@ static size_t
 s_heap_bytes (void)
 {
     struct mallinfo2 mi = mallinfo2 ();
-    return mi.uordblks + mi.hblkhd;
+    size_t heap = mi.uordblks + mi.hblkhd;
+    if (heap)
+        return heap;
+    //  Another allocator (a sanitizer's) tells glibc's nothing: resident size then.
+    FILE *f = fopen ("/proc/self/statm", "r");
+    unsigned long long size = 0, resident = 0;
+    if (f) {
+        if (fscanf (f, "%llu %llu", &size, &resident) != 2)
+            resident = 0;
+        fclose (f);
+    }
+    long page = sysconf (_SC_PAGESIZE);
+    return (size_t) resident * (size_t) (page > 0? page: 4096);
 }
 
 //  Log a refusal at most once a second, saying how many were not logged.
