@@ -217,6 +217,21 @@ tm_store_batch_put (tm_store_batch_t *self, const void *key, size_t klen, const 
     rocksdb_writebatch_put (self->wb, key, klen, val, vlen);
 }
 
+uint64_t
+tm_store_memory (tm_store_t *self)
+{
+    static const char *const props[] = {"rocksdb.cur-size-all-mem-tables",
+                                        "rocksdb.block-cache-usage",
+                                        "rocksdb.estimate-table-readers-mem"};
+    uint64_t total = 0;
+    for (size_t i = 0; i < sizeof props / sizeof props[0]; i++) {
+        uint64_t v = 0;
+        if (rocksdb_property_int (self->db, props[i], &v) == 0)
+            total += v;
+    }
+    return total;
+}
+
 void
 tm_store_batch_delete (tm_store_batch_t *self, const void *key, size_t klen)
 {

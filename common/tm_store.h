@@ -63,6 +63,10 @@ void tm_store_batch_delete_range (tm_store_batch_t *self, const void *start, siz
 void tm_store_batch_clear (tm_store_batch_t *self);
 int tm_store_batch_count (tm_store_batch_t *self);
 
+//  Bytes RocksDB holds in memory for this store: memtables (unflushed
+//  writes), block cache and table readers (index and filter blocks).
+uint64_t tm_store_memory (tm_store_t *self);
+
 //  Apply a batch atomically; sync forces an fsync. 0 or -1.
 int tm_store_write (tm_store_t *self, tm_store_batch_t *batch, bool sync);
 

@@ -1366,14 +1366,16 @@ s_get_prop_v2 (const uint8_t **p, const uint8_t *end, tm_prop_t *pr)
 
 //  A property's open chunk from a version-3 blob into pr.
 static int
-s_get_hist (const uint8_t **p, const uint8_t *end, tm_prop_t *pr)
+s_get_hist (const uint8_t **p, const uint8_t *end, tm_prop_t *pr, bool skip)
 {
     uint64_t hlen;
     if (tm_varint_get (p, end, &hlen) != 0 || hlen > (uint64_t) (end - *p)
         || hlen > TM_GORILLA_MAX_BYTES)
         return -1;
-    if (hlen == 0)
+    if (hlen == 0 || skip) {
+        *p += hlen;
         return 0;
+    }
     pr->hist = malloc (sizeof *pr->hist);
     if (!pr->hist)
         return -1;
@@ -1598,6 +1600,7 @@ struct _tm_twins_decoded_t {
     size_t n;                      //  Entries in twins
     size_t cap;                    //  Allocated
     bool bad;                      //  The bytes after twins[n - 1] do not decode
+    bool skip_hist;                //  Leave the open chunks out (tm_twins_restore_latest)
 };
 
 static void
@@ -1642,7 +1645,8 @@ s_skip_attr (int format, const uint8_t **p, const uint8_t *end)
 
 //  Decode one twin at *p into d (props owned by d on success). 0 or -1.
 static int
-s_decode_twin (int format, const uint8_t **pp, const uint8_t *end, s_decoded_twin_t *d)
+s_decode_twin (int format, bool skip_hist, const uint8_t **pp, const uint8_t *end,
+               s_decoded_twin_t *d)
 {
     const uint8_t *p = *pp;
     uint64_t elen, mlen, version, nprops;
@@ -1703,7 +1707,7 @@ s_decode_twin (int format, const uint8_t **pp, const uint8_t *end, s_decoded_twi
         if (format >= 2) {
             if (s_get_prop_v2 (&p, end, pr) != 0)
                 goto fail;
-            if (format >= 3 && s_get_hist (&p, end, pr) != 0)
+            if (format >= 3 && s_get_hist (&p, end, pr, skip_hist) != 0)
                 goto fail;
             continue;
         }
@@ -1755,7 +1759,7 @@ s_decode (const uint8_t *data, size_t size, tm_twins_decoded_t *dec)
             dec->twins = grown;
             dec->cap = cap;
         }
-        if (s_decode_twin (dec->format, &p, end, &dec->twins[dec->n]) != 0)
+        if (s_decode_twin (dec->format, dec->skip_hist, &p, end, &dec->twins[dec->n]) != 0)
             return;
         dec->n++;
     }
@@ -1864,6 +1868,16 @@ tm_twins_restore_decoded (tm_twins_t *self, uint32_t shard, tm_twins_decoded_t *
 {
     long rc = s_restore (self, shard, *decoded_p);
     tm_twins_decoded_destroy (decoded_p);
+    return rc;
+}
+
+long
+tm_twins_restore_latest (tm_twins_t *self, uint32_t shard, const uint8_t *data, size_t size)
+{
+    tm_twins_decoded_t dec = {.skip_hist = true};
+    s_decode (data, size, &dec);
+    long rc = s_restore (self, shard, &dec);
+    s_decoded_fini (&dec);
     return rc;
 }
 

@@ -135,25 +135,29 @@ s_may_passivate (void *arg, tm_twin_t *twin)
     return tm_peers_may_passivate (self->peers, twin);
 }
 
-//  Heap bytes in use (malloc'd and mmap'd chunks): what twins cost, which
-//  resident size does not show once freed pages stay mapped.
+//  The worker's own heap in use: malloc'd and mmap'd chunks (which resident
+//  size does not show once freed pages stay mapped), less what RocksDB
+//  holds (memtables, block cache: bounded by its own settings, and
+//  passivating fills the memtable with the very bytes it frees).
 static size_t
-s_heap_bytes (void)
+s_heap_bytes (tm_worker_t *self)
 {
     struct mallinfo2 mi = mallinfo2 ();
     size_t heap = mi.uordblks + mi.hblkhd;
-    if (heap)
-        return heap;
-    //  Another allocator (a sanitizer's) tells glibc's nothing: resident size then.
-    FILE *f = fopen ("/proc/self/statm", "r");
-    unsigned long long size = 0, resident = 0;
-    if (f) {
-        if (fscanf (f, "%llu %llu", &size, &resident) != 2)
-            resident = 0;
-        fclose (f);
+    if (!heap) {
+        //  Another allocator (a sanitizer's) tells glibc's nothing: resident size then.
+        FILE *f = fopen ("/proc/self/statm", "r");
+        unsigned long long size = 0, resident = 0;
+        if (f) {
+            if (fscanf (f, "%llu %llu", &size, &resident) != 2)
+                resident = 0;
+            fclose (f);
+        }
+        long page = sysconf (_SC_PAGESIZE);
+        heap = (size_t) resident * (size_t) (page > 0? page: 4096);
     }
-    long page = sysconf (_SC_PAGESIZE);
-    return (size_t) resident * (size_t) (page > 0? page: 4096);
+    uint64_t store = self->store? tm_store_memory (self->store): 0;
+    return heap > store? heap - (size_t) store: 0;
 }
 
 //  Log a refusal at most once a second, saying how many were not logged.
@@ -606,69 +610,82 @@ s_handle_history (tm_worker_t *self, tm_msg_t *msg)
 
 #define S_PASSIVE_BATCH 4096         //  Passive twins a query holds in memory at once
 
-//  A scan of the shard's passive twins: their copies are read from the
-//  store into a table of their own, a batch at a time, scanned with the
-//  same row scan, and dropped, so a query sees every twin and memory stays
-//  within a batch. A copy whose twin is active again (reactivated since
-//  the last checkpoint) or not in the passive set is stale and skipped.
-//  Returns the twins scanned, -1 on a store error or short memory.
-static long
-s_scan_passive (tm_worker_t *self, const tm_query_t *plan, uint32_t shard, int64_t now,
-                tm_qpartial_t *partial)
+typedef struct {
+    tm_twins_t *twins;             //  Passive twins read so far, NULL if none
+    size_t n;
+    long scanned;                  //  Fed to the partial, -1 after an error
+} s_passive_batch_t;
+
+//  Scan the batch of passive twins read and drop it.
+static void
+s_passive_flush (tm_worker_t *self, s_passive_batch_t *b, const tm_query_t *plan,
+                 const uint32_t *shards, size_t nshards, int64_t now, tm_qpartial_t *partial)
 {
-    const tm_models_t *models = tm_modelsync_models (self->msync);
-    uint8_t prefix[6 + 1];
-    size_t plen = tm_wlog_passive_key (prefix, shard, "", 0);
-    tm_store_iter_t *it = tm_store_iter_new (self->store, prefix, plen);
-    if (!it)
-        return -1;
-    long scanned = 0;
-    tm_twins_t *batch = NULL;
-    size_t in_batch = 0;
-    const char *k, *v;
-    size_t kl, vl;
-    bool more = true;
-    while (scanned >= 0 && more) {
-        more = tm_store_iter_next (it, &k, &kl, &v, &vl);
-        if (more) {
+    if (b->twins && b->n && b->scanned >= 0) {
+        //  Their sync status as of now, as the active twins' timers keep it.
+        tm_twins_tick (b->twins, now);
+        //  Derived properties resolve names in their table: one of its own.
+        tm_derived_t *derived = tm_derived_new (b->twins);
+        long n = derived? tm_wquery_scan_rows (b->twins, tm_modelsync_models (self->msync),
+                                               derived, plan, shards, nshards, now, partial): -1;
+        tm_derived_destroy (&derived);
+        b->scanned = n < 0? -1: b->scanned + n;
+        self->passive_scanned += b->n;
+    }
+    tm_twins_destroy (&b->twins);
+    b->n = 0;
+}
+
+//  The passive twins of the shards asked for: their copies are read from
+//  the store into a table of their own, a batch at a time, scanned with
+//  the same row scan, and dropped, so a query sees every twin and memory
+//  stays within a batch. A copy whose twin is active again (reactivated
+//  since the last checkpoint) or not in the passive set is stale and
+//  skipped. Returns the twins scanned, -1 on a store error or short memory.
+static long
+s_scan_passive (tm_worker_t *self, const tm_query_t *plan, const uint32_t *shards,
+                size_t nshards, int64_t now, tm_qpartial_t *partial)
+{
+    s_passive_batch_t b = {0};
+    for (size_t i = 0; b.scanned >= 0 && i < nshards; i++) {
+        uint32_t shard = shards[i];
+        if (!tm_twins_passive_count (self->twins, shard))
+            continue;
+        uint8_t prefix[6 + 1];
+        size_t plen = tm_wlog_passive_key (prefix, shard, "", 0);
+        tm_store_iter_t *it = tm_store_iter_new (self->store, prefix, plen);
+        if (!it) {
+            b.scanned = -1;
+            break;
+        }
+        const char *k, *v;
+        size_t kl, vl;
+        while (b.scanned >= 0 && tm_store_iter_next (it, &k, &kl, &v, &vl)) {
             const char *entity = k + plen;
             size_t len = kl - plen;
             if (len == 0 || !tm_twins_passive_has (self->twins, shard, entity, len)
                 || tm_twins_find_active (self->twins, entity, len))
                 continue;
-            if (!batch) {
-                batch = tm_twins_new ();
-                if (!batch) {
-                    scanned = -1;
+            if (!b.twins) {
+                b.twins = tm_twins_new ();
+                if (!b.twins) {
+                    b.scanned = -1;
                     break;
                 }
-                tm_twins_set_models (batch, models);
+                tm_twins_set_models (b.twins, tm_modelsync_models (self->msync));
             }
-            if (tm_twins_restore_shard (batch, shard, (const uint8_t *) v, vl) == 1)
-                in_batch++;
+            if (tm_twins_restore_latest (b.twins, shard, (const uint8_t *) v, vl) == 1)
+                b.n++;
             else
                 tm_warn ("worker: the passive copy of a twin in shard %u does not decode; "
                          "a query skips it", shard);
-            if (in_batch < S_PASSIVE_BATCH)
-                continue;
+            if (b.n >= S_PASSIVE_BATCH)
+                s_passive_flush (self, &b, plan, shards, nshards, now, partial);
         }
-        if (batch && in_batch) {
-            //  Their sync status as of now, as the active twins' timers keep it.
-            tm_twins_tick (batch, now);
-            //  Derived properties resolve names in their table: one of its own.
-            tm_derived_t *derived = tm_derived_new (batch);
-            long n = derived? tm_wquery_scan_rows (batch, models, derived, plan, &shard, 1, now,
-                                                   partial): -1;
-            tm_derived_destroy (&derived);
-            scanned = n < 0? -1: scanned + n;
-            self->passive_scanned += (uint64_t) in_batch;
-        }
-        tm_twins_destroy (&batch);
-        in_batch = 0;
+        tm_store_iter_destroy (&it);
     }
-    tm_twins_destroy (&batch);
-    tm_store_iter_destroy (&it);
-    return scanned;
+    s_passive_flush (self, &b, plan, shards, nshards, now, partial);
+    return b.scanned;
 }
 
 //  QUERY_SCAN: the broker's plan over the twins of the shards it asks for
@@ -710,11 +727,10 @@ s_handle_query_scan (tm_worker_t *self, tm_msg_t *msg)
     int64_t now = tm_util_wall_ms ();
     long scanned = partial? tm_wquery_scan (self->wquery, tm_modelsync_models (self->msync),
                                             self->derived, plan, mine, nmine, now, partial): -1;
-    for (size_t i = 0; scanned >= 0 && i < nmine; i++)
-        if (tm_twins_passive_count (self->twins, mine[i])) {
-            long more = s_scan_passive (self, plan, mine[i], now, partial);
-            scanned = more < 0? -1: scanned + more;
-        }
+    if (scanned >= 0 && tm_twins_passive_total (self->twins)) {
+        long more = s_scan_passive (self, plan, mine, nmine, now, partial);
+        scanned = more < 0? -1: scanned + more;
+    }
     size_t size = 0;
     uint8_t *bytes = scanned >= 0? tm_qpartial_encode (partial, &size): NULL;
     uint8_t *out = NULL;
@@ -896,7 +912,7 @@ s_heartbeat (tm_worker_t *self)
     st.passive_twins = tm_twins_passive_total (self->twins);
     st.passivated = pst.passivated;
     st.reactivated = pst.reactivated;
-    st.heap_bytes = self->heap_bytes? self->heap_bytes: s_heap_bytes ();
+    st.heap_bytes = s_heap_bytes (self);
     Twinmesh__HierStats hs = TWINMESH__HIER_STATS__INIT;
     tm_peers_node_stats (self->peers, &hs);
     st.hier = &hs;
@@ -1126,7 +1142,7 @@ s_round_start (tm_worker_t *self)
 {
     if (!self->memory_budget)
         return;
-    self->heap_bytes = s_heap_bytes ();
+    self->heap_bytes = s_heap_bytes (self);
     if ((int64_t) self->heap_bytes <= self->memory_budget || self->num_shards == 0)
         return;
     tm_wlog_passivate (self->wlog, tm_util_wall_ms () - self->passivate_idle_ms);
@@ -1185,7 +1201,7 @@ tm_worker_run (tm_worker_t *self)
                 tm_info ("worker: passivated twins=%llu active=%zu passive=%zu heap_before=%zu "
                          "heap_after=%zu budget=%lld", (unsigned long long) gone,
                          tm_twins_size (self->twins), tm_twins_passive_total (self->twins),
-                         self->heap_bytes, s_heap_bytes (), (long long) self->memory_budget);
+                         self->heap_bytes, s_heap_bytes (self), (long long) self->memory_budget);
             }
             if (done)
                 next_checkpoint = round_started + self->checkpoint_ms;
