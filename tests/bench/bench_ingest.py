@@ -721,6 +721,8 @@ def main(argv=None):
     else:
         builds = [Build(spec, i) for i, spec in enumerate(specs)]
         labels = [b.label for b in builds]
+        if "redis" in labels:
+            ap.error("a build cannot be called redis: the report's Redis rows are")
         if len(set(labels)) != len(labels):
             ap.error("two builds are both called %s: name them, --build LABEL=DIR"
                      % ", ".join(sorted(set(x for x in labels if labels.count(x) > 1))))
