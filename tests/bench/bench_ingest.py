@@ -20,6 +20,22 @@ lose up to about a second of acked writes on a crash.
 
     python3 tests/bench/bench_ingest.py --build build --duration 10 --runs 3
 
+--build given more than once compares builds (say the tree before a change
+and after it) in the same run: each run starts a fresh cluster of every
+build in turn, the order rotated from one run to the next so that none
+always goes first, then Redis once; the report gives each build's medians,
+its ratio to the first build (the median of the runs' readings/s, and the
+median of the per-run ratios, which cancels most of the machine's drift
+between runs) and to Redis:
+
+    python3 tests/bench/bench_ingest.py --build before=../old/build-rel --build after=build-rel
+
+A build is a meson build directory, optionally named LABEL=DIR. A relative
+DIR is looked up from the current directory, then from this tree's root.
+The cluster scripts are always this tree's: a flag they pass that an older
+build's daemon or twinctl does not list in its --help is left out for that
+build, and the report says which.
+
 Everything it starts is stopped when it ends, however it ends.
 """
 
@@ -27,6 +43,7 @@ import argparse
 import atexit
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -220,9 +237,164 @@ def run_redis(binary, redis_ingest, a, seed):
 
 # --------------------------------------------------------------------- twinmesh
 
-def run_twinmesh(a, seed):
-    c = twinmesh_cluster.Cluster(a.build, workers=a.workers, gateways=1, fsync=True,
-                                 tmp_root=a.tmp_root, keep=a.keep)
+_LABEL_RE = re.compile(r"^([A-Za-z0-9_.+-]+)=(.+)$")
+
+#  What each daemon kind is called in the build directory, for its --help.
+_DAEMON_BINS = {"broker": twinmesh_cluster.BROKER_BIN, "worker": twinmesh_cluster.WORKER_BIN,
+                "gateway": twinmesh_cluster.GATEWAY_BIN}
+
+
+def _listed_flags(argv):
+    """The --flags a binary's --help lists, or None if its help cannot be
+    read or lists no --keys (then nothing is left out: better to fail
+    loudly on a flag than to guess from a help we did not understand)."""
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = set(re.findall(r"(--[a-z][a-z0-9-]*)", r.stdout + r.stderr))
+    return found if "--keys" in found else None
+
+
+def _drop_unlisted(args, accepted, dropped):
+    """args without the --flags (and their values) that accepted does not
+    hold; the names left out are added to the set dropped."""
+    out = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            out += args[i:]
+            break
+        if a.startswith("--"):
+            name = a.split("=", 1)[0]
+            if name not in accepted:
+                dropped.add(name)
+                #  --flag VALUE: the value goes too; --flag=VALUE and a bare
+                #  boolean --flag are one word.
+                takes_value = "=" not in a and i + 1 < len(args) \
+                    and not args[i + 1].startswith("--")
+                i += 2 if takes_value else 1
+                continue
+        out.append(a)
+        i += 1
+    return out
+
+
+class Build:
+    """One build under test: where it is, what it is called, and which flags
+    its binaries list (read from their --help once, lazily)."""
+
+    def __init__(self, spec, index):
+        m = _LABEL_RE.match(spec)
+        if m and not os.path.isdir(spec):
+            label, path = m.group(1), m.group(2)
+        else:
+            label, path = None, spec
+        self.spec = spec
+        self.dir = twinmesh_cluster.Cluster._find_build_dir(path)
+        self.label = label or self._default_label(path, self.dir, index)
+        self.source, self.buildtype = self._meson_info(self.dir)
+        self.commit = self._git_commit(self.source)
+        self._flags = {}            # daemon kind or "twinctl SUB" -> listed flags or None
+        self.dropped = {}           # daemon kind or "twinctl SUB" -> flags left out
+
+    @staticmethod
+    def _default_label(path, full, index):
+        #  build/, build-rel/ say nothing on their own: name the tree too.
+        base = os.path.basename(os.path.normpath(full))
+        parent = os.path.basename(os.path.dirname(os.path.normpath(full)))
+        label = "%s/%s" % (parent, base) if parent else base
+        return label or "build%d" % index
+
+    @staticmethod
+    def _meson_info(build_dir):
+        source = buildtype = None
+        try:
+            with open(os.path.join(build_dir, "meson-info", "meson-info.json")) as f:
+                source = json.load(f).get("directories", {}).get("source")
+            with open(os.path.join(build_dir, "meson-info", "intro-buildoptions.json")) as f:
+                for o in json.load(f):
+                    if o.get("name") == "buildtype":
+                        buildtype = o.get("value")
+        except (OSError, ValueError, AttributeError):
+            pass
+        return source, buildtype
+
+    @staticmethod
+    def _git_commit(source):
+        if not source:
+            return None
+        head = _run_text(["git", "-C", source, "rev-parse", "--short", "HEAD"])
+        if head is None:
+            return None
+        dirty = _run_text(["git", "-C", source, "status", "--porcelain", "--untracked-files=no"])
+        return head + ("+changes" if dirty else "")
+
+    def flags(self, what):
+        if what not in self._flags:
+            if what.startswith("twinctl "):
+                argv = [os.path.join(self.dir, twinmesh_cluster.TWINCTL_BIN),
+                        what.split(" ", 1)[1], "--help"]
+            else:
+                argv = [os.path.join(self.dir, _DAEMON_BINS[what]), "--help"]
+            self._flags[what] = _listed_flags(argv)
+        return self._flags[what]
+
+    def filter(self, what, args):
+        accepted = self.flags(what)
+        if accepted is None:
+            return list(args)
+        dropped = self.dropped.setdefault(what, set())
+        out = _drop_unlisted(list(args), accepted, dropped)
+        if not dropped:
+            del self.dropped[what]
+        return out
+
+    def describe(self):
+        parts = [self.dir]
+        if self.source:
+            parts.append("tree %s" % self.source)
+        if self.commit:
+            parts.append("commit %s" % self.commit)
+        if self.buildtype:
+            parts.append(self.buildtype)
+        return ", ".join(parts)
+
+
+class _CompatCluster(twinmesh_cluster.Cluster):
+    """A Cluster that leaves out, per binary, the flags an older build does
+    not list: the harness is this tree's and may pass settings that did not
+    exist yet. Overrides the harness's _argv and twinctl hooks, the two
+    places every daemon argv and every twinctl argv go through."""
+
+    def __init__(self, build, **kw):
+        self._build = build         # set before the base class starts daemons
+        super().__init__(build.dir, **kw)
+
+    def _argv(self, p):
+        argv = super()._argv(p)
+        return argv[:1] + self._build.filter(p.kind, argv[1:])
+
+    def twinctl(self, *args, **kw):
+        args = [str(a) for a in args]
+        #  --help and keygen's NAME are not flags: only filter a subcommand's
+        #  own flags, after its name.
+        if args and not args[0].startswith("-") and "--help" not in args:
+            args = args[:1] + self._build.filter("twinctl " + args[0], args[1:])
+        return super().twinctl(*args, **kw)
+
+
+def run_twinmesh(a, seed, build=None):
+    """One sim run against a fresh cluster of build (default: a.build, the
+    only one, through the harness as it is)."""
+    if build is None:
+        c = twinmesh_cluster.Cluster(a.build, workers=a.workers, gateways=1, fsync=True,
+                                     tmp_root=a.tmp_root, keep=a.keep)
+    else:
+        c = _CompatCluster(build, workers=a.workers, gateways=1, fsync=True,
+                           tmp_root=a.tmp_root, keep=a.keep)
     _cleanups.append(c.stop_all)
     try:
         kw = dict(twins=a.twins, batch=a.batch, window=a.window, duration=a.duration_s,
@@ -310,48 +482,127 @@ def report(rows, info, a, out):
             "median": med, "ratio": ratio, "machine": info}
 
 
+def _ratio_text(v):
+    return "-" if v is None else "%.2f (%+.0f%%)" % (v, (v - 1) * 100)
+
+
+def report_builds(runs, builds, info, a, out):
+    """The report of a run over several builds. runs: one dict per run,
+    {"order": [build index...], "twinmesh": {index: summary}, "redis": summary}."""
+    cols = ("run", "#", "build", "readings/s", "p50 ms", "p99 ms")
+    wl = max([len(b.label) for b in builds] + [len("redis"), len("build")])
+    widths = (3, 2, wl, 13, 8, 8)
+
+    def line(cells):
+        return "  ".join(str(c).ljust(w) if i == 2 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    def cells(run, pos, label, t):
+        return (run, pos, label, _fmt_rate(t.get("rate_per_s")), _fmt_ms(t.get("p50_ms")),
+                _fmt_ms(t.get("p99_ms")))
+
+    out.write("ingest benchmark: %d twins, batch %d, window %d, %gs per run, %d runs, "
+              "%d builds\n" % (a.twins, a.batch, a.window, a.duration_s, a.runs, len(builds)))
+    out.write("twinmesh: broker + %d workers + 1 gateway, fsync per group commit; "
+              "redis: appendonly, appendfsync everysec\n" % a.workers)
+    out.write("each run: every build on a fresh cluster, in the order # (rotated per run)%s\n\n"
+              % ("" if a.skip_redis else ", then redis"))
+    for b in builds:
+        out.write("  %s  %s\n" % (b.label.ljust(wl), b.describe()))
+    out.write("\n" + line(cols) + "\n")
+    for i, r in enumerate(runs, 1):
+        for pos, bi in enumerate(r["order"], 1):
+            out.write(line(cells(i, pos, builds[bi].label, r["twinmesh"].get(bi, {}))) + "\n")
+        if r.get("redis"):
+            out.write(line(cells(i, "-", "redis", r["redis"])) + "\n")
+
+    keys = ("rate_per_s", "p50_ms", "p99_ms", "p999_ms")
+    med = {}
+    for bi, b in enumerate(builds):
+        med[b.label] = {k: _median([r["twinmesh"].get(bi, {}).get(k) for r in runs])
+                        for k in keys}
+    med["redis"] = {k: _median([(r.get("redis") or {}).get(k) for r in runs]) for k in keys}
+    out.write("\nmedians\n")
+    for b in builds:
+        out.write(line(cells("", "", b.label, med[b.label])) + "\n")
+    if any(r.get("redis") for r in runs):
+        out.write(line(cells("", "", "redis", med["redis"])) + "\n")
+
+    #  Against the first build: the ratio of the medians, and the median of
+    #  each run's ratio (the two builds of one run ran a minute apart, so
+    #  this one cancels the drift of the machine's speed between runs).
+    first = builds[0]
+    ratios = {}
+    out.write("\n")
+    for bi, b in enumerate(builds[1:], 1):
+        m0, m1 = med[first.label]["rate_per_s"], med[b.label]["rate_per_s"]
+        of_medians = m1 / m0 if m0 and m1 else None
+        per_run = [r["twinmesh"][bi]["rate_per_s"] / r["twinmesh"][0]["rate_per_s"]
+                   for r in runs
+                   if r["twinmesh"].get(bi, {}).get("rate_per_s")
+                   and r["twinmesh"].get(0, {}).get("rate_per_s")]
+        median_per_run = statistics.median(per_run) if per_run else None
+        lat = {}
+        for k in ("p50_ms", "p99_ms"):
+            v0, v1 = med[first.label][k], med[b.label][k]
+            lat[k] = v1 / v0 if v0 and v1 else None
+        ratios[b.label] = {"of_medians": of_medians, "median_per_run": median_per_run,
+                           "per_run": per_run, "p50": lat["p50_ms"], "p99": lat["p99_ms"]}
+        out.write("%s/%s readings/s: %s (medians); %s (median of per-run ratios%s)\n"
+                  % (b.label, first.label, _ratio_text(of_medians), _ratio_text(median_per_run),
+                     ", range %.2f-%.2f" % (min(per_run), max(per_run)) if per_run else ""))
+        out.write("%s/%s ack latency: p50 %s, p99 %s\n"
+                  % (b.label, first.label, "-" if lat["p50_ms"] is None else "%.2fx" % lat["p50_ms"],
+                     "-" if lat["p99_ms"] is None else "%.2fx" % lat["p99_ms"]))
+    vs_redis = {}
+    if med["redis"]["rate_per_s"]:
+        for b in builds:
+            if med[b.label]["rate_per_s"]:
+                vs_redis[b.label] = med[b.label]["rate_per_s"] / med["redis"]["rate_per_s"]
+        out.write("vs redis (median readings/s): %s\n"
+                  % "; ".join("%s/redis %.2f" % (k, v) for k, v in vs_redis.items()))
+
+    problems = []
+    for i, r in enumerate(runs, 1):
+        for bi, t in sorted(r["twinmesh"].items()):
+            for k in ("refused", "failed", "unacked", "timeouts"):
+                if t.get(k):
+                    problems.append("run %d: %s %s=%s" % (i, builds[bi].label, k, t[k]))
+        rr = r.get("redis") or {}
+        if rr.get("errors"):
+            problems.append("run %d: redis errors=%s (%s)" % (i, rr["errors"],
+                                                             rr.get("first_error", "")))
+    for b in builds:
+        for what, names in sorted(b.dropped.items()):
+            problems.append("%s: %s does not list %s: left out"
+                            % (b.label, what, ", ".join(sorted(names))))
+    out.write("\n")
+    for p in problems:
+        out.write("warning: %s\n" % p)
+    out.write("RocksDB: pkg-config %s; Debian %s\n"
+              % (info.get("rocksdb_pkgconfig") or "?", info.get("rocksdb_debian") or "?"))
+    out.write("Redis: %s; hiredis %s\n" % (info.get("redis_server") or "-",
+                                          info.get("hiredis") or "-"))
+    info["loadavg_end"] = " ".join("%.2f" % x for x in os.getloadavg())
+    out.write("CPU: %s x %s; load average %s at start, %s at end\n"
+              % (info.get("nproc"), info.get("cpu_model") or "?", info.get("loadavg_start"),
+                 info["loadavg_end"]))
+    out.flush()
+    return {"params": {"twins": a.twins, "batch": a.batch, "window": a.window,
+                       "duration_s": a.duration_s, "runs": a.runs, "workers": a.workers},
+            "builds": [{"label": b.label, "dir": b.dir, "source": b.source,
+                        "commit": b.commit, "buildtype": b.buildtype,
+                        "dropped_flags": {k: sorted(v) for k, v in b.dropped.items()}}
+                       for b in builds],
+            "runs": [{"order": [builds[bi].label for bi in r["order"]],
+                      "twinmesh": {builds[bi].label: t for bi, t in r["twinmesh"].items()},
+                      "redis": r.get("redis") or {}} for r in runs],
+            "median": med, "vs_first": ratios, "vs_redis": vs_redis, "machine": info}
+
+
 # --------------------------------------------------------------------- main
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", default="10s", help="per run (10s, 500ms; bare = seconds)")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--twins", type=int, default=10000)
-    ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--window", type=int, default=8)
-    ap.add_argument("--step", default=None, help="simulated time per pass (both sides)")
-    ap.add_argument("--rate", default=None, help="twinctl sim --rate (default: sim's)")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--build", default="build", help="meson build directory")
-    ap.add_argument("--redis-ingest", default=None,
-                    help="redis_ingest binary (default <build>/tests/bench/redis_ingest)")
-    ap.add_argument("--redis-server", default=None, help="redis-server binary")
-    ap.add_argument("--install", action="store_true",
-                    help="apt-get install redis-server if it is missing")
-    ap.add_argument("--skip-redis", action="store_true")
-    ap.add_argument("--skip-twinmesh", action="store_true")
-    ap.add_argument("--json", default=None, help="also write the results as JSON here")
-    ap.add_argument("--tmp-root", default=None, help="where temporary directories go")
-    ap.add_argument("--keep", action="store_true", help="keep the clusters' directories")
-    a = ap.parse_args(argv)
-    a.duration_s = parse_duration_s(a.duration)
-    if a.duration_s <= 0 or a.runs < 1:
-        ap.error("--duration and --runs must be positive")
-    a.build = twinmesh_cluster.Cluster._find_build_dir(a.build)
-
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, _on_signal)
-
-    redis_server = redis_ingest = None
-    if not a.skip_redis:
-        redis_server = ensure_redis(a.redis_server, a.install)
-        redis_ingest = a.redis_ingest or os.path.join(a.build, "tests", "bench", "redis_ingest")
-        if not os.access(redis_ingest, os.X_OK):
-            raise SystemExit("bench_ingest: %s not built (needs libhiredis-dev and "
-                             "subdir('bench') in tests/meson.build); or pass --redis-ingest"
-                             % redis_ingest)
-    info = machine_info(redis_server)
-
+def _run_one_build(a, redis_server, redis_ingest):
     rows = []
     try:
         for run in range(1, a.runs + 1):
@@ -371,20 +622,138 @@ def main(argv=None):
             rows.append((t, r))
     except KeyboardInterrupt:
         log("interrupted")
-        return 130
+        return 130, None
     except (RuntimeError, twinmesh_cluster.ClusterError) as e:
         log("failed: %s" % e)
         if rows:
-            report(rows, info, a, sys.stdout)
-        return 1
+            report(rows, a.info, a, sys.stdout)
+        return 1, None
     finally:
         _cleanup_all()
-    result = report(rows, info, a, sys.stdout)
-    if a.json:
+    return 0, report(rows, a.info, a, sys.stdout)
+
+
+def _run_builds(a, builds, redis_server, redis_ingest):
+    runs = []
+    n = len(builds)
+    try:
+        for run in range(1, a.runs + 1):
+            #  Rotate who goes first: the machine's speed drifts within a run
+            #  too, and the first cluster of a run starts on a cooler page
+            #  cache; rotation spreads both over the builds.
+            order = [((run - 1) + k) % n for k in range(n)]
+            entry = {"order": order, "twinmesh": {}, "redis": {}}
+            runs.append(entry)
+            if not a.skip_twinmesh:
+                for pos, bi in enumerate(order, 1):
+                    b = builds[bi]
+                    log("run %d/%d: twinmesh %s (%d/%d)" % (run, a.runs, b.label, pos, n))
+                    t = run_twinmesh(a, seed=run, build=b)
+                    entry["twinmesh"][bi] = t
+                    log("  %s readings/s, p50 %s ms, p99 %s ms"
+                        % (_fmt_rate(t.get("rate_per_s")), _fmt_ms(t.get("p50_ms")),
+                           _fmt_ms(t.get("p99_ms"))))
+            if not a.skip_redis:
+                log("run %d/%d: redis" % (run, a.runs))
+                r = run_redis(redis_server, redis_ingest, a, seed=run)
+                entry["redis"] = r
+                log("  %s readings/s, p50 %s ms, p99 %s ms"
+                    % (_fmt_rate(r.get("rate_per_s")), _fmt_ms(r.get("p50_ms")),
+                       _fmt_ms(r.get("p99_ms"))))
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130, None
+    except (RuntimeError, twinmesh_cluster.ClusterError) as e:
+        log("failed: %s" % e)
+        if runs:
+            report_builds(runs, builds, a.info, a, sys.stdout)
+        return 1, None
+    finally:
+        _cleanup_all()
+    return 0, report_builds(runs, builds, a.info, a, sys.stdout)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--duration", default="10s",
+                    help="per run and side (10s, 500ms, 2m; bare = seconds) (default: 10s)")
+    ap.add_argument("--runs", type=int, default=3, help="(default: 3)")
+    ap.add_argument("--twins", type=int, default=10000, help="(default: 10000)")
+    ap.add_argument("--batch", type=int, default=1000, help="readings per batch (default: 1000)")
+    ap.add_argument("--window", type=int, default=8, help="batches in flight (default: 8)")
+    ap.add_argument("--step", default=None,
+                    help="simulated time between two readings of one series, both sides "
+                         "(default: twinctl sim's and redis_ingest's, 1s)")
+    ap.add_argument("--rate", default=None,
+                    help="twinctl sim --rate, readings/s; twinmesh only: redis_ingest always "
+                         "runs as fast as its window allows (default: sim's, unlimited)")
+    ap.add_argument("--workers", type=int, default=2, help="twinmesh workers (default: 2)")
+    ap.add_argument("--build", action="append", default=None, metavar="[LABEL=]DIR",
+                    help="meson build directory; give it again to compare builds in one run, "
+                         "the first being the baseline of the ratios (default: build)")
+    ap.add_argument("--redis-ingest", default=None,
+                    help="redis_ingest binary (default: <build>/tests/bench/redis_ingest of "
+                         "the first --build that has one)")
+    ap.add_argument("--redis-server", default=None,
+                    help="redis-server binary (default: the one on PATH)")
+    ap.add_argument("--install", action="store_true",
+                    help="apt-get install redis-server if it is missing")
+    ap.add_argument("--skip-redis", action="store_true", help="run twinmesh only")
+    ap.add_argument("--skip-twinmesh", action="store_true",
+                    help="run Redis only (still needs a --build for redis_ingest)")
+    ap.add_argument("--json", default=None, help="also write the results as JSON here")
+    ap.add_argument("--tmp-root", default=None, help="where temporary directories go")
+    ap.add_argument("--keep", action="store_true", help="keep the clusters' directories")
+    a = ap.parse_args(argv)
+    a.duration_s = parse_duration_s(a.duration)
+    if a.duration_s <= 0 or a.runs < 1:
+        ap.error("--duration and --runs must be positive")
+    specs = a.build or ["build"]
+    builds = None
+    if len(specs) == 1:
+        #  One build: exactly the harness as it is, and the report as it was.
+        m = _LABEL_RE.match(specs[0])
+        path = m.group(2) if m and not os.path.isdir(specs[0]) else specs[0]
+        a.build = twinmesh_cluster.Cluster._find_build_dir(path)
+        build_dirs = [a.build]
+    else:
+        builds = [Build(spec, i) for i, spec in enumerate(specs)]
+        labels = [b.label for b in builds]
+        if "redis" in labels:
+            ap.error("a build cannot be called redis: the report's Redis rows are")
+        if len(set(labels)) != len(labels):
+            ap.error("two builds are both called %s: name them, --build LABEL=DIR"
+                     % ", ".join(sorted(set(x for x in labels if labels.count(x) > 1))))
+        a.build = builds[0].dir
+        build_dirs = [b.dir for b in builds]
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+
+    redis_server = redis_ingest = None
+    if not a.skip_redis:
+        redis_server = ensure_redis(a.redis_server, a.install)
+        redis_ingest = a.redis_ingest
+        if redis_ingest is None:
+            candidates = [os.path.join(d, "tests", "bench", "redis_ingest") for d in build_dirs]
+            redis_ingest = next((c for c in candidates if os.access(c, os.X_OK)), candidates[0])
+        if not os.access(redis_ingest, os.X_OK):
+            raise SystemExit("bench_ingest: %s not built (needs libhiredis-dev and "
+                             "subdir('bench') in tests/meson.build); or pass --redis-ingest"
+                             % redis_ingest)
+    a.info = machine_info(redis_server)
+
+    if builds is None:
+        rc, result = _run_one_build(a, redis_server, redis_ingest)
+    else:
+        rc, result = _run_builds(a, builds, redis_server, redis_ingest)
+    if rc == 0 and a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=2)
             f.write("\n")
-    return 0
+    return rc
 
 
 if __name__ == "__main__":
