@@ -677,36 +677,51 @@ class Cluster:
         """SIGCONT a paused daemon."""
         self.kill(name, signal.SIGCONT)
 
-    def stop_all(self):
+    def stop_all(self, check=True):
         """Stop every daemon (gateways, workers, then broker: SIGTERM, then
-        SIGKILL), and remove the temporary directory unless keep. Idempotent."""
+        SIGKILL), and remove the temporary directory unless keep. Idempotent.
+        With check, a daemon that was running and did not exit 0 on SIGTERM
+        (a crash at shutdown, a sanitizer's report, a hang) raises
+        ClusterError with its log's tail, after everything is stopped."""
         procs = [p for p in reversed(list(self.procs.values())) if p.popen is not None]
+        stopping = []
         for p in procs:
             if p.running:
                 if p.paused:
                     p.popen.send_signal(signal.SIGCONT)
                     p.paused = False
                 p.popen.send_signal(signal.SIGTERM)
+                stopping.append(p)
         deadline = time.monotonic() + STOP_TIMEOUT_S
+        bad = []
         for p in procs:
             try:
                 p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.popen.kill()
+                bad.append((p, "no exit %ds after SIGTERM" % STOP_TIMEOUT_S))
                 try:
                     p.popen.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
-        if not self.keep and not self._removed:
+                continue
+            if p in stopping and p.popen.returncode != 0:
+                bad.append((p, "exit status %s after SIGTERM" % p.popen.returncode))
+        report = ["%s: %s; log ends:\n%s" % (p.name, why, _tail(p.log_path)) for p, why in bad]
+        if not self.keep and not self._removed and not (check and bad):
             shutil.rmtree(self.tmp, ignore_errors=True)
             self._removed = True
         _live_clusters.discard(self)
+        if check and bad:
+            raise ClusterError("daemons did not stop cleanly (directory kept: %s)\n%s"
+                               % (self.tmp, "\n".join(report)))
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.stop_all()
+        #  An exception already on its way says more than a shutdown report.
+        self.stop_all(check=exc[0] is None)
         return False
 
     def env(self, gateway=0):
