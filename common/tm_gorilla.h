@@ -6,11 +6,11 @@
     small on disk (the goal is at most 2 bytes per reading on smooth sensor
     data; raw points are 16) and the open encoder small in memory: its
     state is 48 bytes, nothing is allocated before the first point, and
-    the buffer holds the chunk's bytes and less than a quarter more (each
-    point is encoded aside and then copied in, so no room for the largest
-    point is kept). A holder of many chunks by pointer uses a packed
-    encoder: state and bytes in one allocation. Appending is O(1) and
-    allocates only when the buffer grows (every ten points or so).
+    the buffer holds the chunk's bytes and at most a quarter more, or 32
+    bytes (each point is encoded aside and then copied in, so no room for
+    the largest point is kept). A holder of many chunks by pointer uses a
+    packed encoder: state and bytes in one allocation. Appending is O(1)
+    and allocates only when the buffer grows (every twenty points or so).
 
     The scheme is the one of Facebook's Gorilla (Pelkonen et al., VLDB
     2015): delta-of-delta timestamps in prefix-coded buckets and values

@@ -123,9 +123,9 @@ s_round_trip (const series_t *s, bool xor_only)
     }
     size_t size;
     const uint8_t *data = tm_gorilla_enc_data (&enc, &size);
-    //  The buffer holds the chunk and less than a growth step more (a
-    //  quarter of the size, at least 16 bytes).
-    size_t step = size / 4 > 16? size / 4: 16;
+    //  The buffer holds the chunk and at most a growth step more (a
+    //  quarter of the size, at least 32 bytes), rounded to malloc's 16.
+    size_t step = size / 4 > 32? size / 4 + 16: 48;
     assert_true (s->n == 0 || tm_gorilla_enc_heap (&enc) < size + step);
     s_expect_decodes (data, size, s, s->n);
     //  A packed encoder writes the same bytes, in one allocation.
