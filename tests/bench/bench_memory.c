@@ -16,14 +16,19 @@
     Closed chunks are dropped as a checkpoint would after writing them, so
     what is counted is what stays in memory between checkpoints: the open
     chunk of each series (at K = 120 a chunk has just closed, K = 119 is
-    the largest an open chunk gets).
+    the largest an open chunk gets). K = 0 ("mix") is a worker that has
+    run for a while: twin i starts reading at a step of its own in
+    0 .. 119 and all stop at step 240, so open chunks hold 0 .. 119
+    points, evenly spread, and freed chunks' memory has been reused
+    (VmRSS is then the figure a long-running worker shows; at K = 120 it
+    still holds the peak of the 119-point chunks that closed at once).
 
     The breakdown walks the table: allocations are counted with
     malloc_usable_size plus malloc's 8-byte header (glibc), so the parts
     add up to about the mallinfo2 total; "table arrays" is the rest (slot
     array, rows, changed list, interned names).
 
-    Usage: bench_memory [twins] [K,K,...]   (default 200000 1,60,120)
+    Usage: bench_memory [twins] [K,K,...]   (default 200000 1,60,120,0)
     Prints a table, then one `RESULT k=.. heap_per_twin=.. rss_per_twin=..`
     line per K for tests/bench/bench_memory.py.
 */
@@ -175,8 +180,13 @@ s_run (long n, int k)
     double ns0 = s_now_ns ();
     //  Time-major, as a city reports: every twin's readings of one second,
     //  then the next second's (allocations interleave as they would).
-    for (int step = 0; step < k; step++) {
+    int steps = k? k: 2 * TM_TWINS_CHUNK_POINTS;
+    long nreadings = 0;
+    for (int step = 0; step < steps; step++) {
         for (long i = 0; i < n; i++) {
+            if (!k && step < (int) ((i * 7919) % TM_TWINS_CHUNK_POINTS))
+                continue;
+            nreadings += S_PROPS;
             r.entity = ids[i];
             r.entity_len = strlen (ids[i]);
             for (int p = 0; p < S_PROPS; p++) {
@@ -193,7 +203,7 @@ s_run (long n, int k)
         }
         s_checkpoint (twins);
     }
-    double ns = (s_now_ns () - ns0) / ((double) n * S_PROPS * k);
+    double ns = (s_now_ns () - ns0) / (double) nreadings;
     size_t heap1 = s_heap (), rss1 = s_rss ();
     double heap = (double) (heap1 - heap0) / (double) n;
     double rss = (double) (rss1 - rss0) / (double) n;
@@ -201,7 +211,9 @@ s_run (long n, int k)
     s_walk (twins, (size_t) n, &parts);
     double other = heap - parts.twin - parts.props - parts.hist_state - parts.hist_bytes
                    - parts.hist_slack - parts.slots;
-    printf ("%4d %8.0f %8.0f %7.0f %7.0f %7.0f %7.0f %7.0f %7.0f %7.0f %7.1f  %s\n", k, heap,
+    char label[16];
+    snprintf (label, sizeof label, k? "%d": "mix", k);
+    printf ("%4s %8.0f %8.0f %7.0f %7.0f %7.0f %7.0f %7.0f %7.0f %7.0f %7.1f  %s\n", label, heap,
             rss, parts.twin, parts.props, parts.hist_state, parts.hist_bytes, parts.hist_slack,
             parts.slots, other, ns, heap <= S_GOAL? "yes": "no");
     printf ("RESULT k=%d twins=%ld heap_per_twin=%.1f rss_per_twin=%.1f twin=%.1f props=%.1f "
@@ -220,7 +232,7 @@ int
 main (int argc, char *argv[])
 {
     long n = argc > 1? atol (argv[1]): 200000;
-    const char *klist = argc > 2? argv[2]: "1,60,120";
+    const char *klist = argc > 2? argv[2]: "1,60,120,0";
     if (n <= 0 || n > 50000000) {
         fprintf (stderr, "bench_memory: twins must be 1 .. 50000000\n");
         return 2;
@@ -229,8 +241,8 @@ main (int argc, char *argv[])
     for (const char *s = klist; *s && nk < S_MAX_K;) {
         char *end;
         long k = strtol (s, &end, 10);
-        if (end == s || k < 1 || k > 100000) {
-            fprintf (stderr, "bench_memory: K must be 1 .. 100000: %s\n", klist);
+        if (end == s || k < 0 || k > 100000) {
+            fprintf (stderr, "bench_memory: K must be 0 .. 100000: %s\n", klist);
             return 2;
         }
         ks[nk++] = (int) k;
@@ -258,6 +270,7 @@ main (int argc, char *argv[])
     printf ("twin: tm_twin_t + entity id; props: the property array; hstate/hbytes/hslack: "
             "open chunks'\nencoder state, encoded bytes, and the rest of their allocations; "
             "slots: the hash table;\nother: rows, changed list, names (heap minus the parts). "
-            "ns/app: ns per tm_twins_apply\nwhile feeding (new twins included).\n");
+            "ns/app: ns per tm_twins_apply\nwhile feeding (new twins included). K mix: open "
+            "chunks of 0 .. %d points, evenly spread.\n", TM_TWINS_CHUNK_POINTS - 1);
     return rc;
 }

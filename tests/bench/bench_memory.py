@@ -18,7 +18,7 @@ chunk opened, compressed). Redis's figure is used_memory's growth (its
 allocator's view, jemalloc) and used_memory_rss's; twinmesh's is the heap's
 growth (mallinfo2) and VmRSS's.
 
-    python3 tests/bench/bench_memory.py --build build --twins 200000 --k 1,60,120
+    python3 tests/bench/bench_memory.py --build build --twins 200000 --k 1,60,120,0
 
 Everything it starts is stopped when it ends, however it ends.
 """
@@ -156,7 +156,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--twins", type=int, default=200000)
-    ap.add_argument("--k", default="1,60,120", help="readings per series, comma-separated")
+    ap.add_argument("--k", default="1,60,120,0",
+                    help="readings per series, comma-separated (0: open chunks of 0 .. 119 "
+                         "points, evenly spread, as in a worker that has run for a while)")
     ap.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
     a = ap.parse_args(argv)
     ours = run_ours(a.build, a.twins, a.k)
@@ -171,8 +173,8 @@ def main(argv=None):
           "heap ratio ours/Redis | RSS ratio |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in ours:
-        print("| %d | %.0f | %.0f | %.0f | %.1fx | %.1fx |" % (
-            row["k"], row["heap_per_twin"], row["rss_per_twin"], r["used"],
+        print("| %s | %.0f | %.0f | %.0f | %.1fx | %.1fx |" % (
+            "%d" % row["k"] if row["k"] else "mix", row["heap_per_twin"], row["rss_per_twin"], r["used"],
             row["heap_per_twin"] / r["used"], row["rss_per_twin"] / max(r["rss"], 1.0)))
     return 0
 
