@@ -204,6 +204,7 @@ s_run (long n, int k)
         s_checkpoint (twins);
     }
     double ns = (s_now_ns () - ns0) / (double) nreadings;
+    //  mallinfo2 says nothing under a sanitizer's allocator: "?" below.
     size_t heap1 = s_heap (), rss1 = s_rss ();
     double heap = (double) (heap1 - heap0) / (double) n;
     double rss = (double) (rss1 - rss0) / (double) n;
@@ -215,7 +216,7 @@ s_run (long n, int k)
     snprintf (label, sizeof label, k? "%d": "mix", k);
     printf ("%4s %8.0f %8.0f %7.0f %7.0f %7.0f %7.0f %7.0f %7.0f %7.0f %7.1f  %s\n", label, heap,
             rss, parts.twin, parts.props, parts.hist_state, parts.hist_bytes, parts.hist_slack,
-            parts.slots, other, ns, heap <= S_GOAL? "yes": "no");
+            parts.slots, other, ns, heap1 == heap0? "?": heap <= S_GOAL? "yes": "no");
     printf ("RESULT k=%d twins=%ld heap_per_twin=%.1f rss_per_twin=%.1f twin=%.1f props=%.1f "
             "hist_state=%.1f hist_bytes=%.1f hist_slack=%.1f slots=%.1f other=%.1f "
             "ns_per_apply=%.1f\n",
