@@ -556,10 +556,7 @@ s_prop (tm_twins_t *self, tm_twin_t *t, const char *name, size_t len, bool creat
     if (!create || t->nprops >= TM_TWINS_MAX_PROPS)
         return NULL;
     if (t->nprops == t->cap) {
-        //  Four, then one at a time: a twin's properties are its device's,
-        //  all named in its first readings, so doubling to eight left
-        //  three of 104 bytes empty in every twin of five (an air station).
-        uint16_t cap = t->cap? (uint16_t) (t->cap + 1): 4;
+        uint16_t cap = t->cap? (uint16_t) (t->cap * 2): 4;
         tm_prop_t *grown = realloc (t->props, cap * sizeof *grown);
         if (!grown)
             return NULL;
