@@ -29,8 +29,7 @@
 #define S_RICE_CAP (1u << 26)      //  Largest zz one delta adds to rice_sum
 #define S_HEADER_MAX 25            //  1 + 4 + 10 (ts varint) + 1 + 9 (8 raw or n varint)
 #define S_POINT_MAX_BYTES 21       //  tcode <= 69 bits, vcode <= 95 bits
-#define S_RESERVE (S_POINT_MAX_BYTES + 8)   //  Room kept: a point, plus 8 for word writes
-#define S_MIN_BUF 32               //  First allocation: header and a few points
+#define S_SCRATCH 32               //  A point or the header, from a partial byte, plus 8 for word writes
 
 //  Powers of ten a double holds exactly (the decimal scales).
 static const double s_pow10[S_SCALE_MAX + 1] = {
@@ -130,31 +129,37 @@ s_find_scale (double v, int64_t *n)
 //  ---------------------------------------------------------------------
 //  Encoder
 
-//  Allocation sizes: 32 bytes, then four steps per doubling (40, 48, 56,
-//  64, 80, ...), so at most a quarter of a buffer is slack.
+//  Allocation sizes: what a malloc chunk holds (glibc and musl: a
+//  multiple of 16 less its 8-byte size word, so asking for less buys
+//  nothing). A chunk starts at the size of its first point.
 static size_t
-s_size_class (size_t need)
+s_alloc_size (size_t need)
 {
-    if (need <= S_MIN_BUF)
-        return S_MIN_BUF;
-    unsigned log = 63 - (unsigned) __builtin_clzll ((unsigned long long) need);
-    size_t step = (size_t) 1 << (log - 2);
-    return (need + step - 1) & ~(step - 1);
+    return ((need + 8 + 15) & ~(size_t) 15) - 8;
 }
 
-//  Make room for one more point; 0, or -1 if memory is short.
-static int
-s_reserve (tm_gorilla_enc_t *self, size_t extra)
+//  The size an allocation of size bytes grows to for need: a quarter
+//  more, at least 32 bytes. Growing by exactly what a point needs would
+//  realloc every ten points or so, and a realloc, which copies the chunk
+//  to a new place, costs as much as encoding a few points: measured in
+//  tm_twins_apply, 16-byte steps added 45 instructions per reading.
+static size_t
+s_grow_size (size_t size, size_t need)
 {
-    size_t need = ((size_t) self->bits + 7) / 8 + extra;
+    size_t want = size + (size / 4 > 32? size / 4: 32);
+    return s_alloc_size (want > need? want: need);
+}
+
+//  Make room for a chunk of need bytes; 0, or -1 if memory is short.
+static int
+s_reserve (tm_gorilla_enc_t *self, size_t need)
+{
     if (need <= self->cap)
         return 0;
-    size_t cap = s_size_class (need);
+    size_t cap = self->buf? s_grow_size (self->cap, need): s_alloc_size (need);
     uint8_t *grown = realloc (self->buf, cap);
     if (!grown)
         return -1;
-    //  Bits are OR-ed in, so everything past the written bits is zero.
-    memset (grown + self->cap, 0, cap - self->cap);
     self->buf = grown;
     self->cap = (uint32_t) cap;
     return 0;
@@ -183,8 +188,9 @@ s_store_be64 (uint8_t *p, uint64_t w)
 }
 
 //  Write v, which has no bits above the low n (n <= 64), most significant
-//  first. One 64-bit read-modify-write of the zeroed tail: s_reserve keeps
-//  8 bytes beyond the largest point.
+//  first. One 64-bit read-modify-write of the zeroed tail: points are
+//  written into a scratch buffer (s_encode_point) with 8 bytes to spare
+//  beyond the largest.
 static void
 s_put (tm_gorilla_enc_t *self, uint64_t v, unsigned n)
 {
@@ -208,18 +214,26 @@ s_put_ones (tm_gorilla_enc_t *self, unsigned n)
 }
 
 
+//  The header's little-endian count: one load or store (it is read and
+//  written on every append).
 static void
 s_put_count (uint8_t *buf, uint32_t count)
 {
-    for (int i = 0; i < 4; i++)
-        buf[1 + i] = (uint8_t) (count >> (8 * i));
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    count = __builtin_bswap32 (count);
+#endif
+    memcpy (buf + 1, &count, sizeof count);
 }
 
 static uint32_t
 s_get_count (const uint8_t *buf)
 {
-    return (uint32_t) buf[1] | (uint32_t) buf[2] << 8 | (uint32_t) buf[3] << 16
-         | (uint32_t) buf[4] << 24;
+    uint32_t count;
+    memcpy (&count, buf + 1, sizeof count);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    count = __builtin_bswap32 (count);
+#endif
+    return count;
 }
 
 static void
@@ -390,14 +404,11 @@ s_put_value_xor (tm_gorilla_enc_t *self, double value, uint32_t index)
     s_put_xor (self, bits);
 }
 
-//  The first point: the header, with the first value whole.
-static int
-s_append_first (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
+//  The first point: the header, with the first value whole, into p
+//  (S_SCRATCH bytes); returns its bytes.
+static size_t
+s_encode_first (tm_gorilla_enc_t *self, uint8_t *p, int64_t ts_ms, double value)
 {
-    self->bits = 0;
-    if (s_reserve (self, S_HEADER_MAX + S_RESERVE) != 0)
-        return -1;
-    uint8_t *p = self->buf;
     size_t len = 0;
     p[len++] = TM_GORILLA_VERSION;
     s_put_count (p, 1);
@@ -421,10 +432,70 @@ s_append_first (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
         self->lead = 0;
         self->trail = 0;
     }
-    self->bits = (uint32_t) len * 8;
     self->last_ts = ts_ms;
     self->last_delta = 0;
+    return len;
+}
+
+//  A later point into scratch (S_SCRATCH bytes), starting with the
+//  chunk's last partial byte: the chunk then grows by exactly the bytes
+//  the point took, where writing in place needed room for the largest
+//  point (21 bytes; most take one or two) kept free in every open chunk.
+//  Returns the bits in scratch.
+static unsigned
+s_encode_point (tm_gorilla_enc_t *self, uint8_t *scratch, int64_t ts_ms, double value,
+                uint32_t index)
+{
+    uint8_t *buf = self->buf;
+    uint32_t bits = self->bits;
+    memset (scratch, 0, S_SCRATCH);
+    if (bits & 7)
+        scratch[0] = buf[bits >> 3];
+    self->buf = scratch;
+    self->bits = bits & 7;
+    s_put_ts (self, ts_ms);
+    if (self->scale == S_XOR)
+        s_put_value_xor (self, value, index);
+    else
+        s_put_value_decimal (self, value);
+    unsigned n = self->bits;
+    self->buf = buf;
+    self->bits = bits;
+    return n;
+}
+
+//  Encode a point into scratch: 0 with *bits the chunk's bits with it
+//  (the state has moved on, buf and bits not yet), or an outcome with
+//  nothing changed.
+static int
+s_encode (tm_gorilla_enc_t *self, int64_t ts_ms, double value, uint8_t *scratch, uint32_t *bits)
+{
+    if (!self->buf) {
+        *bits = (uint32_t) s_encode_first (self, scratch, ts_ms, value) * 8;
+        return 0;
+    }
+    if (ts_ms <= self->last_ts)
+        return TM_GORILLA_E_ORDER;
+    uint32_t count = s_get_count (self->buf);
+    if (count == UINT32_MAX
+        || (size_t) self->bits / 8 + 1 + S_POINT_MAX_BYTES > TM_GORILLA_MAX_BYTES)
+        return TM_GORILLA_E_FULL;
+    *bits = (self->bits & ~7u) + s_encode_point (self, scratch, ts_ms, value, count);
     return 0;
+}
+
+//  Copy an encoded point into the buffer, which has room, and count it.
+static void
+s_commit (tm_gorilla_enc_t *self, const uint8_t *scratch, uint32_t bits, bool first)
+{
+    size_t at = first? 0: self->bits >> 3;
+    size_t n = ((size_t) bits + 7) / 8 - at;
+    //  Mostly one to three bytes: a loop beats a call to memcpy.
+    for (size_t i = 0; i < n; i++)
+        self->buf[at + i] = scratch[i];
+    if (!first)
+        s_put_count (self->buf, s_get_count (self->buf) + 1);
+    self->bits = bits;
 }
 
 void
@@ -446,22 +517,85 @@ int
 tm_gorilla_enc_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
 {
     assert (self);
-    if (!self->buf)
-        return s_append_first (self, ts_ms, value);
-    if (ts_ms <= self->last_ts)
-        return TM_GORILLA_E_ORDER;
-    uint32_t count = s_get_count (self->buf);
-    if (count == UINT32_MAX
-        || (size_t) self->bits / 8 + 1 + S_POINT_MAX_BYTES + S_RESERVE > TM_GORILLA_MAX_BYTES)
-        return TM_GORILLA_E_FULL;
-    if (s_reserve (self, S_RESERVE) != 0)
+    assert (!self->packed);
+    uint8_t scratch[S_SCRATCH];
+    tm_gorilla_enc_t saved = *self;
+    bool first = !self->buf;
+    uint32_t bits;
+    int rc = s_encode (self, ts_ms, value, scratch, &bits);
+    if (rc != 0)
+        return rc;
+    if (s_reserve (self, ((size_t) bits + 7) / 8) != 0) {
+        *self = saved;
         return -1;
-    s_put_ts (self, ts_ms);
-    if (self->scale == S_XOR)
-        s_put_value_xor (self, value, count);
-    else
-        s_put_value_decimal (self, value);
-    s_put_count (self->buf, count + 1);
+    }
+    s_commit (self, scratch, bits, first);
+    return 0;
+}
+
+//  A packed encoder's block for a chunk of need bytes: moved (realloc) or
+//  new (self NULL); buf and cap set, the rest as it was. NULL if memory is
+//  short (self is then untouched).
+static tm_gorilla_enc_t *
+s_block (tm_gorilla_enc_t *self, size_t need)
+{
+    size_t size = self? s_grow_size (sizeof *self + self->cap, sizeof *self + need):
+                        s_alloc_size (sizeof *self + need);
+    tm_gorilla_enc_t *block = (tm_gorilla_enc_t *) realloc (self, size);
+    if (!block)
+        return NULL;
+    block->buf = (uint8_t *) (block + 1);
+    block->cap = (uint32_t) (size - sizeof *block);
+    return block;
+}
+
+int
+tm_gorilla_enc_append_packed (tm_gorilla_enc_t **self_p, int64_t ts_ms, double value)
+{
+    assert (self_p);
+    uint8_t scratch[S_SCRATCH];
+    uint32_t bits;
+    tm_gorilla_enc_t *self = *self_p;
+    if (!self) {
+        //  The state waits on the stack until the point's size is known.
+        tm_gorilla_enc_t fresh;
+        tm_gorilla_enc_init (&fresh);
+        fresh.packed = 1;
+        s_encode (&fresh, ts_ms, value, scratch, &bits);
+        self = s_block (NULL, ((size_t) bits + 7) / 8);
+        if (!self)
+            return -1;
+        uint8_t *buf = self->buf;
+        uint32_t cap = self->cap;
+        *self = fresh;
+        self->buf = buf;
+        self->cap = cap;
+        s_commit (self, scratch, bits, true);
+        *self_p = self;
+        return 0;
+    }
+    assert (self->packed && self->buf);
+    tm_gorilla_enc_t saved = *self;
+    int rc = s_encode (self, ts_ms, value, scratch, &bits);
+    if (rc != 0)
+        return rc;
+    size_t need = ((size_t) bits + 7) / 8;
+    if (need > self->cap) {
+        //  The old block's bytes move with it; its state must be the one
+        //  before this point if the move fails.
+        tm_gorilla_enc_t moved = *self;
+        *self = saved;
+        tm_gorilla_enc_t *block = s_block (self, need);
+        if (!block)
+            return -1;
+        uint8_t *buf = block->buf;
+        uint32_t cap = block->cap;
+        *block = moved;
+        block->buf = buf;
+        block->cap = cap;
+        self = *self_p = block;
+    }
+    s_commit (self, scratch, bits, false);
     return 0;
 }
 
@@ -514,6 +648,8 @@ size_t
 tm_gorilla_enc_heap (const tm_gorilla_enc_t *self)
 {
     assert (self);
+    if (self->packed)
+        return sizeof *self + self->cap;
     return self->buf? self->cap: 0;
 }
 
@@ -521,6 +657,7 @@ void
 tm_gorilla_enc_fini (tm_gorilla_enc_t *self)
 {
     assert (self);
+    assert (!self->packed);
     free (self->buf);
     bool xor_only = self->xor_only;
     memset (self, 0, sizeof *self);
@@ -843,51 +980,99 @@ tm_gorilla_dec_count (const tm_gorilla_dec_t *self)
 
 //  ---------------------------------------------------------------------
 
+//  Decode a stored chunk to its end, for resuming: 0 with *dec at its
+//  last point, or -1 (*error says why, if error is not NULL).
+static int
+s_resume_scan (tm_gorilla_dec_t *dec, const uint8_t *data, size_t size, const char **error)
+{
+    int64_t ts;
+    double v;
+    int rc;
+    tm_gorilla_dec_init (dec, data, size);
+    while ((rc = tm_gorilla_dec_next (dec, &ts, &v)) == 1)
+        ;
+    if (rc == 0 && size > TM_GORILLA_MAX_BYTES) {
+        dec->error = "chunk larger than an encoder builds";
+        rc = -1;
+    }
+    if (rc != 0 && error)
+        *error = dec->error;
+    return rc;
+}
+
+//  The state the encoder had after the chunk's last point (all but buf,
+//  cap, packed and xor_only).
+static void
+s_resume_state (tm_gorilla_enc_t *self, const tm_gorilla_dec_t *dec)
+{
+    //  The end of the last point, not of the padded last byte.
+    self->bits = (uint32_t) dec->pos;
+    self->last_ts = dec->last_ts;
+    self->last_delta = dec->last_delta;
+    self->last = dec->last;
+    self->rice_sum = dec->rice_sum;
+    self->rice_n = dec->rice_n & 63;
+    self->scale = dec->scale & 31;
+    self->hint = dec->last_scale & 31;
+    self->lead = dec->lead & 31;
+    self->trail = dec->trail & 63;
+}
+
 int
 tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t size,
                        const char **error)
 {
     assert (self);
-    assert (!self->buf);
+    assert (!self->buf && !self->packed);
     tm_gorilla_dec_t dec;
-    int64_t ts;
-    double v;
-    int rc;
-    tm_gorilla_dec_init (&dec, data, size);
-    while ((rc = tm_gorilla_dec_next (&dec, &ts, &v)) == 1)
-        ;
-    if (rc != 0) {
-        if (error)
-            *error = dec.error;
+    if (s_resume_scan (&dec, data, size, error) != 0)
         return -1;
-    }
     if (dec.count == 0)
         return 0;
-    if (size + S_RESERVE > TM_GORILLA_MAX_BYTES) {
-        if (error)
-            *error = "chunk larger than an encoder builds";
-        return -1;
-    }
-    size_t cap = s_size_class (size + S_RESERVE);
-    uint8_t *buf = calloc (1, cap);
-    if (!buf) {
+    if (s_reserve (self, size) != 0) {
         if (error)
             *error = "out of memory";
         return -1;
     }
-    memcpy (buf, data, size);
-    self->buf = buf;
-    self->cap = (uint32_t) cap;
-    //  The end of the last point, not of the padded last byte.
-    self->bits = (uint32_t) dec.pos;
-    self->last_ts = dec.last_ts;
-    self->last_delta = dec.last_delta;
-    self->last = dec.last;
-    self->rice_sum = dec.rice_sum;
-    self->rice_n = dec.rice_n & 63;
-    self->scale = dec.scale & 31;
-    self->hint = dec.last_scale & 31;
-    self->lead = dec.lead & 31;
-    self->trail = dec.trail & 63;
+    memcpy (self->buf, data, size);
+    s_resume_state (self, &dec);
     return 0;
+}
+
+tm_gorilla_enc_t *
+tm_gorilla_enc_resume_packed (const uint8_t *data, size_t size, const char **error)
+{
+    tm_gorilla_dec_t dec;
+    if (s_resume_scan (&dec, data, size, error) != 0)
+        return NULL;
+    if (dec.count == 0) {
+        if (error)
+            *error = "empty chunk";
+        return NULL;
+    }
+    tm_gorilla_enc_t *self = s_block (NULL, size);
+    if (!self) {
+        if (error)
+            *error = "out of memory";
+        return NULL;
+    }
+    uint8_t *buf = self->buf;
+    uint32_t cap = self->cap;
+    tm_gorilla_enc_init (self);
+    self->buf = buf;
+    self->cap = cap;
+    self->packed = 1;
+    memcpy (self->buf, data, size);
+    s_resume_state (self, &dec);
+    return self;
+}
+
+void
+tm_gorilla_enc_destroy (tm_gorilla_enc_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    assert ((*self_p)->packed);
+    free (*self_p);
+    *self_p = NULL;
 }

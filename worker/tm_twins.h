@@ -39,16 +39,21 @@
 //  more of the series in the checkpoint blob, rewritten at each change.
 #define TM_TWINS_CHUNK_POINTS 120
 
+//  104 bytes, eight properties 832 (issue #3: a twin in 1 KiB): the
+//  small fields last, together, so that they share one word's padding.
 typedef struct {
     const char *name;              //  Interned, NUL-terminated, owned by the table
                                    //  (its length is in the byte before it)
-    uint64_t count;                //  Readings applied to this series
     tm_analytics_t an;             //  Latest value and timestamp, and analytics
-    tm_gorilla_enc_t *hist;        //  Open history chunk, NULL until the first point
+    tm_gorilla_enc_t *hist;        //  Open history chunk (a packed encoder, owned),
+                                   //  NULL until a point and after a chunk closes
+    uint32_t count;                //  Readings applied to this series, saturating
+                                   //  (136 years at one a second; an.count too)
     uint8_t sidx;                  //  Index in the twin's settings table, or a
                                    //  TM_TWINS_SIDX_* value (fills padding: no growth)
     uint8_t quality;               //  tm_model_quality_t of the latest reading (padding too)
 } tm_prop_t;
+_Static_assert (sizeof (void *) != 8 || sizeof (tm_prop_t) <= 104, "a property stays small");
 
 //  Values of tm_prop_t.sidx besides an index into the settings table.
 #define TM_TWINS_SIDX_UNRESOLVED 0xff  //  Not looked up since the twin's table changed
@@ -58,7 +63,7 @@ typedef struct {
 typedef struct _tm_twins_table_t tm_twins_table_t;
 
 typedef struct _tm_twin_t {
-    char *entity;                  //  NUL-terminated entity id
+    char *entity;                  //  NUL-terminated entity id, in the twin's allocation
     uint32_t entity_len;
     uint32_t shard;                //  Shard of the entity (fixed per cluster)
     uint64_t hash;                 //  Table hash of the entity id
