@@ -68,6 +68,7 @@ struct _tm_twins_t {
     size_t changed_cap;            //  Allocated entries of changed
     bool changed_overflow;         //  A change could not be listed: all rows changed
     size_t tick_next;              //  Next row tm_twins_tick_part ticks
+    uint16_t last_prop;            //  Index the last applied reading's property had
     tm_twins_touch_fn *touch;      //  The hierarchy's hook (tm_peers), NULL: none
     void *touch_arg;
     struct {
@@ -474,6 +475,53 @@ tm_twins_find (tm_twins_t *self, const char *entity, size_t len)
     if (!t && self->passive.total)
         t = s_reactivate (self, entity, len);
     return t;
+}
+
+uint64_t
+tm_twins_hash (const char *entity, size_t len)
+{
+    return s_hash (entity, len);
+}
+
+void
+tm_twins_prefetch (tm_twins_t *self, uint64_t hash)
+{
+    __builtin_prefetch (&self->slots[hash & (self->nslots - 1)]);
+}
+
+void
+tm_twins_prefetch_twin (tm_twins_t *self, uint64_t hash)
+{
+    //  The slot's line came in at tm_twins_prefetch; the twin it names is
+    //  most often the one (reading its fields here would wait for it).
+    const tm_twin_t *t = self->slots[hash & (self->nslots - 1)];
+    if (t) {
+        //  An apply reads all of it: 144 bytes and the entity id after them.
+        __builtin_prefetch (t);
+        __builtin_prefetch ((const char *) t + 64);
+        __builtin_prefetch ((const char *) t + 128);
+    }
+}
+
+void
+tm_twins_prefetch_props (tm_twins_t *self, uint64_t hash)
+{
+    const tm_twin_t *t = self->slots[hash & (self->nslots - 1)];
+    if (t)
+        __builtin_prefetch (t->props);
+}
+
+static tm_twin_t *
+s_find_hashed (tm_twins_t *self, const char *entity, size_t len, uint64_t h)
+{
+    size_t j = h & (self->nslots - 1);
+    tm_twin_t *t;
+    while ((t = self->slots[j])) {
+        if (t->hash == h && t->entity_len == len && memcmp (t->entity, entity, len) == 0)
+            return t;
+        j = (j + 1) & (self->nslots - 1);
+    }
+    return NULL;
 }
 
 tm_twin_t *
@@ -959,11 +1007,48 @@ tm_twins_ensure (tm_twins_t *self, const char *entity, size_t len, const char *m
     return t;
 }
 
+//  The reading's property in the twin, made if new. Readings of one model
+//  come with their properties in one order, and batches hold either one
+//  property of many twins in a row or every property of one twin: the
+//  index the last reading's property had, or the one after it, is most
+//  often this one's, and comparing its bytes costs less than interning
+//  the name (a hash and a probe) and scanning for the pointer.
+static tm_prop_t *
+s_prop_of (tm_twins_t *self, tm_twin_t *t, const tm_reading_t *r)
+{
+    for (unsigned k = 0; k < 2; k++) {
+        unsigned i = self->last_prop + k;
+        if (i < t->nprops) {
+            const char *name = t->props[i].name;
+            if (tm_twins_name_len (name) == r->property_len
+                && memcmp (name, r->property, r->property_len) == 0) {
+                self->last_prop = (uint16_t) i;
+                return &t->props[i];
+            }
+        }
+    }
+    tm_prop_t *p = s_prop (self, t, r->property, r->property_len, true);
+    if (p)
+        self->last_prop = (uint16_t) (p - t->props);
+    return p;
+}
+
 tm_apply_t
 tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
                 const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards, int64_t now_ms)
 {
-    tm_twin_t *t = tm_twins_find (self, r->entity, r->entity_len);
+    return tm_twins_apply_hashed (self, r, s_hash (r->entity, r->entity_len), key, num_shards,
+                                  now_ms);
+}
+
+tm_apply_t
+tm_twins_apply_hashed (tm_twins_t *self, const tm_reading_t *r, uint64_t hash,
+                       const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards,
+                       int64_t now_ms)
+{
+    tm_twin_t *t = s_find_hashed (self, r->entity, r->entity_len, hash);
+    if (!t && self->passive.total)
+        t = s_reactivate (self, r->entity, r->entity_len);
     if (!t) {
         uint32_t shard = tm_shardmap_hash (key, num_shards, r->entity, r->entity_len);
         t = s_insert (self, r->entity, r->entity_len, shard);
@@ -982,7 +1067,7 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
         s_apply_attrs (self, t, r);
         s_touch (self, t, -1);
     }
-    tm_prop_t *p = s_prop (self, t, r->property, r->property_len, true);
+    tm_prop_t *p = s_prop_of (self, t, r);
     if (!p)
         return TM_APPLY_REJECTED;
     if (p->count && r->ts_ms == p->an.ts_ms) {
@@ -996,7 +1081,9 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
         s_late (self, t, p, r->ts_ms, r->value);
         return TM_APPLY_LATE;
     }
-    s_hist_append (self, t, p, r->ts_ms, r->value);
+    //  Its open chunk is appended to after the analytics, so that its
+    //  memory, asked for now, has come by then.
+    __builtin_prefetch (p->hist);
     const tm_analytics_settings_t *settings = tm_twins_settings (self, t, p);
     //  docs/models.md, "Readings for unknown models and properties": kept
     //  always, flagged, counted; a property the model lacks and a value of
@@ -1016,6 +1103,7 @@ tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
         if (q == TM_MODEL_Q_GOOD && (flags & TM_ANALYTICS_OUT_OF_RANGE))
             p->quality = TM_MODEL_Q_OUT_OF_RANGE;
     }
+    s_hist_append (self, t, p, r->ts_ms, r->value);
     p->count += p->count < UINT32_MAX;
     self->anomalies += (flags & TM_ANALYTICS_ANOMALOUS) != 0;
     self->out_of_range += (flags & TM_ANALYTICS_OUT_OF_RANGE) != 0;

@@ -142,6 +142,20 @@ tm_apply_t tm_twins_apply (tm_twins_t *self, const tm_reading_t *r,
                            const uint8_t key[TM_SHARDMAP_KEY_BYTES], uint32_t num_shards,
                            int64_t now_ms);
 
+//  The same with the entity's table hash (tm_twins_hash) already known:
+//  a caller that walks a batch hashes a few readings ahead and prefetches
+//  their slots, twins and properties (tm_twins_prefetch, then
+//  tm_twins_prefetch_twin, then tm_twins_prefetch_props, each when the
+//  line before has had time to come), since waiting for the twins' memory
+//  is most of an apply once they outgrow the caches.
+tm_apply_t tm_twins_apply_hashed (tm_twins_t *self, const tm_reading_t *r, uint64_t hash,
+                                  const uint8_t key[TM_SHARDMAP_KEY_BYTES],
+                                  uint32_t num_shards, int64_t now_ms);
+uint64_t tm_twins_hash (const char *entity, size_t len);
+void tm_twins_prefetch (tm_twins_t *self, uint64_t hash);
+void tm_twins_prefetch_twin (tm_twins_t *self, uint64_t hash);
+void tm_twins_prefetch_props (tm_twins_t *self, uint64_t hash);
+
 //  Hooks for worker/tm_commands, called with the hooks' arg: created for
 //  every new twin (from a reading or a checkpoint; prop NULL), reported
 //  after a reading of a twin whose commands pointer is set became its
