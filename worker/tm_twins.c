@@ -205,7 +205,10 @@ s_twin_free (tm_twins_t *self, tm_twin_t *twin)
 {
     //  The entity id lives in the twin's allocation (s_insert).
     for (uint16_t i = 0; i < twin->nprops; i++)
-        tm_gorilla_enc_destroy (&twin->props[i].hist);
+        if (twin->props[i].hist) {
+            tm_gorilla_enc_fini (twin->props[i].hist);
+            free (twin->props[i].hist);
+        }
     free (twin->props);
     for (uint8_t i = 0; i < twin->nattrs; i++)
         s_attr_drop (self, &twin->attrs[i]);
@@ -869,7 +872,13 @@ s_late (tm_twins_t *self, tm_twin_t *t, const tm_prop_t *p, int64_t ts_ms, doubl
 static void
 s_hist_append (tm_twins_t *self, tm_twin_t *t, tm_prop_t *p, int64_t ts_ms, double value)
 {
-    if (tm_gorilla_enc_append_packed (&p->hist, ts_ms, value) != 0)
+    if (!p->hist) {
+        p->hist = malloc (sizeof *p->hist);
+        if (!p->hist)
+            return;
+        tm_gorilla_enc_init (p->hist);
+    }
+    if (tm_gorilla_enc_append (p->hist, ts_ms, value) != 0)
         return;
     if (tm_gorilla_enc_count (p->hist) < TM_TWINS_CHUNK_POINTS)
         return;
@@ -881,7 +890,7 @@ s_hist_append (tm_twins_t *self, tm_twin_t *t, tm_prop_t *p, int64_t ts_ms, doub
     memcpy (item->data, data, size);
     item->first_ts = tm_gorilla_enc_first_ts (p->hist);
     item->last_ts = tm_gorilla_enc_last_ts (p->hist);
-    tm_gorilla_enc_destroy (&p->hist);
+    tm_gorilla_enc_fini (p->hist);
 }
 
 const tm_twins_pending_t *
@@ -1453,11 +1462,20 @@ s_get_hist (const uint8_t **p, const uint8_t *end, tm_prop_t *pr, bool skip)
         *p += hlen;
         return 0;
     }
-    //  An empty chunk is never written (hlen 0 says none): one would not
-    //  encode back to the same bytes, and resume_packed refuses it.
-    pr->hist = tm_gorilla_enc_resume_packed (*p, (size_t) hlen, NULL);
+    pr->hist = malloc (sizeof *pr->hist);
     if (!pr->hist)
         return -1;
+    tm_gorilla_enc_init (pr->hist);
+    const char *error = NULL;
+    //  An empty chunk is never written (hlen 0 says none): one would not
+    //  encode back to the same bytes.
+    if (tm_gorilla_enc_resume (pr->hist, *p, (size_t) hlen, &error) != 0
+        || tm_gorilla_enc_count (pr->hist) == 0) {
+        tm_gorilla_enc_fini (pr->hist);
+        free (pr->hist);
+        pr->hist = NULL;
+        return -1;
+    }
     *p += hlen;
     return 0;
 }
@@ -1677,7 +1695,10 @@ s_free_props (tm_prop_t *props, uint16_t nprops)
     if (!props)
         return;
     for (uint16_t i = 0; i < nprops; i++)
-        tm_gorilla_enc_destroy (&props[i].hist);
+        if (props[i].hist) {
+            tm_gorilla_enc_fini (props[i].hist);
+            free (props[i].hist);
+        }
     free (props);
 }
 

@@ -45,8 +45,7 @@ typedef struct {
     const char *name;              //  Interned, NUL-terminated, owned by the table
                                    //  (its length is in the byte before it)
     tm_analytics_t an;             //  Latest value and timestamp, and analytics
-    tm_gorilla_enc_t *hist;        //  Open history chunk (a packed encoder, owned),
-                                   //  NULL until a point and after a chunk closes
+    tm_gorilla_enc_t *hist;        //  Open history chunk, NULL until the first point
     uint32_t count;                //  Readings applied to this series, saturating
                                    //  (136 years at one a second; an.count too)
     uint8_t sidx;                  //  Index in the twin's settings table, or a
