@@ -517,7 +517,6 @@ int
 tm_gorilla_enc_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
 {
     assert (self);
-    assert (!self->packed);
     uint8_t scratch[S_SCRATCH];
     tm_gorilla_enc_t saved = *self;
     bool first = !self->buf;
@@ -530,72 +529,6 @@ tm_gorilla_enc_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
         return -1;
     }
     s_commit (self, scratch, bits, first);
-    return 0;
-}
-
-//  A packed encoder's block for a chunk of need bytes: moved (realloc) or
-//  new (self NULL); buf and cap set, the rest as it was. NULL if memory is
-//  short (self is then untouched).
-static tm_gorilla_enc_t *
-s_block (tm_gorilla_enc_t *self, size_t need)
-{
-    size_t size = self? s_grow_size (sizeof *self + self->cap, sizeof *self + need):
-                        s_alloc_size (sizeof *self + need);
-    tm_gorilla_enc_t *block = (tm_gorilla_enc_t *) realloc (self, size);
-    if (!block)
-        return NULL;
-    block->buf = (uint8_t *) (block + 1);
-    block->cap = (uint32_t) (size - sizeof *block);
-    return block;
-}
-
-int
-tm_gorilla_enc_append_packed (tm_gorilla_enc_t **self_p, int64_t ts_ms, double value)
-{
-    assert (self_p);
-    uint8_t scratch[S_SCRATCH];
-    uint32_t bits;
-    tm_gorilla_enc_t *self = *self_p;
-    if (!self) {
-        //  The state waits on the stack until the point's size is known.
-        tm_gorilla_enc_t fresh;
-        tm_gorilla_enc_init (&fresh);
-        fresh.packed = 1;
-        s_encode (&fresh, ts_ms, value, scratch, &bits);
-        self = s_block (NULL, ((size_t) bits + 7) / 8);
-        if (!self)
-            return -1;
-        uint8_t *buf = self->buf;
-        uint32_t cap = self->cap;
-        *self = fresh;
-        self->buf = buf;
-        self->cap = cap;
-        s_commit (self, scratch, bits, true);
-        *self_p = self;
-        return 0;
-    }
-    assert (self->packed && self->buf);
-    tm_gorilla_enc_t saved = *self;
-    int rc = s_encode (self, ts_ms, value, scratch, &bits);
-    if (rc != 0)
-        return rc;
-    size_t need = ((size_t) bits + 7) / 8;
-    if (need > self->cap) {
-        //  The old block's bytes move with it; its state must be the one
-        //  before this point if the move fails.
-        tm_gorilla_enc_t moved = *self;
-        *self = saved;
-        tm_gorilla_enc_t *block = s_block (self, need);
-        if (!block)
-            return -1;
-        uint8_t *buf = block->buf;
-        uint32_t cap = block->cap;
-        *block = moved;
-        block->buf = buf;
-        block->cap = cap;
-        self = *self_p = block;
-    }
-    s_commit (self, scratch, bits, false);
     return 0;
 }
 
@@ -648,8 +581,6 @@ size_t
 tm_gorilla_enc_heap (const tm_gorilla_enc_t *self)
 {
     assert (self);
-    if (self->packed)
-        return sizeof *self + self->cap;
     return self->buf? self->cap: 0;
 }
 
@@ -657,7 +588,6 @@ void
 tm_gorilla_enc_fini (tm_gorilla_enc_t *self)
 {
     assert (self);
-    assert (!self->packed);
     free (self->buf);
     bool xor_only = self->xor_only;
     memset (self, 0, sizeof *self);
@@ -1001,7 +931,7 @@ s_resume_scan (tm_gorilla_dec_t *dec, const uint8_t *data, size_t size, const ch
 }
 
 //  The state the encoder had after the chunk's last point (all but buf,
-//  cap, packed and xor_only).
+//  cap and xor_only).
 static void
 s_resume_state (tm_gorilla_enc_t *self, const tm_gorilla_dec_t *dec)
 {
@@ -1023,7 +953,7 @@ tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t size,
                        const char **error)
 {
     assert (self);
-    assert (!self->buf && !self->packed);
+    assert (!self->buf);
     tm_gorilla_dec_t dec;
     if (s_resume_scan (&dec, data, size, error) != 0)
         return -1;
@@ -1039,40 +969,3 @@ tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t size,
     return 0;
 }
 
-tm_gorilla_enc_t *
-tm_gorilla_enc_resume_packed (const uint8_t *data, size_t size, const char **error)
-{
-    tm_gorilla_dec_t dec;
-    if (s_resume_scan (&dec, data, size, error) != 0)
-        return NULL;
-    if (dec.count == 0) {
-        if (error)
-            *error = "empty chunk";
-        return NULL;
-    }
-    tm_gorilla_enc_t *self = s_block (NULL, size);
-    if (!self) {
-        if (error)
-            *error = "out of memory";
-        return NULL;
-    }
-    uint8_t *buf = self->buf;
-    uint32_t cap = self->cap;
-    tm_gorilla_enc_init (self);
-    self->buf = buf;
-    self->cap = cap;
-    self->packed = 1;
-    memcpy (self->buf, data, size);
-    s_resume_state (self, &dec);
-    return self;
-}
-
-void
-tm_gorilla_enc_destroy (tm_gorilla_enc_t **self_p)
-{
-    if (!self_p || !*self_p)
-        return;
-    assert ((*self_p)->packed);
-    free (*self_p);
-    *self_p = NULL;
-}

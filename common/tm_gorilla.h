@@ -8,9 +8,8 @@
     state is 48 bytes, nothing is allocated before the first point, and
     the buffer holds the chunk's bytes and at most a quarter more, or 32
     bytes (each point is encoded aside and then copied in, so no room for
-    the largest point is kept). A holder of many chunks by pointer uses a
-    packed encoder: state and bytes in one allocation. Appending is O(1)
-    and allocates only when the buffer grows (every twenty points or so).
+    the largest point is kept). Appending is O(1) and allocates only when
+    the buffer grows (every twenty points or so).
 
     The scheme is the one of Facebook's Gorilla (Pelkonen et al., VLDB
     2015): delta-of-delta timestamps in prefix-coded buckets and values
@@ -101,7 +100,6 @@ typedef struct {
     unsigned lead : 5;             //  XOR window: leading zero bits
     unsigned trail : 6;            //  XOR window: trailing zero bits
     unsigned xor_only : 1;         //  Never use decimal mode (benchmarks)
-    unsigned packed : 1;           //  buf is in the same allocation, just after
 } tm_gorilla_enc_t;
 
 //  The decoder of one chunk; the bytes are borrowed, not copied.
@@ -136,15 +134,6 @@ void tm_gorilla_enc_set_xor_only (tm_gorilla_enc_t *self, bool xor_only);
 //  limit (nothing changes); -1 if the buffer cannot grow (nothing changes).
 int tm_gorilla_enc_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value);
 
-//  The same for a packed encoder: the state and the chunk's bytes in one
-//  allocation, for holders of many open chunks by pointer (a worker's
-//  series), which then pay one malloc header and no separate buffer.
-//  *self_p NULL starts a chunk, allocated at this point; the encoder
-//  moves when its buffer grows, and *self_p follows it. Returns as
-//  tm_gorilla_enc_append (*self_p unchanged on failure). Every other
-//  tm_gorilla_enc_* call but init and fini takes a packed encoder.
-int tm_gorilla_enc_append_packed (tm_gorilla_enc_t **self_p, int64_t ts_ms, double value);
-
 //  The chunk so far, complete and decodable at any moment: borrowed,
 //  valid until the next append or fini. *size gets its length.
 const uint8_t *tm_gorilla_enc_data (const tm_gorilla_enc_t *self, size_t *size);
@@ -156,8 +145,7 @@ uint32_t tm_gorilla_enc_count (const tm_gorilla_enc_t *self);
 int64_t tm_gorilla_enc_first_ts (const tm_gorilla_enc_t *self);
 int64_t tm_gorilla_enc_last_ts (const tm_gorilla_enc_t *self);
 
-//  Bytes of heap the encoder holds (its buffer; a packed one's state
-//  too), for memory accounting.
+//  Bytes of heap the encoder's buffer holds, for memory accounting.
 size_t tm_gorilla_enc_heap (const tm_gorilla_enc_t *self);
 
 //  Continue a stored chunk (e.g. the open chunk reloaded after a
@@ -167,15 +155,6 @@ size_t tm_gorilla_enc_heap (const tm_gorilla_enc_t *self);
 //  gets the reason) or memory is short (error = "out of memory").
 int tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t size,
                            const char **error);
-
-//  A packed encoder continuing a stored chunk, as tm_gorilla_enc_resume
-//  (caller owns it: tm_gorilla_enc_destroy). NULL if the chunk is
-//  malformed or empty, or memory is short; error gets the reason.
-tm_gorilla_enc_t *tm_gorilla_enc_resume_packed (const uint8_t *data, size_t size,
-                                                const char **error);
-
-//  Free a packed encoder and its chunk; accepts NULL, nulls the pointer.
-void tm_gorilla_enc_destroy (tm_gorilla_enc_t **self_p);
 
 //  Free the buffer; the encoder is empty again, as after init (the
 //  xor_only setting is kept).

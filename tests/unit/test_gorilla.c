@@ -128,25 +128,6 @@ s_round_trip (const series_t *s, bool xor_only)
     size_t step = size / 4 > 32? size / 4 + 16: 48;
     assert_true (s->n == 0 || tm_gorilla_enc_heap (&enc) < size + step);
     s_expect_decodes (data, size, s, s->n);
-    //  A packed encoder writes the same bytes, in one allocation.
-    if (!xor_only) {
-        tm_gorilla_enc_t *packed = NULL;
-        for (size_t i = 0; i < s->n; i++)
-            assert_int_equal (tm_gorilla_enc_append_packed (&packed, s->ts[i], s->v[i]), 0);
-        assert_true ((packed != NULL) == (s->n > 0));
-        if (packed) {
-            size_t psize;
-            const uint8_t *pdata = tm_gorilla_enc_data (packed, &psize);
-            assert_int_equal (psize, size);
-            assert_memory_equal (pdata, data, size);
-            assert_int_equal (tm_gorilla_enc_count (packed), s->n);
-            assert_int_equal (tm_gorilla_enc_last_ts (packed), s->ts[s->n - 1]);
-            assert_true (tm_gorilla_enc_heap (packed) < sizeof *packed + size + step);
-        }
-        tm_gorilla_enc_destroy (&packed);
-        assert_null (packed);
-        tm_gorilla_enc_destroy (&packed);
-    }
     tm_gorilla_enc_fini (&enc);
     assert_int_equal (tm_gorilla_enc_count (&enc), 0);
     return size;
@@ -408,60 +389,6 @@ test_resume (void **state)
     assert_non_null (error);
     assert_int_equal (tm_gorilla_enc_count (&c), 0);
     tm_gorilla_enc_fini (&c);
-    tm_gorilla_enc_fini (&whole);
-    s_series_free (&s);
-}
-
-//  A packed encoder resumed at any point gives the same bytes as never
-//  stopping; an empty or malformed chunk gives none.
-static void
-test_resume_packed (void **state)
-{
-    (void) state;
-    series_t s = s_series_new (300);
-    int64_t ts = T0;
-    for (size_t i = 0; i < s.n; i++) {
-        ts += 1000 + (int64_t) (s_rand () % 40);
-        s.ts[i] = ts;
-        s.v[i] = i % 100 < 80? round (s_gauss () * 100) / 10: s_gauss ();
-    }
-    tm_gorilla_enc_t whole;
-    tm_gorilla_enc_init (&whole);
-    for (size_t i = 0; i < s.n; i++)
-        assert_int_equal (tm_gorilla_enc_append (&whole, s.ts[i], s.v[i]), 0);
-    size_t whole_size;
-    const uint8_t *whole_data = tm_gorilla_enc_data (&whole, &whole_size);
-    const char *error = NULL;
-    for (size_t cut = 1; cut <= s.n; cut += 11) {
-        tm_gorilla_enc_t *a = NULL;
-        for (size_t i = 0; i < cut; i++)
-            assert_int_equal (tm_gorilla_enc_append_packed (&a, s.ts[i], s.v[i]), 0);
-        size_t size;
-        const uint8_t *data = tm_gorilla_enc_data (a, &size);
-        tm_gorilla_enc_t *b = tm_gorilla_enc_resume_packed (data, size, &error);
-        assert_non_null (b);
-        assert_int_equal (tm_gorilla_enc_count (b), cut);
-        tm_gorilla_enc_destroy (&a);
-        for (size_t i = cut; i < s.n; i++)
-            assert_int_equal (tm_gorilla_enc_append_packed (&b, s.ts[i], s.v[i]), 0);
-        //  Refused points change nothing.
-        assert_int_equal (tm_gorilla_enc_append_packed (&b, s.ts[s.n - 1], 1.0),
-                          TM_GORILLA_E_ORDER);
-        data = tm_gorilla_enc_data (b, &size);
-        assert_int_equal (size, whole_size);
-        assert_memory_equal (data, whole_data, size);
-        tm_gorilla_enc_destroy (&b);
-    }
-    tm_gorilla_enc_t empty;
-    tm_gorilla_enc_init (&empty);
-    size_t esize;
-    const uint8_t *edata = tm_gorilla_enc_data (&empty, &esize);
-    error = NULL;
-    assert_null (tm_gorilla_enc_resume_packed (edata, esize, &error));
-    assert_non_null (error);
-    error = NULL;
-    assert_null (tm_gorilla_enc_resume_packed (whole_data, whole_size - 1, &error));
-    assert_non_null (error);
     tm_gorilla_enc_fini (&whole);
     s_series_free (&s);
 }
@@ -728,7 +655,6 @@ main (void)
         cmocka_unit_test (test_special_values),
         cmocka_unit_test (test_every_prefix),
         cmocka_unit_test (test_resume),
-        cmocka_unit_test (test_resume_packed),
         cmocka_unit_test (test_order_errors),
         cmocka_unit_test (test_truncated),
         cmocka_unit_test (test_corrupted),
