@@ -530,15 +530,7 @@ s_find_hashed (tm_twins_t *self, const char *entity, size_t len, uint64_t h)
 tm_twin_t *
 tm_twins_find_active (tm_twins_t *self, const char *entity, size_t len)
 {
-    uint64_t h = s_hash (entity, len);
-    size_t j = h & (self->nslots - 1);
-    tm_twin_t *t;
-    while ((t = self->slots[j])) {
-        if (t->hash == h && t->entity_len == len && memcmp (t->entity, entity, len) == 0)
-            return t;
-        j = (j + 1) & (self->nslots - 1);
-    }
-    return NULL;
+    return s_find_hashed (self, entity, len, s_hash (entity, len));
 }
 
 //  Note the twin's row as changed, once until the next clear. When the

@@ -154,18 +154,35 @@ def ensure_redis(redis_server, install):
 
 # --------------------------------------------------------------------- redis
 
+def write_machine(out, info):
+    """The lines saying what a run ran on, and the load at its end."""
+    out.write("RocksDB: pkg-config %s; Debian %s\n"
+              % (info.get("rocksdb_pkgconfig") or "?", info.get("rocksdb_debian") or "?"))
+    out.write("Redis: %s; hiredis %s\n" % (info.get("redis_server") or "-",
+                                          info.get("hiredis") or "-"))
+    info["loadavg_end"] = " ".join("%.2f" % x for x in os.getloadavg())
+    out.write("CPU: %s x %s; load average %s at start, %s at end\n"
+              % (info.get("nproc"), info.get("cpu_model") or "?", info.get("loadavg_start"),
+                 info["loadavg_end"]))
+    out.flush()
+
+
 class RedisServer:
     """A throwaway redis-server on 127.0.0.1 in its own temporary directory."""
 
-    def __init__(self, binary, tmp_root=None):
+    def __init__(self, binary, tmp_root=None, persist=True):
+        """persist: appendonly with fsync every second (ingest), else no
+        persistence at all (memory)."""
         self.dir = tempfile.mkdtemp(prefix="twinmesh-redis-", dir=tmp_root)
         self.proc = None
         self.port = None
         _cleanups.append(self.stop)
+        durability = (["--appendonly", "yes", "--appendfsync", "everysec"] if persist
+                      else ["--appendonly", "no"])
         for attempt in range(5):
             self.port = twinmesh_cluster.free_port()
             argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                    "--dir", self.dir, "--appendonly", "yes", "--appendfsync", "everysec",
+                    "--dir", self.dir] + durability + [
                     "--save", "", "--daemonize", "no", "--protected-mode", "yes",
                     "--logfile", os.path.join(self.dir, "redis.log")]
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
@@ -193,6 +210,16 @@ class RedisServer:
                 pass
             time.sleep(0.05)
         return False
+
+    def cli(self, *args, stdin=None):
+        """redis-cli against this server; its output as text."""
+        argv = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port)] + list(args)
+        return subprocess.run(argv, input=stdin, capture_output=True, check=True,
+                              timeout=600).stdout.decode(errors="replace")
+
+    def info_memory(self):
+        text = self.cli("INFO", "memory")
+        return {k: v for k, v in re.findall(r"^(\w+):(\S+)", text, re.M)}
 
     def log_tail(self, n=20):
         try:
@@ -467,15 +494,8 @@ def report(rows, info, a, out):
                                                              r.get("first_error", "")))
     for p in problems:
         out.write("warning: %s\n" % p)
-    out.write("\nRocksDB: pkg-config %s; Debian %s\n"
-              % (info.get("rocksdb_pkgconfig") or "?", info.get("rocksdb_debian") or "?"))
-    out.write("Redis: %s; hiredis %s\n" % (info.get("redis_server") or "-",
-                                          info.get("hiredis") or "-"))
-    info["loadavg_end"] = " ".join("%.2f" % x for x in os.getloadavg())
-    out.write("CPU: %s x %s; load average %s at start, %s at end\n"
-              % (info.get("nproc"), info.get("cpu_model") or "?", info.get("loadavg_start"),
-                 info["loadavg_end"]))
-    out.flush()
+    out.write("\n")
+    write_machine(out, info)
     return {"params": {"twins": a.twins, "batch": a.batch, "window": a.window,
                        "duration_s": a.duration_s, "runs": a.runs, "workers": a.workers},
             "runs": [{"twinmesh": t, "redis": r} for t, r in rows],
@@ -579,15 +599,7 @@ def report_builds(runs, builds, info, a, out):
     out.write("\n")
     for p in problems:
         out.write("warning: %s\n" % p)
-    out.write("RocksDB: pkg-config %s; Debian %s\n"
-              % (info.get("rocksdb_pkgconfig") or "?", info.get("rocksdb_debian") or "?"))
-    out.write("Redis: %s; hiredis %s\n" % (info.get("redis_server") or "-",
-                                          info.get("hiredis") or "-"))
-    info["loadavg_end"] = " ".join("%.2f" % x for x in os.getloadavg())
-    out.write("CPU: %s x %s; load average %s at start, %s at end\n"
-              % (info.get("nproc"), info.get("cpu_model") or "?", info.get("loadavg_start"),
-                 info["loadavg_end"]))
-    out.flush()
+    write_machine(out, info)
     return {"params": {"twins": a.twins, "batch": a.batch, "window": a.window,
                        "duration_s": a.duration_s, "runs": a.runs, "workers": a.workers},
             "builds": [{"label": b.label, "dir": b.dir, "source": b.source,

@@ -28,22 +28,18 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True
+
+from bench_ingest import RedisServer  # noqa: E402
+
 PROPS = ["pm25", "pm10", "no2", "o3", "temperature", "humidity", "pressure", "co"]
 START = [12.0, 25.0, 30.0, 40.0, 18.5, 55.0, 1013.0, 0.4]
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resp(*args):
@@ -54,64 +50,9 @@ def resp(*args):
     return b"".join(out)
 
 
-class Redis:
-    """A throwaway redis-server; stop() kills it and removes its directory."""
-
-    def __init__(self, binary):
-        self.dir = tempfile.mkdtemp(prefix="twinmesh-redis-mem-")
-        self.proc = None
-        for _ in range(5):
-            self.port = free_port()
-            self.proc = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                 "--save", "", "--appendonly", "no", "--daemonize", "no",
-                 "--protected-mode", "yes", "--logfile", os.path.join(self.dir, "redis.log")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)
-            if self._wait(10.0):
-                return
-            self._kill()
-        raise RuntimeError("redis-server did not start")
-
-    def _wait(self, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                if self.cli("PING").strip() == "PONG":
-                    return True
-            except (OSError, subprocess.SubprocessError):
-                pass
-            time.sleep(0.05)
-        return False
-
-    def cli(self, *args, stdin=None):
-        argv = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port)] + list(args)
-        return subprocess.run(argv, input=stdin, capture_output=True, check=True,
-                              timeout=600).stdout.decode(errors="replace")
-
-    def info_memory(self):
-        text = self.cli("INFO", "memory")
-        return {k: v for k, v in re.findall(r"^(\w+):(\S+)", text, re.M)}
-
-    def _kill(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-    def stop(self):
-        self._kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def run_redis(binary, n):
     rng = random.Random(1)
-    server = Redis(binary)
+    server = RedisServer(binary, persist=False)
     try:
         before = server.info_memory()
         chunks = []

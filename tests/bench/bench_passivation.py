@@ -36,25 +36,11 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 
 import tm_proto  # noqa: E402
+from bench_worker import rss_bytes, worker_stats  # noqa: E402
 import twinmesh_cluster  # noqa: E402
 
 QUERIES = ("SELECT count(*) FROM twins",
            "SELECT district, count(*), avg(pm25), max(vehicles) FROM twins GROUP BY district")
-
-
-def rss_bytes(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def worker_stats(c):
-    for n in c.status()["nodes"]:
-        if n["id"] == "worker-0" and n["stats"]:
-            return n["stats"]
-    return {}
 
 
 def time_queries(c, reps):
