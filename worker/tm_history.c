@@ -381,9 +381,9 @@ tm_history_query (tm_store_t *store, tm_twins_t *twins, const tm_twin_t *twin,
         else
             s_add_chunk (&pts, item->data, item->size);
     }
-    if (prop->hist && tm_gorilla_enc_count (prop->hist)) {
+    if (tm_gorilla_enc_count (&prop->hist)) {
         size_t size;
-        const uint8_t *data = tm_gorilla_enc_data (prop->hist, &size);
+        const uint8_t *data = tm_gorilla_enc_data (&prop->hist, &size);
         s_add_chunk (&pts, data, size);
     }
     if (pts.failed)

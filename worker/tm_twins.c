@@ -205,10 +205,7 @@ s_twin_free (tm_twins_t *self, tm_twin_t *twin)
 {
     //  The entity id lives in the twin's allocation (s_insert).
     for (uint16_t i = 0; i < twin->nprops; i++)
-        if (twin->props[i].hist) {
-            tm_gorilla_enc_fini (twin->props[i].hist);
-            free (twin->props[i].hist);
-        }
+        tm_gorilla_enc_fini (&twin->props[i].hist);
     free (twin->props);
     for (uint8_t i = 0; i < twin->nattrs; i++)
         s_attr_drop (self, &twin->attrs[i]);
@@ -837,9 +834,9 @@ s_late (tm_twins_t *self, tm_twin_t *t, const tm_prop_t *p, int64_t ts_ms, doubl
     //  A log record replayed over a checkpoint that already holds it comes
     //  back as "late": if the open chunk has the reading, it is not new.
     //  (Queries keep one reading per timestamp anyway; this saves the key.)
-    if (p->hist && tm_gorilla_enc_count (p->hist) && ts_ms >= tm_gorilla_enc_first_ts (p->hist)) {
+    if (tm_gorilla_enc_count (&p->hist) && ts_ms >= tm_gorilla_enc_first_ts (&p->hist)) {
         size_t size;
-        const uint8_t *data = tm_gorilla_enc_data (p->hist, &size);
+        const uint8_t *data = tm_gorilla_enc_data (&p->hist, &size);
         tm_gorilla_dec_t dec;
         int64_t ts;
         double v;
@@ -864,25 +861,19 @@ s_late (tm_twins_t *self, tm_twin_t *t, const tm_prop_t *p, int64_t ts_ms, doubl
 static void
 s_hist_append (tm_twins_t *self, tm_twin_t *t, tm_prop_t *p, int64_t ts_ms, double value)
 {
-    if (!p->hist) {
-        p->hist = malloc (sizeof *p->hist);
-        if (!p->hist)
-            return;
-        tm_gorilla_enc_init (p->hist);
-    }
-    if (tm_gorilla_enc_append (p->hist, ts_ms, value) != 0)
+    if (tm_gorilla_enc_append (&p->hist, ts_ms, value) != 0)
         return;
-    if (tm_gorilla_enc_count (p->hist) < TM_TWINS_CHUNK_POINTS)
+    if (tm_gorilla_enc_count (&p->hist) < TM_TWINS_CHUNK_POINTS)
         return;
     size_t size;
-    const uint8_t *data = tm_gorilla_enc_data (p->hist, &size);
+    const uint8_t *data = tm_gorilla_enc_data (&p->hist, &size);
     tm_twins_pending_t *item = s_pending_new (self, t, p, size);
     if (!item)
         return;    //  the chunk stays open and grows: nothing is lost
     memcpy (item->data, data, size);
-    item->first_ts = tm_gorilla_enc_first_ts (p->hist);
-    item->last_ts = tm_gorilla_enc_last_ts (p->hist);
-    tm_gorilla_enc_fini (p->hist);
+    item->first_ts = tm_gorilla_enc_first_ts (&p->hist);
+    item->last_ts = tm_gorilla_enc_last_ts (&p->hist);
+    tm_gorilla_enc_fini (&p->hist);
 }
 
 const tm_twins_pending_t *
@@ -918,11 +909,10 @@ tm_twins_open_history (tm_twins_t *self, uint64_t *points, uint64_t *bytes)
     for (size_t i = 0; i < self->nslots; i++) {
         const tm_twin_t *t = self->slots[i];
         for (uint16_t k = 0; t && k < t->nprops; k++)
-            if (t->props[k].hist) {
+            if (tm_gorilla_enc_count (&t->props[k].hist)) {
                 size_t size = 0;
-                if (tm_gorilla_enc_count (t->props[k].hist))
-                    tm_gorilla_enc_data (t->props[k].hist, &size);
-                *points += tm_gorilla_enc_count (t->props[k].hist);
+                tm_gorilla_enc_data (&t->props[k].hist, &size);
+                *points += tm_gorilla_enc_count (&t->props[k].hist);
                 *bytes += size;
             }
     }
@@ -1084,7 +1074,7 @@ tm_twins_apply_hashed (tm_twins_t *self, const tm_reading_t *r, uint64_t hash,
     }
     //  Its open chunk is appended to after the analytics, so that its
     //  memory, asked for now, has come by then.
-    __builtin_prefetch (p->hist);
+    __builtin_prefetch (p->hist.buf);
     const tm_analytics_settings_t *settings = tm_twins_settings (self, t, p);
     //  docs/models.md, "Readings for unknown models and properties": kept
     //  always, flagged, counted; a property the model lacks and a value of
@@ -1293,8 +1283,8 @@ s_encode_twin (const tm_twin_t *t, uint8_t **buf, size_t *cap, size_t *n_p)
     size_t need = n + 120 + t->entity_len + mlen;
     for (uint16_t i = 0; i < t->nprops; i++) {
         size_t hlen = 0;
-        if (t->props[i].hist)
-            tm_gorilla_enc_data (t->props[i].hist, &hlen);
+        if (tm_gorilla_enc_count (&t->props[i].hist))
+            tm_gorilla_enc_data (&t->props[i].hist, &hlen);
         need += 150 + s_name_len (t->props[i].name) + hlen;
     }
     if (!s_reserve (buf, cap, need))
@@ -1340,8 +1330,8 @@ s_encode_twin (const tm_twin_t *t, uint8_t **buf, size_t *cap, size_t *n_p)
         p[n++] = a->same_run;
         p[n++] = a->oor_run;
         size_t hlen = 0;
-        const uint8_t *hist = pr->hist && tm_gorilla_enc_count (pr->hist)?
-                              tm_gorilla_enc_data (pr->hist, &hlen): NULL;
+        const uint8_t *hist = tm_gorilla_enc_count (&pr->hist)?
+                              tm_gorilla_enc_data (&pr->hist, &hlen): NULL;
         n += tm_varint_put (p + n, hist? hlen: 0);
         if (hist) {
             memcpy (p + n, hist, hlen);
@@ -1454,18 +1444,12 @@ s_get_hist (const uint8_t **p, const uint8_t *end, tm_prop_t *pr, bool skip)
         *p += hlen;
         return 0;
     }
-    pr->hist = malloc (sizeof *pr->hist);
-    if (!pr->hist)
-        return -1;
-    tm_gorilla_enc_init (pr->hist);
     const char *error = NULL;
     //  An empty chunk is never written (hlen 0 says none): one would not
     //  encode back to the same bytes.
-    if (tm_gorilla_enc_resume (pr->hist, *p, (size_t) hlen, &error) != 0
-        || tm_gorilla_enc_count (pr->hist) == 0) {
-        tm_gorilla_enc_fini (pr->hist);
-        free (pr->hist);
-        pr->hist = NULL;
+    if (tm_gorilla_enc_resume (&pr->hist, *p, (size_t) hlen, &error) != 0
+        || tm_gorilla_enc_count (&pr->hist) == 0) {
+        tm_gorilla_enc_fini (&pr->hist);
         return -1;
     }
     *p += hlen;
@@ -1687,10 +1671,7 @@ s_free_props (tm_prop_t *props, uint16_t nprops)
     if (!props)
         return;
     for (uint16_t i = 0; i < nprops; i++)
-        if (props[i].hist) {
-            tm_gorilla_enc_fini (props[i].hist);
-            free (props[i].hist);
-        }
+        tm_gorilla_enc_fini (&props[i].hist);
     free (props);
 }
 

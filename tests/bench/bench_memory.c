@@ -127,16 +127,16 @@ s_walk (tm_twins_t *twins, size_t n, s_parts_t *parts)
         if (t->entity != (const char *) (t + 1))
             twin += s_chunk (t->entity);
         props += s_chunk (t->props);
+        //  The encoders live in the property array: counted apart from it.
         for (uint16_t k = 0; k < t->nprops; k++) {
-            const tm_gorilla_enc_t *h = t->props[k].hist;
-            if (!h)
-                continue;
+            const tm_gorilla_enc_t *h = &t->props[k].hist;
             hstate += sizeof *h;
-            hheap += s_chunk (h);
-            if (h->buf && h->buf != (const uint8_t *) (h + 1))
+            hheap += sizeof *h;
+            if (h->buf)
                 hheap += s_chunk (h->buf);
         }
     }
+    props -= hstate;
     uint64_t points, bytes;
     tm_twins_open_history (twins, &points, &bytes);
     parts->twin = (double) twin / (double) n;

@@ -635,8 +635,8 @@ s_assert_same_twins (tm_twins_t *a, tm_twins_t *b)
             assert_int_equal (u->props[k].count, t->props[k].count);
             assert_memory_equal (&u->props[k].an, &t->props[k].an, sizeof (tm_analytics_t));
             size_t na, nb;
-            const uint8_t *ha = tm_gorilla_enc_data (t->props[k].hist, &na);
-            const uint8_t *hb = tm_gorilla_enc_data (u->props[k].hist, &nb);
+            const uint8_t *ha = tm_gorilla_enc_data (&t->props[k].hist, &na);
+            const uint8_t *hb = tm_gorilla_enc_data (&u->props[k].hist, &nb);
             assert_int_equal (na, nb);
             assert_memory_equal (ha, hb, na);
         }
