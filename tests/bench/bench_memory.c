@@ -162,7 +162,7 @@ s_checkpoint (tm_twins_t *twins)
 static int
 s_run (long n, int k)
 {
-    char (*ids)[24] = malloc ((size_t) n * sizeof *ids);
+    char (*ids)[32] = malloc ((size_t) n * sizeof *ids);
     int *walk = malloc ((size_t) n * S_PROPS * sizeof *walk);
     if (!ids || !walk)
         return 1;
