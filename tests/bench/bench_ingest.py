@@ -622,15 +622,11 @@ def _run_one_build(a, redis_server, redis_ingest):
             if not a.skip_twinmesh:
                 log("run %d/%d: twinmesh" % (run, a.runs))
                 t = run_twinmesh(a, seed=run)
-                log("  %s readings/s, p50 %s ms, p99 %s ms"
-                    % (_fmt_rate(t.get("rate_per_s")), _fmt_ms(t.get("p50_ms")),
-                       _fmt_ms(t.get("p99_ms"))))
+                log_result(t)
             if not a.skip_redis:
                 log("run %d/%d: redis" % (run, a.runs))
                 r = run_redis(redis_server, redis_ingest, a, seed=run)
-                log("  %s readings/s, p50 %s ms, p99 %s ms"
-                    % (_fmt_rate(r.get("rate_per_s")), _fmt_ms(r.get("p50_ms")),
-                       _fmt_ms(r.get("p99_ms"))))
+                log_result(r)
             rows.append((t, r))
     except KeyboardInterrupt:
         log("interrupted")
@@ -643,6 +639,12 @@ def _run_one_build(a, redis_server, redis_ingest):
     finally:
         _cleanup_all()
     return 0, report(rows, a.info, a, sys.stdout)
+
+
+def log_result(res):
+    log("  %s readings/s, p50 %s ms, p99 %s ms"
+        % (_fmt_rate(res.get("rate_per_s")), _fmt_ms(res.get("p50_ms")),
+           _fmt_ms(res.get("p99_ms"))))
 
 
 def _run_builds(a, builds, redis_server, redis_ingest):
@@ -662,16 +664,12 @@ def _run_builds(a, builds, redis_server, redis_ingest):
                     log("run %d/%d: twinmesh %s (%d/%d)" % (run, a.runs, b.label, pos, n))
                     t = run_twinmesh(a, seed=run, build=b)
                     entry["twinmesh"][bi] = t
-                    log("  %s readings/s, p50 %s ms, p99 %s ms"
-                        % (_fmt_rate(t.get("rate_per_s")), _fmt_ms(t.get("p50_ms")),
-                           _fmt_ms(t.get("p99_ms"))))
+                    log_result(t)
             if not a.skip_redis:
                 log("run %d/%d: redis" % (run, a.runs))
                 r = run_redis(redis_server, redis_ingest, a, seed=run)
                 entry["redis"] = r
-                log("  %s readings/s, p50 %s ms, p99 %s ms"
-                    % (_fmt_rate(r.get("rate_per_s")), _fmt_ms(r.get("p50_ms")),
-                       _fmt_ms(r.get("p99_ms"))))
+                log_result(r)
     except KeyboardInterrupt:
         log("interrupted")
         return 130, None

@@ -55,6 +55,26 @@ s_table (tm_store_t *store)
     return twins;
 }
 
+//  A worker's store, log and table over dir; s_close drops them (a
+//  restart or a crash: nothing is flushed that the code under test did not).
+static void
+s_open (const char *dir, tm_store_t **store, tm_wlog_t **wlog, tm_twins_t **twins)
+{
+    *store = tm_store_open (dir);
+    assert_non_null (*store);
+    *wlog = tm_wlog_new (*store, false);
+    assert_non_null (*wlog);
+    *twins = s_table (*store);
+}
+
+static void
+s_close (tm_store_t **store, tm_wlog_t **wlog, tm_twins_t **twins)
+{
+    tm_wlog_destroy (wlog);
+    tm_twins_destroy (twins);
+    tm_store_destroy (store);
+}
+
 static size_t
 s_encode (uint8_t *buf, size_t cap, const char *entity, const char *prop, double value,
           int64_t ts)
@@ -75,6 +95,17 @@ s_apply (tm_twins_t *twins, const char *entity, const char *prop, double value, 
     tm_wire_iter_init (&it, buf, n);
     assert_int_equal (tm_wire_next (&it, &r), 1);
     return tm_twins_apply (twins, &r, s_key, S_SHARDS, now);
+}
+
+//  n twins prefix-0 .. prefix-(n - 1), one pm25 reading each, heard at 1000.
+static void
+s_idle_twins (tm_twins_t *twins, const char *prefix, int n)
+{
+    char id[32];
+    for (int i = 0; i < n; i++) {
+        snprintf (id, sizeof id, "%s-%d", prefix, i);
+        assert_int_equal (s_apply (twins, id, "pm25", i, 1000, 1000), TM_APPLY_APPLIED);
+    }
 }
 
 static const tm_prop_t *
@@ -131,9 +162,10 @@ test_passivate_and_reactivate (void **state)
 {
     (void) state;
     char *dir = s_tmpdir ();
-    tm_store_t *store = tm_store_open (dir);
-    tm_wlog_t *wlog = tm_wlog_new (store, false);
-    tm_twins_t *twins = s_table (store);
+    tm_store_t *store;
+    tm_wlog_t *wlog;
+    tm_twins_t *twins;
+    s_open (dir, &store, &wlog, &twins);
     char id[32];
     for (int i = 0; i < 110; i++) {
         snprintf (id, sizeof id, "e-%d", i);
@@ -191,15 +223,11 @@ test_passivate_and_reactivate (void **state)
     assert_int_equal (tm_wlog_checkpoint (wlog, twins), 0);
     assert_int_equal (tm_store_get (store, key, kl, &v, &vl), TM_STORE_E_NOT_FOUND);
     assert_false (tm_twins_find_active (twins, "e-5", 3)->flags & TM_TWIN_REACTIVATED);
-    tm_wlog_destroy (&wlog);
-    tm_twins_destroy (&twins);
-    tm_store_destroy (&store);
+    s_close (&store, &wlog, &twins);
 
     //  Recovery: the active twins from their shards, the passive set from
     //  its keys; the passive ones still come back on demand.
-    store = tm_store_open (dir);
-    wlog = tm_wlog_new (store, false);
-    twins = s_table (store);
+    s_open (dir, &store, &wlog, &twins);
     size_t bad = 9;
     assert_int_equal (tm_wlog_recover (wlog, twins, NULL, NULL, &bad), 0);
     assert_int_equal (bad, 0);
@@ -210,9 +238,7 @@ test_passivate_and_reactivate (void **state)
     assert_true (s_prop (t, "no2")->an.value == 84);
     assert_int_equal (tm_twins_passive_total (twins), 97);
     s_check_table (twins);
-    tm_wlog_destroy (&wlog);
-    tm_twins_destroy (&twins);
-    tm_store_destroy (&store);
+    s_close (&store, &wlog, &twins);
     s_rm (dir);
 }
 
@@ -235,14 +261,11 @@ test_crash_after_reactivation (void **state)
 {
     (void) state;
     char *dir = s_tmpdir ();
-    tm_store_t *store = tm_store_open (dir);
-    tm_wlog_t *wlog = tm_wlog_new (store, false);
-    tm_twins_t *twins = s_table (store);
-    char id[32];
-    for (int i = 0; i < 20; i++) {
-        snprintf (id, sizeof id, "c-%d", i);
-        s_apply (twins, id, "pm25", i, 1000, 1000);
-    }
+    tm_store_t *store;
+    tm_wlog_t *wlog;
+    tm_twins_t *twins;
+    s_open (dir, &store, &wlog, &twins);
+    s_idle_twins (twins, "c", 20);
     tm_wlog_passivate (wlog, 5000);
     assert_int_equal (tm_wlog_checkpoint (wlog, twins), 0);
     assert_int_equal (tm_twins_size (twins), 0);
@@ -253,13 +276,9 @@ test_crash_after_reactivation (void **state)
     tm_wlog_stage (wlog, buf, n);
     assert_int_equal (tm_wlog_commit (wlog), 0);
     s_on_record (twins, 1, buf, n);
-    tm_wlog_destroy (&wlog);
-    tm_twins_destroy (&twins);
-    tm_store_destroy (&store);
+    s_close (&store, &wlog, &twins);
 
-    store = tm_store_open (dir);
-    wlog = tm_wlog_new (store, false);
-    twins = s_table (store);
+    s_open (dir, &store, &wlog, &twins);
     size_t bad;
     assert_int_equal (tm_wlog_recover (wlog, twins, s_on_record, twins, &bad), 1);
     assert_int_equal (tm_twins_size (twins), 1);   //  c-2, from its copy and the log
@@ -274,18 +293,12 @@ test_crash_after_reactivation (void **state)
     assert_int_equal (s_prop (t, "pm25")->count, 1);
     //  Once written, everything is in one place: 18 passive, 2 active.
     assert_int_equal (tm_wlog_checkpoint (wlog, twins), 0);
-    tm_wlog_destroy (&wlog);
-    tm_twins_destroy (&twins);
-    tm_store_destroy (&store);
-    store = tm_store_open (dir);
-    wlog = tm_wlog_new (store, false);
-    twins = s_table (store);
+    s_close (&store, &wlog, &twins);
+    s_open (dir, &store, &wlog, &twins);
     assert_int_equal (tm_wlog_recover (wlog, twins, s_on_record, twins, &bad), 0);
     assert_int_equal (tm_twins_size (twins), 2);
     assert_int_equal (tm_twins_passive_total (twins), 18);
-    tm_wlog_destroy (&wlog);
-    tm_twins_destroy (&twins);
-    tm_store_destroy (&store);
+    s_close (&store, &wlog, &twins);
     s_rm (dir);
 }
 
@@ -296,14 +309,11 @@ test_failed_write_keeps_twins (void **state)
 {
     (void) state;
     char *dir = s_tmpdir ();
-    tm_store_t *store = tm_store_open (dir);
-    tm_wlog_t *wlog = tm_wlog_new (store, false);
-    tm_twins_t *twins = s_table (store);
-    char id[32];
-    for (int i = 0; i < 30; i++) {
-        snprintf (id, sizeof id, "f-%d", i);
-        s_apply (twins, id, "pm25", i, 1000, 1000);
-    }
+    tm_store_t *store;
+    tm_wlog_t *wlog;
+    tm_twins_t *twins;
+    s_open (dir, &store, &wlog, &twins);
+    s_idle_twins (twins, "f", 30);
     tm_wlog_passivate (wlog, 5000);
     tm_store_fail_after (store, 1);
     assert_int_equal (tm_wlog_checkpoint (wlog, twins), -1);
@@ -322,9 +332,7 @@ test_failed_write_keeps_twins (void **state)
     assert_int_equal (tm_wlog_checkpoint (wlog, twins), 0);
     assert_int_equal (tm_twins_size (twins), 0);
     assert_int_equal (tm_twins_passive_total (twins), 30);
-    tm_wlog_destroy (&wlog);
-    tm_twins_destroy (&twins);
-    tm_store_destroy (&store);
+    s_close (&store, &wlog, &twins);
     s_rm (dir);
 }
 
@@ -366,9 +374,10 @@ test_columns_after_rows_move (void **state)
 {
     (void) state;
     char *dir = s_tmpdir ();
-    tm_store_t *store = tm_store_open (dir);
-    tm_wlog_t *wlog = tm_wlog_new (store, false);
-    tm_twins_t *twins = s_table (store);
+    tm_store_t *store;
+    tm_wlog_t *wlog;
+    tm_twins_t *twins;
+    s_open (dir, &store, &wlog, &twins);
     tm_wquery_t *wq = tm_wquery_new (twins);
     char id[32];
     double busy_sum = 0;
@@ -398,9 +407,7 @@ test_columns_after_rows_move (void **state)
     assert_true (fabs (tm_qresult_cell (res, 0, 1).num - (busy_sum + 1000)) < 1e-9);
     tm_qresult_destroy (&res);
     tm_wquery_destroy (&wq);
-    tm_wlog_destroy (&wlog);
-    tm_twins_destroy (&twins);
-    tm_store_destroy (&store);
+    s_close (&store, &wlog, &twins);
     s_rm (dir);
 }
 
