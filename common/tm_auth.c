@@ -121,12 +121,22 @@ s_load_dir (const char *dir)
     return keys;
 }
 
+#define S_ZAP_ENDPOINT "inproc://zeromq.zap.01"   //  Where libzmq asks (RFC 27)
+
 static void
 s_zap_actor (zsock_t *pipe, void *args)
 {
     tm_auth_t *self = (tm_auth_t *) args;
     zsock_t *rep = zsock_new (ZMQ_REP);
-    if (!rep || zsock_bind (rep, "inproc://zeromq.zap.01") != 0) {
+    //  A handler just destroyed may still hold the name: closing a socket
+    //  is finished by libzmq's reaper thread, later under load (seen in
+    //  test_mapclient, a new handler per test). Wait for it, a while.
+    int rc = rep? zsock_bind (rep, S_ZAP_ENDPOINT): -1;
+    for (int tries = 0; rep && rc != 0 && zmq_errno () == EADDRINUSE && tries < 200; tries++) {
+        zclock_sleep (10);
+        rc = zsock_bind (rep, S_ZAP_ENDPOINT);
+    }
+    if (rc != 0) {
         tm_error ("auth: cannot bind ZAP handler");
         zsock_destroy (&rep);
         zsock_signal (pipe, 1);
@@ -208,6 +218,9 @@ s_zap_actor (zsock_t *pipe, void *args)
         zmsg_destroy (&req);
     }
     zpoller_destroy (&poller);
+    //  Unbinding frees the inproc name now; a close alone frees it when
+    //  the reaper gets to it, and the next handler's bind could fail.
+    zsock_unbind (rep, S_ZAP_ENDPOINT);
     zsock_destroy (&rep);
 }
 
