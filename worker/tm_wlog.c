@@ -31,6 +31,8 @@ struct _tm_wlog_t {
     uint64_t round_seq;            //  P: the last record the round covers
     uint32_t *round_shards;        //  Shards the round must write, owned
     size_t round_count;            //  Entries in round_shards
+    size_t round_ndirty;           //  The first ones, changed; the rest are visited
+                                   //  only for idle twins (written if any go)
     size_t round_next;             //  Next entry to write
     tm_history_counts_t hist;      //  History staged by checkpoints
     uint8_t *encode_buf;           //  Reused for encoding shards
@@ -149,14 +151,45 @@ tm_wlog_passive_key (uint8_t *key, uint32_t shard, const char *entity, size_t le
     return 6 + len;
 }
 
+#define S_SKIPPED UINT32_MAX        //  A round entry visited and left unwritten
+
+//  A passivating round also visits the shards with twins that did not
+//  change (a shard of idle twins is what it is after): appended after the
+//  changed ones, each once. 0, or -1 if memory is short.
+static int
+s_add_idle_shards (tm_twins_t *twins, uint32_t **shards, size_t *count)
+{
+    uint8_t *listed = calloc (TM_SHARDMAP_MAX_SHARDS / 8, 1);
+    size_t extra = 0;
+    if (!listed)
+        return -1;
+    for (size_t i = 0; i < *count; i++)
+        listed[(*shards)[i] >> 3] |= (uint8_t) (1u << ((*shards)[i] & 7));
+    for (uint32_t sh = 0; sh < TM_SHARDMAP_MAX_SHARDS; sh++)
+        extra += tm_twins_shard_first (twins, sh) && !(listed[sh >> 3] >> (sh & 7) & 1);
+    uint32_t *grown = extra? realloc (*shards, (*count + extra) * sizeof *grown): *shards;
+    if (extra && !grown) {
+        free (listed);
+        return -1;
+    }
+    for (uint32_t sh = 0; extra && sh < TM_SHARDMAP_MAX_SHARDS; sh++)
+        if (tm_twins_shard_first (twins, sh) && !(listed[sh >> 3] >> (sh & 7) & 1))
+            grown[(*count)++] = sh;
+    *shards = grown;
+    free (listed);
+    return 0;
+}
+
 //  Give the round's unwritten shards back to the changed set.
 static void
 s_abandon_round (tm_wlog_t *self, tm_twins_t *twins, size_t from)
 {
-    for (size_t i = from; i < self->round_count; i++) {
-        tm_twins_passivate_abort (twins, self->round_shards[i]);
-        tm_twins_mark_dirty (twins, self->round_shards[i]);
-    }
+    for (size_t i = from; i < self->round_count; i++)
+        if (self->round_shards[i] != S_SKIPPED) {
+            tm_twins_passivate_abort (twins, self->round_shards[i]);
+            if (i < self->round_ndirty)
+                tm_twins_mark_dirty (twins, self->round_shards[i]);
+        }
     self->idle_before_ms = INT64_MIN;
     free (self->round_shards);
     self->round_shards = NULL;
@@ -220,8 +253,16 @@ tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, 
     if (!self->in_round) {
         size_t count;
         uint32_t *shards = tm_twins_take_dirty (twins, &count);
+        self->round_ndirty = count;
+        if (self->idle_before_ms != INT64_MIN && s_add_idle_shards (twins, &shards, &count) != 0) {
+            for (size_t i = 0; i < self->round_ndirty; i++)
+                tm_twins_mark_dirty (twins, shards[i]);
+            free (shards);
+            return -1;
+        }
         if (count == 0 && self->checkpoint_seq == self->last_seq) {
             free (shards);
+            self->idle_before_ms = INT64_MIN;
             *done = true;
             return 0;
         }
@@ -240,8 +281,14 @@ tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, 
     while (self->round_next < self->round_count && self->round_next - first < max_shards
            && (self->round_next == first || step_bytes < S_STEP_BYTES)) {
         uint32_t shard = self->round_shards[self->round_next];
-        if (self->idle_before_ms != INT64_MIN)
-            tm_twins_passivate_mark (twins, shard, self->idle_before_ms);
+        size_t marked = self->idle_before_ms != INT64_MIN?
+                        tm_twins_passivate_mark (twins, shard, self->idle_before_ms): 0;
+        if (self->round_next >= self->round_ndirty && !marked
+            && !tm_twins_passive_changed (twins, shard)) {
+            //  Unchanged and nothing to let go: its stored value stands.
+            self->round_shards[self->round_next++] = S_SKIPPED;
+            continue;
+        }
         int prc = tm_twins_passive_changed (twins, shard)?
                   s_stage_passive (self, batch, twins, shard, &step_bytes): 0;
         size_t size = prc == 0? tm_twins_encode_shard (twins, shard, &self->encode_buf,
@@ -279,6 +326,8 @@ tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, 
     //  Then the passivated twins leave the table (their pending history
     //  pointed at them).
     for (size_t i = first; i < self->round_next; i++) {
+        if (self->round_shards[i] == S_SKIPPED)
+            continue;      //  not written: history it may have got meanwhile waits
         tm_twins_pending_drop (twins, self->round_shards[i]);
         self->passivated += tm_twins_passivate_commit (twins, self->round_shards[i]);
     }

@@ -76,8 +76,10 @@ int tm_wlog_commit (tm_wlog_t *self);
 int tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards,
                              bool *done);
 
-//  Passivate, in the running round (or the next), the twins not heard
-//  from since idle_before_ms (wall clock) whose shards it writes: each
+//  Passivate, in the next round this starts (in a running one: in the
+//  shards it has left to write), the twins not heard
+//  from since idle_before_ms (wall clock), in every shard that has twins
+//  (an unchanged shard is written only if some go): each
 //  goes to its own 'P' key in the batch that writes its shard without it
 //  (tm_twins_passivate_mark). The request ends with the round.
 void tm_wlog_passivate (tm_wlog_t *self, int64_t idle_before_ms);

@@ -1170,8 +1170,8 @@ tm_worker_destroy (tm_worker_t **self_p)
 }
 
 //  At a checkpoint round's start: over the memory budget, the round also
-//  passivates the twins idle for passivate_idle_ms, so it visits every
-//  shard that has twins (a shard whose twins are all idle changed nothing).
+//  passivates the twins idle for passivate_idle_ms (it visits every shard
+//  with twins, and writes an unchanged one only if some of them go).
 static void
 s_round_start (tm_worker_t *self)
 {
@@ -1183,9 +1183,6 @@ s_round_start (tm_worker_t *self)
     tm_wlog_passivate (self->wlog, tm_util_wall_ms () - self->passivate_idle_ms);
     self->passivated_before = tm_wlog_passivated (self->wlog);
     self->passivating = true;
-    for (uint32_t shard = 0; shard < self->num_shards; shard++)
-        if (tm_twins_shard_first (self->twins, shard))
-            tm_twins_mark_dirty (self->twins, shard);
 }
 
 int
