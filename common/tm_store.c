@@ -1,6 +1,7 @@
 /*  tm_store - the RocksDB wrapper  */
 #include "tm_store.h"
 #include "tm_log.h"
+#include "tm_segment.h"
 
 #include <rocksdb/c.h>
 #include <stdlib.h>
@@ -18,6 +19,8 @@ struct _tm_store_t {
     rocksdb_writeoptions_t *wopt_async;   //  WAL written, not fsync'd
     rocksdb_readoptions_t *ropt;
     rocksdb_compactionfilter_t *filter;    //  Retention, or NULL
+    rocksdb_mergeoperator_t *merge;        //  History segments (tm_segment); owned by
+                                           //  the options (a shared_ptr), never destroyed here
     tm_store_options_t settings;           //  As given to open
     char *path;                            //  For log lines
     int fail_countdown;                    //  >0: writes until injected failure
@@ -63,6 +66,48 @@ s_filter_name (void *state)
     return "twinmesh.retention";
 }
 
+//  RocksDB's merge operator callbacks, over tm_segment: the only values
+//  ever merged are history segments.
+static char *
+s_full_merge (void *state, const char *key, size_t klen, const char *base, size_t blen,
+              const char *const *ops, const size_t *lens, int n, unsigned char *success,
+              size_t *size)
+{
+    (void) state;
+    (void) key;
+    (void) klen;
+    char *value = (char *) tm_segment_join ((const uint8_t *) base, blen, ops, lens, n, size);
+    *success = value != NULL;
+    return value;
+}
+
+static char *
+s_partial_merge (void *state, const char *key, size_t klen, const char *const *ops,
+                 const size_t *lens, int n, unsigned char *success, size_t *size)
+{
+    (void) state;
+    (void) key;
+    (void) klen;
+    char *value = (char *) tm_segment_combine (ops, lens, n, size);
+    *success = value != NULL;
+    return value;
+}
+
+static void
+s_merge_free (void *state, const char *value, size_t size)
+{
+    (void) state;
+    (void) size;
+    free ((char *) value);
+}
+
+static const char *
+s_merge_name (void *state)
+{
+    (void) state;
+    return "twinmesh.segments";
+}
+
 tm_store_t *
 tm_store_open (const char *path)
 {
@@ -96,6 +141,10 @@ tm_store_open_with (const char *path, const tm_store_options_t *options)
                                                         s_filter_name);
         rocksdb_options_set_compaction_filter (self->options, self->filter);
     }
+    //  Always: a store holding segments cannot be read without it.
+    self->merge = rocksdb_mergeoperator_create (NULL, s_filter_destroy, s_full_merge,
+                                                s_partial_merge, s_merge_free, s_merge_name);
+    rocksdb_options_set_merge_operator (self->options, self->merge);
     char *err = NULL;
     self->db = rocksdb_open (self->options, path, &err);
     if (!self->db) {
@@ -230,6 +279,13 @@ tm_store_memory (tm_store_t *self)
             total += v;
     }
     return total;
+}
+
+void
+tm_store_batch_merge (tm_store_batch_t *self, const void *key, size_t klen, const void *val,
+                      size_t vlen)
+{
+    rocksdb_writebatch_merge (self->wb, key, klen, val, vlen);
 }
 
 void

@@ -57,6 +57,10 @@ tm_store_batch_t *tm_store_batch_new (void);
 void tm_store_batch_destroy (tm_store_batch_t **self_p);
 void tm_store_batch_put (tm_store_batch_t *self, const void *key, size_t klen,
                          const void *val, size_t vlen);
+//  Add a history segment (tm_segment) to the key's value: RocksDB joins
+//  a key's segments with tm_segment_join when it reads or compacts it.
+void tm_store_batch_merge (tm_store_batch_t *self, const void *key, size_t klen,
+                           const void *val, size_t vlen);
 void tm_store_batch_delete (tm_store_batch_t *self, const void *key, size_t klen);
 void tm_store_batch_delete_range (tm_store_batch_t *self, const void *start, size_t slen,
                                   const void *end, size_t elen);
