@@ -1,9 +1,11 @@
 /*  tm_gorilla - compressed chunks of one series' history (ts_ms, value)
 
-    The format is described in tm_gorilla.h. Bits are written MSB first by
-    OR-ing into a zeroed buffer that always has room for the largest point
-    (S_POINT_MAX_BYTES), so append checks capacity once per point, not
-    once per field. The decoder checks every read against the end.
+    The format is described in tm_gorilla.h. A point is encoded into a
+    zeroed scratch buffer that starts with the chunk's last partial byte
+    and has room for the largest point, so encoding checks capacity once
+    per point, not once per field; its bytes are then copied to the end of
+    the pending bytes, which grow by exactly what the point took. The
+    decoder checks every read against the end.
 */
 #include "tm_gorilla.h"
 #include "tm_varint.h"
@@ -27,9 +29,23 @@
 #define S_RICE_QMAX 12             //  Unary quotient limit; 12 ones is the escape
 #define S_RICE_RESET 32            //  Halve the Rice statistics at this many deltas
 #define S_RICE_CAP (1u << 26)      //  Largest zz one delta adds to rice_sum
-#define S_HEADER_MAX 25            //  1 + 4 + 10 (ts varint) + 1 + 9 (8 raw or n varint)
+#define S_HEADER_MIN 4             //  v2 header bytes at least: version, ts, mode, value
+#define S_HEADER_MAX 21            //  1 + 10 (ts varint) + 1 + 9 (8 raw or n varint)
 #define S_POINT_MAX_BYTES 21       //  tcode <= 69 bits, vcode <= 95 bits
-#define S_SCRATCH 32               //  A point or the header, from a partial byte, plus 8 for word writes
+#define S_SCRATCH 32               //  A point (from a partial byte) or the header, 8 to spare
+#define S_MAX_BITS ((uint32_t) TM_GORILLA_STREAM_MAX_BYTES * 8)
+#define S_SAVE_FORMAT 1            //  First byte of a saved state
+#define S_SAVE_XOR_ONLY 1          //  Saved state flags
+#define S_SAVE_POINTS 2
+//  A saved state but its pending bytes, at most: format, flags, count,
+//  bits, start, last_ts, span, last_delta, five bytes, rice_sum, last.
+#define S_SAVE_FIXED (1 + 1 + 3 + 3 + 3 + 10 + 6 + 5 + 5 + 5 + 10)
+
+_Static_assert (S_HEADER_MAX + 8 <= S_SCRATCH && 1 + S_POINT_MAX_BYTES + 8 <= S_SCRATCH,
+                "scratch holds the header or a point, and a word write past it");
+_Static_assert (TM_GORILLA_STREAM_MAX_BYTES <= UINT16_MAX
+                    && TM_GORILLA_STREAM_MAX_POINTS <= UINT16_MAX,
+                "start and count are 16-bit");
 
 //  Powers of ten a double holds exactly (the decimal scales).
 static const double s_pow10[S_SCALE_MAX + 1] = {
@@ -39,8 +55,6 @@ static const double s_pow10[S_SCALE_MAX + 1] = {
 
 //  Delta-of-delta buckets: payload bits after 0..5 leading ones.
 static const unsigned s_ts_bits[6] = {0, 7, 12, 20, 32, 64};
-
-static const uint8_t s_empty_chunk[TM_GORILLA_EMPTY_SIZE] = {TM_GORILLA_VERSION, 0, 0, 0, 0};
 
 //  ---------------------------------------------------------------------
 //  Integer helpers: all arithmetic on untrusted or wrapping values is
@@ -52,8 +66,6 @@ s_signed (uint64_t u)
 {
     return u <= (uint64_t) INT64_MAX? (int64_t) u: -(int64_t) (~u) - 1;
 }
-
-
 
 //  Bits needed to write v (at least 1).
 static unsigned
@@ -96,6 +108,16 @@ s_rice_start (int64_t n)
     return mag > S_RICE_CAP? S_RICE_CAP: (uint32_t) mag;
 }
 
+static void
+s_rice_update (uint32_t *sum, unsigned *n, uint64_t zz)
+{
+    *sum += zz > S_RICE_CAP? S_RICE_CAP: (uint32_t) zz;
+    if (++*n == S_RICE_RESET) {
+        *sum >>= 1;
+        *n >>= 1;
+    }
+}
+
 //  Is v exactly n / 10^scale for an integer |n| <= 2^53? Bit-for-bit, so
 //  -0.0, NaN and values with more digits than the scale are refused.
 static bool
@@ -126,45 +148,6 @@ s_find_scale (double v, int64_t *n)
     return -1;
 }
 
-//  ---------------------------------------------------------------------
-//  Encoder
-
-//  Allocation sizes: what a malloc chunk holds (glibc and musl: a
-//  multiple of 16 less its 8-byte size word, so asking for less buys
-//  nothing). A chunk starts at the size of its first point.
-static size_t
-s_alloc_size (size_t need)
-{
-    return ((need + 8 + 15) & ~(size_t) 15) - 8;
-}
-
-//  The size an allocation of size bytes grows to for need: a quarter
-//  more, at least 32 bytes. Growing by exactly what a point needs would
-//  realloc every ten points or so, and a realloc, which copies the chunk
-//  to a new place, costs as much as encoding a few points: measured in
-//  tm_twins_apply, 16-byte steps added 45 instructions per reading.
-static size_t
-s_grow_size (size_t size, size_t need)
-{
-    size_t want = size + (size / 4 > 32? size / 4: 32);
-    return s_alloc_size (want > need? want: need);
-}
-
-//  Make room for a chunk of need bytes; 0, or -1 if memory is short.
-static int
-s_reserve (tm_gorilla_enc_t *self, size_t need)
-{
-    if (need <= self->cap)
-        return 0;
-    size_t cap = self->buf? s_grow_size (self->cap, need): s_alloc_size (need);
-    uint8_t *grown = realloc (self->buf, cap);
-    if (!grown)
-        return -1;
-    self->buf = grown;
-    self->cap = (uint32_t) cap;
-    return 0;
-}
-
 //  Big-endian 64-bit words (the stream is MSB first): one load and a
 //  byte swap, which gcc does not make of a byte loop.
 static uint64_t
@@ -187,53 +170,114 @@ s_store_be64 (uint8_t *p, uint64_t w)
     memcpy (p, &w, sizeof w);
 }
 
+//  ---------------------------------------------------------------------
+//  Pending bytes: chunk bytes [start, ceil (bits / 8)), inside the state
+//  while they fit in TM_GORILLA_INLINE bytes, else on the heap in a block
+//  whose size is a function of their length (s_heap_cap), so no capacity
+//  is stored.
+
+static size_t
+s_pending_len (const tm_gorilla_enc_t *self)
+{
+    return (((size_t) self->bits + 7) >> 3) - self->start;
+}
+
+static bool
+s_on_heap (size_t len)
+{
+    return len > TM_GORILLA_INLINE;
+}
+
+static uint8_t *
+s_pending_bytes (tm_gorilla_enc_t *self)
+{
+    return s_on_heap (s_pending_len (self))? self->pend.heap: self->pend.inl;
+}
+
+//  The span, last_ts - first_ts: less than 2^37, so first_lo (first_ts
+//  mod 2^37) gives it without updating a field at every point.
+#define S_SPAN_MASK ((uint64_t) TM_GORILLA_STREAM_MAX_SPAN)
+static uint64_t
+s_span (const tm_gorilla_enc_t *self)
+{
+    return ((uint64_t) self->last_ts - self->first_lo) & S_SPAN_MASK;
+}
+
+//  The heap block for len pending bytes (len > TM_GORILLA_INLINE). The
+//  malloc chunk it lands in (len plus glibc's and musl's 8-byte size word)
+//  is rounded up to a quarter of the power of two below it, and to a
+//  multiple of 32: blocks of 24, 56, 88, 120, 152 ... 248, 312, 376 ...
+//  bytes, so a chunk grows by about a quarter at a time (a realloc per
+//  twenty points or so, as the v1 encoder did: growing by exactly what a
+//  point needs would realloc at every point, and a realloc, which copies
+//  the bytes to a new place, costs as much as encoding a few points). A
+//  rounded size rounds to itself, so the block only changes when the
+//  length passes it.
+static size_t
+s_heap_cap (size_t len)
+{
+    size_t total = len + 8;
+    unsigned e = 63 - (unsigned) __builtin_clzll ((unsigned long long) total - 1);
+    size_t step = e < 7? 32: (size_t) 1 << (e - 2);
+    return ((total + step - 1) & ~(step - 1)) - 8;
+}
+
+//  Bytes len pending bytes have room for: inline or their heap block.
+static size_t
+s_room (size_t len)
+{
+    return s_on_heap (len)? s_heap_cap (len): TM_GORILLA_INLINE;
+}
+
+//  Move len0 pending bytes at p to a heap block for len: a new one (from
+//  inline) or a larger one. The new place, or NULL (nothing changed).
+static uint8_t *
+s_grow (tm_gorilla_enc_t *self, uint8_t *p, size_t len0, size_t len)
+{
+    if (s_on_heap (len0))
+        p = realloc (p, s_heap_cap (len));
+    else {
+        p = malloc (s_heap_cap (len));
+        if (p)
+            memcpy (p, self->pend.inl, len0);
+    }
+    if (p)
+        self->pend.heap = p;
+    return p;
+}
+
+//  ---------------------------------------------------------------------
+//  Encoder
+
+//  Where a point is written: bits MSB first, OR-ed into zeroed scratch.
+typedef struct {
+    uint8_t *buf;                  //  S_SCRATCH bytes
+    unsigned bits;                 //  Bits written at buf
+} s_out_t;
+
 //  Write v, which has no bits above the low n (n <= 64), most significant
-//  first. One 64-bit read-modify-write of the zeroed tail: points are
-//  written into a scratch buffer (s_encode_point) with 8 bytes to spare
-//  beyond the largest.
+//  first. One 64-bit read-modify-write of the zeroed tail: the scratch
+//  buffer has 8 bytes to spare beyond the largest point.
 static void
-s_put (tm_gorilla_enc_t *self, uint64_t v, unsigned n)
+s_put (s_out_t *o, uint64_t v, unsigned n)
 {
     if (n == 0)
         return;
-    unsigned off = self->bits & 7;
+    unsigned off = o->bits & 7;
     if (off + n > 64) {
-        s_put (self, v >> 32, n - 32);
-        s_put (self, v & 0xFFFFFFFFu, 32);
+        s_put (o, v >> 32, n - 32);
+        s_put (o, v & 0xFFFFFFFFu, 32);
         return;
     }
-    uint8_t *p = self->buf + (self->bits >> 3);
+    uint8_t *p = o->buf + (o->bits >> 3);
     s_store_be64 (p, s_load_be64 (p) | v << (64 - off - n));
-    self->bits += n;
+    o->bits += n;
 }
 
 static void
-s_put_ones (tm_gorilla_enc_t *self, unsigned n)
+s_put_ones (s_out_t *o, unsigned n)
 {
-    s_put (self, n == 64? UINT64_MAX: ((uint64_t) 1 << n) - 1, n);
-}
-
-
-//  The header's little-endian count: one load or store (it is read and
-//  written on every append).
-static void
-s_put_count (uint8_t *buf, uint32_t count)
-{
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    count = __builtin_bswap32 (count);
-#endif
-    memcpy (buf + 1, &count, sizeof count);
-}
-
-static uint32_t
-s_get_count (const uint8_t *buf)
-{
-    uint32_t count;
-    memcpy (&count, buf + 1, sizeof count);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    count = __builtin_bswap32 (count);
-#endif
-    return count;
+    s_put (o, n == 64? UINT64_MAX: ((uint64_t) 1 << n) - 1, n);
 }
 
 static void
@@ -243,24 +287,14 @@ s_rice_reset (tm_gorilla_enc_t *self, int64_t n)
     self->rice_n = 1;
 }
 
-static void
-s_rice_update (uint32_t *sum, unsigned *n, uint64_t zz)
-{
-    *sum += zz > S_RICE_CAP? S_RICE_CAP: (uint32_t) zz;
-    if (++*n == S_RICE_RESET) {
-        *sum >>= 1;
-        *n >>= 1;
-    }
-}
-
 //  A value written whole after a switch to decimal mode.
 static void
-s_put_absolute (tm_gorilla_enc_t *self, int64_t n)
+s_put_absolute (s_out_t *o, int64_t n)
 {
     uint64_t zz = tm_zigzag (n);
     unsigned len = s_bitlen (zz);
-    s_put (self, len - 1, 6);
-    s_put (self, zz, len);
+    s_put (o, len - 1, 6);
+    s_put (o, zz, len);
 }
 
 static void
@@ -274,12 +308,12 @@ s_enter_decimal (tm_gorilla_enc_t *self, unsigned scale, int64_t n)
 
 //  The XOR code of a value in XOR mode (not a switch).
 static void
-s_put_xor (tm_gorilla_enc_t *self, uint64_t bits)
+s_put_xor (tm_gorilla_enc_t *self, s_out_t *o, uint64_t bits)
 {
     uint64_t x = bits ^ self->last;
     self->last = bits;
     if (x == 0) {
-        s_put (self, 0, 1);
+        s_put (o, 0, 1);
         return;
     }
     unsigned lead = (unsigned) __builtin_clzll (x);
@@ -291,28 +325,28 @@ s_put_xor (tm_gorilla_enc_t *self, uint64_t bits)
     //  Reuse the window when it fits and is not dearer than a new one
     //  (Gorilla always reuses; a wide stale window costs more bits).
     if (lead >= self->lead && trail >= self->trail && window <= len + 11) {
-        s_put (self, 2, 2);
-        s_put (self, x >> self->trail, window);
+        s_put (o, 2, 2);
+        s_put (o, x >> self->trail, window);
         return;
     }
-    s_put (self, 3, 2);
-    s_put (self, lead, 5);
-    s_put (self, len - 1, 6);
-    s_put (self, x >> trail, len);
+    s_put (o, 3, 2);
+    s_put (o, lead, 5);
+    s_put (o, len - 1, 6);
+    s_put (o, x >> trail, len);
     self->lead = lead & 31;
     self->trail = trail & 63;
 }
 
-//  Timestamp code; the caller has checked ts_ms > last_ts.
+//  Timestamp code; the caller has checked that delta = ts_ms - last_ts is
+//  1 .. TM_GORILLA_STREAM_MAX_DELTA and fits the span.
 static void
-s_put_ts (tm_gorilla_enc_t *self, int64_t ts_ms)
+s_put_ts (tm_gorilla_enc_t *self, s_out_t *o, int64_t ts_ms, uint32_t delta)
 {
-    uint64_t delta = (uint64_t) ts_ms - (uint64_t) self->last_ts;
-    int64_t dod = s_signed (delta - (uint64_t) self->last_delta);
+    int64_t dod = (int64_t) delta - (int64_t) self->last_delta;
     self->last_ts = ts_ms;
-    self->last_delta = s_signed (delta);
+    self->last_delta = delta;
     if (dod == 0) {
-        s_put (self, 0, 1);
+        s_put (o, 0, 1);
         return;
     }
     for (unsigned b = 1; b < 5; b++) {
@@ -321,60 +355,60 @@ s_put_ts (tm_gorilla_enc_t *self, int64_t ts_ms)
         if (dod >= -half && dod < half) {
             //  b ones, a zero, nb payload bits: one write (<= 37 bits).
             uint64_t prefix = (((uint64_t) 1 << b) - 1) << 1;
-            s_put (self, prefix << nb | ((uint64_t) dod & (((uint64_t) 1 << nb) - 1)), b + 1 + nb);
+            s_put (o, prefix << nb | ((uint64_t) dod & (((uint64_t) 1 << nb) - 1)), b + 1 + nb);
             return;
         }
     }
-    s_put_ones (self, 5);
-    s_put (self, (uint64_t) dod, 64);
+    s_put_ones (o, 5);
+    s_put (o, (uint64_t) dod, 64);
 }
 
 //  Value code in decimal mode.
 static void
-s_put_value_decimal (tm_gorilla_enc_t *self, double value)
+s_put_value_decimal (tm_gorilla_enc_t *self, s_out_t *o, double value)
 {
     int64_t n;
     if (s_decimal (value, self->scale, &n)) {
-        uint64_t zz = tm_zigzag (n - (int64_t) self->last);
+        uint64_t zz = tm_zigzag (n - s_signed (self->last));
         unsigned rice_n = self->rice_n;
         unsigned k = s_rice_k (self->rice_sum, rice_n);
         uint64_t q = zz >> k;
         if (q < S_RICE_QMAX && q + 1 + k <= 64) {
             //  q ones, a zero, k low bits: one write.
             uint64_t low = zz & (((uint64_t) 1 << k) - 1);
-            s_put (self, (((uint64_t) 1 << q) - 1) << (k + 1) | low, (unsigned) q + 1 + k);
+            s_put (o, (((uint64_t) 1 << q) - 1) << (k + 1) | low, (unsigned) q + 1 + k);
         }
         else {
-            s_put_ones (self, S_RICE_QMAX);
-            s_put (self, 0, 1);
+            s_put_ones (o, S_RICE_QMAX);
+            s_put (o, 0, 1);
             unsigned len = s_bitlen (zz);
-            s_put (self, len - 1, 6);
-            s_put (self, zz, len);
+            s_put (o, len - 1, 6);
+            s_put (o, zz, len);
         }
         uint32_t sum = self->rice_sum;
         s_rice_update (&sum, &rice_n, zz);
         self->rice_sum = sum;
-        self->rice_n = rice_n & 63;
+        self->rice_n = rice_n & 31;
         self->last = (uint64_t) n;
         return;
     }
-    s_put_ones (self, S_RICE_QMAX);
-    s_put (self, 1, 1);
+    s_put_ones (o, S_RICE_QMAX);
+    s_put (o, 1, 1);
     int scale = s_find_scale (value, &n);
     if (scale >= 0) {
-        s_put (self, (uint64_t) scale, 5);
-        s_put_absolute (self, n);
+        s_put (o, (uint64_t) scale, 5);
+        s_put_absolute (o, n);
         s_enter_decimal (self, (unsigned) scale, n);
         return;
     }
     //  Not a decimal at any scale: XOR from the previous value's bits,
     //  with a fresh (full) window.
-    s_put (self, S_XOR, 5);
+    s_put (o, S_XOR, 5);
     self->last = s_double_bits ((double) s_signed (self->last) / s_pow10[self->scale]);
     self->scale = S_XOR;
     self->lead = 0;
     self->trail = 0;
-    s_put_xor (self, s_double_bits (value));
+    s_put_xor (self, o, s_double_bits (value));
 }
 
 //  Value code in XOR mode: back to decimal mode when the value allows.
@@ -382,7 +416,7 @@ s_put_value_decimal (tm_gorilla_enc_t *self, double value)
 //  (a full search is up to 23 multiply-divides, too dear per point for a
 //  series of full-precision floats).
 static void
-s_put_value_xor (tm_gorilla_enc_t *self, double value, uint32_t index)
+s_put_value_xor (tm_gorilla_enc_t *self, s_out_t *o, double value, uint32_t index)
 {
     uint64_t bits = s_double_bits (value);
     if (bits != self->last && !self->xor_only) {
@@ -394,14 +428,14 @@ s_put_value_xor (tm_gorilla_enc_t *self, double value, uint32_t index)
         if ((index & 7) == 0)
             scale = s_find_scale (value, &n);
         if (scale >= 0) {
-            s_put (self, 0x1FFF, 13);       //  11 11111 111111: the switch code
-            s_put (self, (uint64_t) scale, 5);
-            s_put_absolute (self, n);
+            s_put (o, 0x1FFF, 13);       //  11 11111 111111: the switch code
+            s_put (o, (uint64_t) scale, 5);
+            s_put_absolute (o, n);
             s_enter_decimal (self, (unsigned) scale, n);
             return;
         }
     }
-    s_put_xor (self, bits);
+    s_put_xor (self, o, bits);
 }
 
 //  The first point: the header, with the first value whole, into p
@@ -410,9 +444,7 @@ static size_t
 s_encode_first (tm_gorilla_enc_t *self, uint8_t *p, int64_t ts_ms, double value)
 {
     size_t len = 0;
-    p[len++] = TM_GORILLA_VERSION;
-    s_put_count (p, 1);
-    len += 4;
+    p[len++] = TM_GORILLA_STREAM_VERSION;
     len += tm_varint_put (p + len, tm_zigzag (ts_ms));
     int64_t n;
     int scale = self->xor_only? -1: s_find_scale (value, &n);
@@ -434,68 +466,77 @@ s_encode_first (tm_gorilla_enc_t *self, uint8_t *p, int64_t ts_ms, double value)
     }
     self->last_ts = ts_ms;
     self->last_delta = 0;
+    self->first_lo = (uint64_t) ts_ms & S_SPAN_MASK;
     return len;
 }
 
-//  A later point into scratch (S_SCRATCH bytes), starting with the
-//  chunk's last partial byte: the chunk then grows by exactly the bytes
-//  the point took, where writing in place needed room for the largest
-//  point (21 bytes; most take one or two) kept free in every open chunk.
-//  Returns the bits in scratch.
-static unsigned
-s_encode_point (tm_gorilla_enc_t *self, uint8_t *scratch, int64_t ts_ms, double value,
-                uint32_t index)
-{
-    uint8_t *buf = self->buf;
-    uint32_t bits = self->bits;
-    memset (scratch, 0, S_SCRATCH);
-    if (bits & 7)
-        scratch[0] = buf[bits >> 3];
-    self->buf = scratch;
-    self->bits = bits & 7;
-    s_put_ts (self, ts_ms);
-    if (self->scale == S_XOR)
-        s_put_value_xor (self, value, index);
-    else
-        s_put_value_decimal (self, value);
-    unsigned n = self->bits;
-    self->buf = buf;
-    self->bits = bits;
-    return n;
-}
-
-//  Encode a point into scratch: 0 with *bits the chunk's bits with it
-//  (the state has moved on, buf and bits not yet), or an outcome with
-//  nothing changed.
+//  The first point, into empty pending bytes.
 static int
-s_encode (tm_gorilla_enc_t *self, int64_t ts_ms, double value, uint8_t *scratch, uint32_t *bits)
+s_append_first (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
 {
-    if (!self->buf) {
-        *bits = (uint32_t) s_encode_first (self, scratch, ts_ms, value) * 8;
-        return 0;
+    uint8_t scratch[S_SCRATCH];
+    tm_gorilla_enc_t saved = *self;
+    size_t len = s_encode_first (self, scratch, ts_ms, value);
+    uint8_t *p = self->pend.inl;
+    if (s_on_heap (len) && !(p = s_grow (self, p, 0, len))) {
+        *self = saved;
+        return -1;
     }
-    if (ts_ms <= self->last_ts)
-        return TM_GORILLA_E_ORDER;
-    uint32_t count = s_get_count (self->buf);
-    if (count == UINT32_MAX
-        || (size_t) self->bits / 8 + 1 + S_POINT_MAX_BYTES > TM_GORILLA_MAX_BYTES)
-        return TM_GORILLA_E_FULL;
-    *bits = (self->bits & ~7u) + s_encode_point (self, scratch, ts_ms, value, count);
+    memcpy (p, scratch, len);
+    self->bits = (uint32_t) len * 8;
+    self->count = 1;
     return 0;
 }
 
-//  Copy an encoded point into the buffer, which has room, and count it.
-static void
-s_commit (tm_gorilla_enc_t *self, const uint8_t *scratch, uint32_t bits, bool first)
+//  A later point is encoded into scratch, starting with the chunk's last
+//  partial byte, then its bytes are copied to the end of the pending
+//  bytes: they grow by exactly the bytes the point took, where writing in
+//  place needed room for the largest point (21 bytes; most take one or
+//  two) kept free in every open chunk.
+int
+tm_gorilla_enc_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
 {
-    size_t at = first? 0: self->bits >> 3;
-    size_t n = ((size_t) bits + 7) / 8 - at;
+    assert (self);
+    if (self->count == 0)
+        return s_append_first (self, ts_ms, value);
+    if (ts_ms <= self->last_ts)
+        return TM_GORILLA_E_ORDER;
+    uint64_t delta = (uint64_t) ts_ms - (uint64_t) self->last_ts;
+    if (delta > TM_GORILLA_STREAM_MAX_DELTA || delta > TM_GORILLA_STREAM_MAX_SPAN - s_span (self)
+        || self->count >= TM_GORILLA_STREAM_MAX_POINTS)
+        return TM_GORILLA_E_FULL;
+    tm_gorilla_enc_t saved = *self;
+    uint32_t bits0 = self->bits;
+    size_t start = self->start;
+    size_t at = (bits0 >> 3) - start;                //  The partial byte, or the end
+    size_t len0 = ((bits0 + 7) >> 3) - start;
+    uint8_t *p = s_on_heap (len0)? self->pend.heap: self->pend.inl;
+    uint8_t scratch[S_SCRATCH];
+    memset (scratch, 0, S_SCRATCH);
+    s_out_t o = {scratch, bits0 & 7};
+    if (o.bits)
+        scratch[0] = p[at];
+    s_put_ts (self, &o, ts_ms, (uint32_t) delta);
+    if (self->scale == S_XOR)
+        s_put_value_xor (self, &o, value, self->count);
+    else
+        s_put_value_decimal (self, &o, value);
+    uint32_t bits = (bits0 & ~7u) + o.bits;
+    size_t len = ((bits + 7) >> 3) - start;
+    if (bits > S_MAX_BITS) {
+        *self = saved;
+        return TM_GORILLA_E_FULL;
+    }
+    if (len > s_room (len0) && !(p = s_grow (self, p, len0, len))) {
+        *self = saved;
+        return -1;
+    }
     //  Mostly one to three bytes: a loop beats a call to memcpy.
-    for (size_t i = 0; i < n; i++)
-        self->buf[at + i] = scratch[i];
-    if (!first)
-        s_put_count (self->buf, s_get_count (self->buf) + 1);
+    for (size_t i = 0, n = len - at; i < n; i++)
+        p[at + i] = scratch[i];
     self->bits = bits;
+    self->count++;
+    return 0;
 }
 
 void
@@ -513,85 +554,295 @@ tm_gorilla_enc_set_xor_only (tm_gorilla_enc_t *self, bool xor_only)
     self->xor_only = xor_only;
 }
 
-int
-tm_gorilla_enc_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
-{
-    assert (self);
-    uint8_t scratch[S_SCRATCH];
-    tm_gorilla_enc_t saved = *self;
-    bool first = !self->buf;
-    uint32_t bits;
-    int rc = s_encode (self, ts_ms, value, scratch, &bits);
-    if (rc != 0)
-        return rc;
-    if (s_reserve (self, ((size_t) bits + 7) / 8) != 0) {
-        *self = saved;
-        return -1;
-    }
-    s_commit (self, scratch, bits, first);
-    return 0;
-}
-
-const uint8_t *
-tm_gorilla_enc_data (const tm_gorilla_enc_t *self, size_t *size)
-{
-    assert (self);
-    if (!self->buf) {
-        if (size)
-            *size = sizeof s_empty_chunk;
-        return s_empty_chunk;
-    }
-    if (size)
-        *size = ((size_t) self->bits + 7) / 8;
-    return self->buf;
-}
-
 uint32_t
 tm_gorilla_enc_count (const tm_gorilla_enc_t *self)
 {
     assert (self);
-    return self->buf? s_get_count (self->buf): 0;
+    return self->count;
 }
 
 int64_t
 tm_gorilla_enc_first_ts (const tm_gorilla_enc_t *self)
 {
     assert (self);
-    if (!self->buf)
-        return 0;
-    //  The header's varint, written by this encoder: at most 10 bytes.
-    uint64_t v = 0;
-    const uint8_t *p = self->buf + TM_GORILLA_EMPTY_SIZE;
-    for (unsigned shift = 0; shift < 70; shift += 7, p++) {
-        v |= (uint64_t) (*p & 0x7F) << shift;
-        if (!(*p & 0x80))
-            break;
-    }
-    return tm_unzigzag (v);
+    return self->count? s_signed ((uint64_t) self->last_ts - s_span (self)): 0;
 }
 
 int64_t
 tm_gorilla_enc_last_ts (const tm_gorilla_enc_t *self)
 {
     assert (self);
-    return self->buf? self->last_ts: 0;
+    return self->count? self->last_ts: 0;
+}
+
+uint32_t
+tm_gorilla_enc_bits (const tm_gorilla_enc_t *self)
+{
+    assert (self);
+    return self->bits;
 }
 
 size_t
 tm_gorilla_enc_heap (const tm_gorilla_enc_t *self)
 {
     assert (self);
-    return self->buf? self->cap: 0;
+    size_t len = s_pending_len (self);
+    return s_on_heap (len)? s_heap_cap (len): 0;
+}
+
+const uint8_t *
+tm_gorilla_enc_pending (const tm_gorilla_enc_t *self, uint32_t *start, size_t *size)
+{
+    assert (self);
+    assert (start);
+    assert (size);
+    if (self->count == 0) {
+        *start = 0;
+        *size = 0;
+        return NULL;
+    }
+    *start = self->start;
+    *size = s_pending_len (self);
+    return s_pending_bytes ((tm_gorilla_enc_t *) self);
+}
+
+void
+tm_gorilla_enc_flushed (tm_gorilla_enc_t *self)
+{
+    assert (self);
+    size_t len = s_pending_len (self);
+    if (s_on_heap (len)) {
+        uint8_t *heap = self->pend.heap;
+        memset (&self->pend, 0, sizeof self->pend);
+        if (self->bits & 7)
+            self->pend.inl[0] = heap[len - 1];
+        free (heap);
+    }
+    else
+    if ((self->bits & 7) && len > 1)
+        self->pend.inl[0] = self->pend.inl[len - 1];
+    self->start = (uint16_t) (self->bits >> 3);
+}
+
+const uint8_t *
+tm_gorilla_enc_data (const tm_gorilla_enc_t *self, size_t *size)
+{
+    assert (self);
+    if (self->count == 0 || self->start > 0) {
+        if (size)
+            *size = 0;
+        return NULL;
+    }
+    if (size)
+        *size = s_pending_len (self);
+    return s_pending_bytes ((tm_gorilla_enc_t *) self);
 }
 
 void
 tm_gorilla_enc_fini (tm_gorilla_enc_t *self)
 {
     assert (self);
-    free (self->buf);
+    if (s_on_heap (s_pending_len (self)))
+        free (self->pend.heap);
     bool xor_only = self->xor_only;
     memset (self, 0, sizeof *self);
     self->xor_only = xor_only;
+}
+
+//  ---------------------------------------------------------------------
+//  Saved state
+
+size_t
+tm_gorilla_enc_save_size (const tm_gorilla_enc_t *self, bool as_flushed)
+{
+    assert (self);
+    if (self->count == 0)
+        return 2;
+    return S_SAVE_FIXED + (as_flushed? (self->bits & 7) != 0: s_pending_len (self));
+}
+
+size_t
+tm_gorilla_enc_save (const tm_gorilla_enc_t *self, bool as_flushed, uint8_t *out)
+{
+    assert (self);
+    assert (out);
+    size_t n = 0;
+    out[n++] = S_SAVE_FORMAT;
+    out[n++] = (uint8_t) ((self->xor_only? S_SAVE_XOR_ONLY: 0) | (self->count? S_SAVE_POINTS: 0));
+    if (self->count == 0)
+        return n;
+    uint32_t start = as_flushed? self->bits >> 3: self->start;
+    n += tm_varint_put (out + n, self->count);
+    n += tm_varint_put (out + n, self->bits);
+    n += tm_varint_put (out + n, start);
+    n += tm_varint_put (out + n, tm_zigzag (self->last_ts));
+    n += tm_varint_put (out + n, s_span (self));
+    n += tm_varint_put (out + n, (uint64_t) self->last_delta);
+    out[n++] = (uint8_t) self->scale;
+    out[n++] = (uint8_t) self->hint;
+    out[n++] = (uint8_t) self->lead;
+    out[n++] = (uint8_t) self->trail;
+    out[n++] = (uint8_t) self->rice_n;
+    n += tm_varint_put (out + n, self->rice_sum);
+    if (self->scale == S_XOR)
+        for (int i = 0; i < 8; i++)
+            out[n++] = (uint8_t) (self->last >> (8 * i));
+    else
+        n += tm_varint_put (out + n, tm_zigzag (s_signed (self->last)));
+    //  The pending bytes from start: the last ones of what we hold.
+    size_t len = (((size_t) self->bits + 7) >> 3) - start;
+    const uint8_t *pend = s_pending_bytes ((tm_gorilla_enc_t *) self);
+    memcpy (out + n, pend + s_pending_len (self) - len, len);
+    return n + len;
+}
+
+//  A varint at most max into *v; false if truncated, too long or larger.
+static bool
+s_get_bounded (const uint8_t **p, const uint8_t *end, uint64_t max, uint64_t *v)
+{
+    return tm_varint_get (p, end, v) == 0 && *v <= max;
+}
+
+//  Parse and check a saved state into st (zeroed); NULL, or the reason.
+//  Allocates nothing: the pending bytes are left at *pending.
+static const char *
+s_load_state (tm_gorilla_enc_t *st, const uint8_t **pos, const uint8_t *end,
+              const uint8_t **pending)
+{
+    const uint8_t *p = *pos;
+    if (end - p < 2)
+        return "state truncated";
+    if (p[0] != S_SAVE_FORMAT)
+        return "unknown state format";
+    uint8_t flags = p[1];
+    p += 2;
+    if (flags & ~(S_SAVE_XOR_ONLY | S_SAVE_POINTS))
+        return "unknown state flags";
+    st->xor_only = (flags & S_SAVE_XOR_ONLY) != 0;
+    if (!(flags & S_SAVE_POINTS)) {
+        *pos = p;
+        *pending = p;
+        return NULL;
+    }
+    uint64_t count, bits, start, zz_ts, span, last_delta, rice_sum, last;
+    if (!s_get_bounded (&p, end, TM_GORILLA_STREAM_MAX_POINTS, &count)
+        || !s_get_bounded (&p, end, S_MAX_BITS, &bits)
+        || !s_get_bounded (&p, end, S_MAX_BITS / 8, &start)
+        || tm_varint_get (&p, end, &zz_ts) != 0
+        || !s_get_bounded (&p, end, TM_GORILLA_STREAM_MAX_SPAN, &span)
+        || !s_get_bounded (&p, end, TM_GORILLA_STREAM_MAX_DELTA, &last_delta))
+        return "state truncated or out of range";
+    if (end - p < 5)
+        return "state truncated";
+    unsigned scale = p[0], hint = p[1], lead = p[2], trail = p[3], rice_n = p[4];
+    p += 5;
+    if (!s_get_bounded (&p, end, UINT32_MAX, &rice_sum))
+        return "state truncated or out of range";
+    if (scale == S_XOR) {
+        if (end - p < 8)
+            return "state truncated";
+        last = 0;
+        for (int i = 7; i >= 0; i--)
+            last = last << 8 | p[i];
+        p += 8;
+    }
+    else
+    if (tm_varint_get (&p, end, &last) != 0)
+        return "state truncated";
+    //  The chunk: a header, then at least two bits a point.
+    if (count == 0 || bits < S_HEADER_MIN * 8 || (count - 1) * 2 > bits - S_HEADER_MIN * 8)
+        return "count and bits disagree";
+    if (start > bits / 8)
+        return "flushed offset past the bits";
+    //  Timestamps: each delta at least 1, the last one within the span,
+    //  the first timestamp (last_ts - span) representable.
+    int64_t last_ts = tm_unzigzag (zz_ts);
+    if (count == 1? span != 0 || last_delta != 0
+                  : last_delta == 0 || last_delta > span || span - last_delta < count - 2)
+        return "timestamps out of range";
+    if ((uint64_t) last_ts - (uint64_t) INT64_MIN < span)
+        return "timestamps out of range";
+    if (scale != S_XOR) {
+        int64_t n = tm_unzigzag (last);
+        if (scale > S_SCALE_MAX)
+            return "decimal scale out of range";
+        if (n < -S_N_MAX || n > S_N_MAX)
+            return "decimal value out of range";
+        if (rice_n == 0)
+            return "Rice statistics out of range";
+        last = (uint64_t) n;
+    }
+    //  As the encoder keeps them: a scale to try, a window of at least one
+    //  bit, Rice statistics of at most 31 deltas of at most S_RICE_CAP.
+    if (hint > S_SCALE_MAX)
+        return "scale hint out of range";
+    if (lead > 31 || trail > 63 || lead + trail > 63)
+        return "XOR window out of range";
+    if (rice_n >= S_RICE_RESET || rice_sum > (uint64_t) rice_n * S_RICE_CAP)
+        return "Rice statistics out of range";
+    size_t len = (size_t) ((bits + 7) / 8 - start);
+    if ((size_t) (end - p) < len)
+        return "pending bytes truncated";
+    if (start == 0 && p[0] != TM_GORILLA_STREAM_VERSION)
+        return "unknown chunk version";
+    //  Later points are OR-ed into the last byte: its padding must be clear.
+    if ((bits & 7) && (p[len - 1] & (0xFF >> (bits & 7))))
+        return "padding bits are not zero";
+    st->count = (uint16_t) count;
+    st->bits = (uint32_t) bits;
+    st->start = (uint16_t) start;
+    st->last_ts = last_ts;
+    st->first_lo = ((uint64_t) last_ts - span) & S_SPAN_MASK;
+    st->last_delta = (uint32_t) last_delta;
+    st->scale = scale & 31;
+    st->hint = hint & 31;
+    st->lead = lead & 31;
+    st->trail = trail & 63;
+    st->rice_n = rice_n & 31;
+    st->rice_sum = (uint32_t) rice_sum;
+    st->last = last;
+    *pending = p;
+    *pos = p + len;
+    return NULL;
+}
+
+//  Give st (its fields set, pend empty) its len pending bytes. 0 or -1.
+static int
+s_set_pending (tm_gorilla_enc_t *st, const uint8_t *bytes, size_t len)
+{
+    assert (len == s_pending_len (st));
+    uint8_t *p = st->pend.inl;
+    if (s_on_heap (len)) {
+        p = malloc (s_heap_cap (len));
+        if (!p)
+            return -1;
+        st->pend.heap = p;
+    }
+    memcpy (p, bytes, len);
+    return 0;
+}
+
+int
+tm_gorilla_enc_load (tm_gorilla_enc_t *self, const uint8_t *data, size_t size, size_t *used,
+                     const char **error)
+{
+    assert (self);
+    assert (self->count == 0);
+    assert (used);
+    tm_gorilla_enc_t st;
+    memset (&st, 0, sizeof st);
+    const uint8_t *p = data, *pending = NULL;
+    const char *why = data? s_load_state (&st, &p, data + size, &pending): "state truncated";
+    if (!why && s_set_pending (&st, pending, s_pending_len (&st)) != 0)
+        why = "out of memory";
+    if (why) {
+        if (error)
+            *error = why;
+        return -1;
+    }
+    *self = st;
+    *used = (size_t) (p - data);
+    return 0;
 }
 
 //  ---------------------------------------------------------------------
@@ -664,7 +915,6 @@ s_get_ones (tm_gorilla_dec_t *self, unsigned max, unsigned *ones)
     *ones = n;
     return 0;
 }
-
 
 //  n of a decimal value, checked against the range the encoder uses.
 static int
@@ -793,23 +1043,12 @@ s_get_value_decimal (tm_gorilla_dec_t *self, double *value)
     return 0;
 }
 
-int
-tm_gorilla_dec_init (tm_gorilla_dec_t *self, const uint8_t *data, size_t size)
+//  The first point (ts, mode, value) at p, not past end: 0 with the
+//  state set and *pos after it, or -1.
+static int
+s_get_first (tm_gorilla_dec_t *self, const uint8_t **pos, const uint8_t *end)
 {
-    assert (self);
-    memset (self, 0, sizeof *self);
-    self->data = data;
-    if (!data || size < TM_GORILLA_EMPTY_SIZE)
-        return s_fail (self, "chunk shorter than its header");
-    if (data[0] != TM_GORILLA_VERSION)
-        return s_fail (self, "unknown chunk version");
-    uint32_t count = s_get_count (data);
-    if (count == 0) {
-        if (size != TM_GORILLA_EMPTY_SIZE)
-            return s_fail (self, "bytes after an empty chunk");
-        return 0;
-    }
-    const uint8_t *p = data + TM_GORILLA_EMPTY_SIZE, *end = data + size;
+    const uint8_t *p = *pos;
     uint64_t raw;
     if (tm_varint_get (&p, end, &raw) != 0)
         return s_fail (self, "first timestamp truncated");
@@ -840,13 +1079,75 @@ tm_gorilla_dec_init (tm_gorilla_dec_t *self, const uint8_t *data, size_t size)
     }
     else
         return s_fail (self, "unknown first value mode");
-    self->pos = (uint64_t) (p - data) * 8;
-    self->end = (uint64_t) size * 8;
-    //  Every point after the first takes at least two bits.
+    *pos = p;
+    return 0;
+}
+
+//  Set the count once the first point is read: every point after the
+//  first takes at least two bits, so the work is bounded by the bits.
+static int
+s_set_count (tm_gorilla_dec_t *self, uint32_t count)
+{
     if ((uint64_t) (count - 1) > (self->end - self->pos) / 2)
         return s_fail (self, "count larger than the chunk can hold");
     self->count = count;
     return 0;
+}
+
+int
+tm_gorilla_dec_init (tm_gorilla_dec_t *self, const uint8_t *data, size_t size)
+{
+    assert (self);
+    memset (self, 0, sizeof *self);
+    self->data = data;
+    self->version = TM_GORILLA_VERSION;
+    if (!data || size < TM_GORILLA_EMPTY_SIZE)
+        return s_fail (self, "chunk shorter than its header");
+    if (data[0] != TM_GORILLA_VERSION)
+        return s_fail (self, "unknown chunk version");
+    uint32_t count = (uint32_t) data[1] | (uint32_t) data[2] << 8 | (uint32_t) data[3] << 16
+                   | (uint32_t) data[4] << 24;
+    if (count == 0) {
+        if (size != TM_GORILLA_EMPTY_SIZE)
+            return s_fail (self, "bytes after an empty chunk");
+        return 0;
+    }
+    const uint8_t *p = data + TM_GORILLA_EMPTY_SIZE;
+    if (s_get_first (self, &p, data + size) != 0)
+        return -1;
+    self->pos = (uint64_t) (p - data) * 8;
+    self->end = (uint64_t) size * 8;
+    return s_set_count (self, count);
+}
+
+int
+tm_gorilla_dec_init_stream (tm_gorilla_dec_t *self, const uint8_t *data, size_t size,
+                            uint32_t count, uint64_t bits)
+{
+    assert (self);
+    memset (self, 0, sizeof *self);
+    self->data = data;
+    self->version = TM_GORILLA_STREAM_VERSION;
+    if (count == 0 && bits == 0)
+        return 0;
+    if (count == 0)
+        return s_fail (self, "bits for an empty chunk");
+    if (!data || bits / 8 + ((bits & 7) != 0) > size)
+        return s_fail (self, "chunk shorter than its bits");
+    if (bits < 8)
+        return s_fail (self, "chunk shorter than its header");
+    if (data[0] != TM_GORILLA_STREAM_VERSION)
+        return s_fail (self, "unknown chunk version");
+    //  The header is whole bytes, all within the bits.
+    const uint8_t *p = data + 1;
+    if (s_get_first (self, &p, data + bits / 8) != 0)
+        return -1;
+    //  The last byte is padded with zeros (later points are OR-ed in).
+    if ((bits & 7) && (data[bits / 8] & (0xFF >> (bits & 7))))
+        return s_fail (self, "padding bits are not zero");
+    self->pos = (uint64_t) (p - data) * 8;
+    self->end = bits;
+    return s_set_count (self, count);
 }
 
 int
@@ -856,10 +1157,15 @@ tm_gorilla_dec_next (tm_gorilla_dec_t *self, int64_t *ts_ms, double *value)
     if (self->error)
         return -1;
     if (self->index == self->count) {
-        //  The encoder pads the last byte with zeros and writes nothing
-        //  more: anything else is damage.
-        //  pos stays at the end of the last point (tm_gorilla_enc_resume
-        //  continues from there).
+        //  v2: the points end exactly at the bits the container gave.
+        if (self->version == TM_GORILLA_STREAM_VERSION) {
+            if (self->pos != self->end)
+                return s_fail (self, "bits after the last point");
+            return 0;
+        }
+        //  v1: the encoder pads the last byte with zeros and writes
+        //  nothing more: anything else is damage. pos stays at the end of
+        //  the last point (tm_gorilla_enc_resume continues from there).
         uint64_t rest;
         if (self->end - self->pos >= 8)
             return s_fail (self, "bytes after the last point");
@@ -875,6 +1181,8 @@ tm_gorilla_dec_next (tm_gorilla_dec_t *self, int64_t *ts_ms, double *value)
         *value = self->first_value;
         return 1;
     }
+    if (self->version == TM_GORILLA_STREAM_VERSION && self->pos == self->end)
+        return s_fail (self, "chunk ends before its count");
     unsigned bucket;
     uint64_t raw = 0;
     if (s_get_ones (self, 5, &bucket) != 0)
@@ -909,63 +1217,68 @@ tm_gorilla_dec_count (const tm_gorilla_dec_t *self)
 }
 
 //  ---------------------------------------------------------------------
-
-//  Decode a stored chunk to its end, for resuming: 0 with *dec at its
-//  last point, or -1 (*error says why, if error is not NULL).
-static int
-s_resume_scan (tm_gorilla_dec_t *dec, const uint8_t *data, size_t size, const char **error)
-{
-    int64_t ts;
-    double v;
-    int rc;
-    tm_gorilla_dec_init (dec, data, size);
-    while ((rc = tm_gorilla_dec_next (dec, &ts, &v)) == 1)
-        ;
-    if (rc == 0 && size > TM_GORILLA_MAX_BYTES) {
-        dec->error = "chunk larger than an encoder builds";
-        rc = -1;
-    }
-    if (rc != 0 && error)
-        *error = dec->error;
-    return rc;
-}
-
-//  The state the encoder had after the chunk's last point (all but buf,
-//  cap and xor_only).
-static void
-s_resume_state (tm_gorilla_enc_t *self, const tm_gorilla_dec_t *dec)
-{
-    //  The end of the last point, not of the padded last byte.
-    self->bits = (uint32_t) dec->pos;
-    self->last_ts = dec->last_ts;
-    self->last_delta = dec->last_delta;
-    self->last = dec->last;
-    self->rice_sum = dec->rice_sum;
-    self->rice_n = dec->rice_n & 63;
-    self->scale = dec->scale & 31;
-    self->hint = dec->last_scale & 31;
-    self->lead = dec->lead & 31;
-    self->trail = dec->trail & 63;
-}
+//  Resuming a v1 chunk
 
 int
 tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t size,
                        const char **error)
 {
     assert (self);
-    assert (!self->buf);
+    assert (self->count == 0);
     tm_gorilla_dec_t dec;
-    if (s_resume_scan (&dec, data, size, error) != 0)
-        return -1;
-    if (dec.count == 0)
-        return 0;
-    if (s_reserve (self, size) != 0) {
+    int64_t first_ts = 0, ts;
+    double v;
+    int rc;
+    tm_gorilla_dec_init (&dec, data, size);
+    while ((rc = tm_gorilla_dec_next (&dec, &ts, &v)) == 1)
+        if (dec.index == 1)
+            first_ts = ts;
+    if (rc != 0) {
         if (error)
-            *error = "out of memory";
+            *error = dec.error;
         return -1;
     }
-    memcpy (self->buf, data, size);
-    s_resume_state (self, &dec);
+    if (dec.count == 0)
+        return 0;
+    //  The same bit stream without the count: 32 bits fewer. A v1 chunk
+    //  ends in its last point's byte, so the v2 one is size - 4 bytes.
+    uint64_t bits = dec.pos - 32;
+    if (dec.count > TM_GORILLA_STREAM_MAX_POINTS || bits > S_MAX_BITS
+        || (uint64_t) dec.last_ts - (uint64_t) first_ts > TM_GORILLA_STREAM_MAX_SPAN
+        || dec.last_delta < 0 || dec.last_delta > TM_GORILLA_STREAM_MAX_DELTA) {
+        if (error)
+            *error = "chunk beyond the limits of a v2 chunk";
+        return -1;
+    }
+    tm_gorilla_enc_t st;
+    memset (&st, 0, sizeof st);
+    st.xor_only = self->xor_only;
+    st.count = (uint16_t) dec.count;
+    st.bits = (uint32_t) bits;
+    st.last_ts = dec.last_ts;
+    st.first_lo = (uint64_t) first_ts & S_SPAN_MASK;
+    st.last_delta = (uint32_t) dec.last_delta;
+    st.last = dec.last;
+    st.rice_sum = dec.rice_sum;
+    st.rice_n = dec.rice_n & 31;
+    st.scale = dec.scale & 31;
+    st.hint = dec.last_scale & 31;
+    st.lead = dec.lead & 31;
+    st.trail = dec.trail & 63;
+    size_t len = s_pending_len (&st);
+    assert (len == size - 4);
+    uint8_t *p = st.pend.inl;
+    if (s_on_heap (len)) {
+        p = malloc (s_heap_cap (len));
+        if (!p) {
+            if (error)
+                *error = "out of memory";
+            return -1;
+        }
+        st.pend.heap = p;
+    }
+    p[0] = TM_GORILLA_STREAM_VERSION;
+    memcpy (p + 1, data + TM_GORILLA_EMPTY_SIZE, len - 1);
+    *self = st;
     return 0;
 }
-

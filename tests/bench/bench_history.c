@@ -382,26 +382,44 @@ s_load_epa (s_set_t *set, const char *dir)
 //  ---------------------------------------------------------------------
 //  Measuring
 
+//  Encode points [start, end) of a series into enc (empty) until one
+//  does not fit a v2 chunk (TM_GORILLA_E_FULL: a gap of more than 49
+//  days, say); returns the end of the points taken. Exits on any other
+//  failure.
+static size_t
+s_encode_chunk (tm_gorilla_enc_t *enc, const s_series_t *s, size_t start, size_t end)
+{
+    for (size_t i = start; i < end; i++) {
+        int rc = tm_gorilla_enc_append (enc, s->ts[i], s->v[i]);
+        if (rc == TM_GORILLA_E_FULL && i > start)
+            return i;
+        if (rc != 0) {
+            fprintf (stderr, "bench_history: append failed in %s (%d)\n", s->name, rc);
+            exit (1);
+        }
+    }
+    return end;
+}
+
 //  Bytes of a series stored in chunks of up to chunk points; every chunk
 //  is decoded and compared. Exits on a mismatch: the codec is broken.
+//  A chunk's bytes are the v2 chunk's (its container's count and bit
+//  length are not counted, as the v1 header's count was).
 static size_t
 s_stored_bytes (const s_series_t *s, size_t chunk, bool xor_only)
 {
     size_t total = 0;
-    for (size_t start = 0; start < s->n; start += chunk) {
-        size_t end = start + chunk < s->n? start + chunk: s->n;
+    for (size_t start = 0, end; start < s->n; start = end) {
+        end = start + chunk < s->n? start + chunk: s->n;
         tm_gorilla_enc_t enc;
         tm_gorilla_enc_init (&enc);
         tm_gorilla_enc_set_xor_only (&enc, xor_only);
-        for (size_t i = start; i < end; i++)
-            if (tm_gorilla_enc_append (&enc, s->ts[i], s->v[i]) != 0) {
-                fprintf (stderr, "bench_history: append failed in %s\n", s->name);
-                exit (1);
-            }
+        end = s_encode_chunk (&enc, s, start, end);
         size_t size;
         const uint8_t *data = tm_gorilla_enc_data (&enc, &size);
         tm_gorilla_dec_t dec;
-        tm_gorilla_dec_init (&dec, data, size);
+        tm_gorilla_dec_init_stream (&dec, data, size, tm_gorilla_enc_count (&enc),
+                                    tm_gorilla_enc_bits (&enc));
         int64_t ts;
         double v;
         for (size_t i = start; i < end; i++)
@@ -545,18 +563,18 @@ s_report_speed (const s_set_t *set, const char *group)
             const s_series_t *s = &set->items[i];
             if (group && strcmp (s->group, group) != 0)
                 continue;
-            for (size_t start = 0; start < s->n; start += 1024) {
-                size_t end = start + 1024 < s->n? start + 1024: s->n;
+            for (size_t start = 0, end; start < s->n; start = end) {
+                end = start + 1024 < s->n? start + 1024: s->n;
                 tm_gorilla_enc_t enc;
                 tm_gorilla_enc_init (&enc);
                 double t0 = s_now_ns ();
-                for (size_t j = start; j < end; j++)
-                    tm_gorilla_enc_append (&enc, s->ts[j], s->v[j]);
+                end = s_encode_chunk (&enc, s, start, end);
                 double t1 = s_now_ns ();
                 size_t size;
                 const uint8_t *data = tm_gorilla_enc_data (&enc, &size);
                 tm_gorilla_dec_t dec;
-                tm_gorilla_dec_init (&dec, data, size);
+                tm_gorilla_dec_init_stream (&dec, data, size, tm_gorilla_enc_count (&enc),
+                                            tm_gorilla_enc_bits (&enc));
                 int64_t ts;
                 double v, acc = 0;
                 while (tm_gorilla_dec_next (&dec, &ts, &v) == 1)
@@ -602,7 +620,7 @@ main (int argc, char **argv)
     s_load_uci (&set, dir);
     s_load_epa (&set, dir);
     printf ("tm_gorilla chunk format v%d, encoder state %zu bytes; raw points are 16 bytes\n\n",
-            TM_GORILLA_VERSION, sizeof (tm_gorilla_enc_t));
+            TM_GORILLA_STREAM_VERSION, sizeof (tm_gorilla_enc_t));
     s_report (&set, verbose);
     s_report_sim_timing (&set);
     s_report_speed (&set, "sim");
