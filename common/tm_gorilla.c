@@ -37,6 +37,7 @@
 #define S_SAVE_FORMAT 1            //  First byte of a saved state
 #define S_SAVE_XOR_ONLY 1          //  Saved state flags
 #define S_SAVE_POINTS 2
+#define S_SAVE_DIRTY 4             //  Points appended since the last flush
 //  A saved state but its pending bytes, at most: format, flags, count,
 //  bits, start, last_ts, span, last_delta, five bytes, rice_sum, last.
 #define S_SAVE_FIXED (1 + 1 + 3 + 3 + 3 + 10 + 6 + 5 + 5 + 5 + 10)
@@ -194,8 +195,8 @@ s_pending_bytes (tm_gorilla_enc_t *self)
     return s_on_heap (s_pending_len (self))? self->pend.heap: self->pend.inl;
 }
 
-//  The span, last_ts - first_ts: less than 2^37, so first_lo (first_ts
-//  mod 2^37) gives it without updating a field at every point.
+//  The span, last_ts - first_ts: less than 2^36, so first_lo (first_ts
+//  mod 2^36) gives it without updating a field at every point.
 #define S_SPAN_MASK ((uint64_t) TM_GORILLA_STREAM_MAX_SPAN)
 static uint64_t
 s_span (const tm_gorilla_enc_t *self)
@@ -493,12 +494,23 @@ s_append_first (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
 //  bytes: they grow by exactly the bytes the point took, where writing in
 //  place needed room for the largest point (21 bytes; most take one or
 //  two) kept free in every open chunk.
+static int s_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value);
+
 int
 tm_gorilla_enc_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
 {
     assert (self);
-    if (self->count == 0)
-        return s_append_first (self, ts_ms, value);
+    int rc = self->count == 0? s_append_first (self, ts_ms, value):
+                               s_append (self, ts_ms, value);
+    if (rc == 0)
+        self->dirty = 1;
+    return rc;
+}
+
+//  A point after the first.
+static int
+s_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
+{
     if (ts_ms <= self->last_ts)
         return TM_GORILLA_E_ORDER;
     uint64_t delta = (uint64_t) ts_ms - (uint64_t) self->last_ts;
@@ -622,6 +634,14 @@ tm_gorilla_enc_flushed (tm_gorilla_enc_t *self)
     if ((self->bits & 7) && len > 1)
         self->pend.inl[0] = self->pend.inl[len - 1];
     self->start = (uint16_t) (self->bits >> 3);
+    self->dirty = 0;
+}
+
+bool
+tm_gorilla_enc_dirty (const tm_gorilla_enc_t *self)
+{
+    assert (self);
+    return self->dirty;
 }
 
 const uint8_t *
@@ -668,7 +688,8 @@ tm_gorilla_enc_save (const tm_gorilla_enc_t *self, bool as_flushed, uint8_t *out
     assert (out);
     size_t n = 0;
     out[n++] = S_SAVE_FORMAT;
-    out[n++] = (uint8_t) ((self->xor_only? S_SAVE_XOR_ONLY: 0) | (self->count? S_SAVE_POINTS: 0));
+    out[n++] = (uint8_t) ((self->xor_only? S_SAVE_XOR_ONLY: 0) | (self->count? S_SAVE_POINTS: 0)
+                          | (self->dirty && !as_flushed? S_SAVE_DIRTY: 0));
     if (self->count == 0)
         return n;
     uint32_t start = as_flushed? self->bits >> 3: self->start;
@@ -716,9 +737,10 @@ s_load_state (tm_gorilla_enc_t *st, const uint8_t **pos, const uint8_t *end,
         return "unknown state format";
     uint8_t flags = p[1];
     p += 2;
-    if (flags & ~(S_SAVE_XOR_ONLY | S_SAVE_POINTS))
+    if (flags & ~(S_SAVE_XOR_ONLY | S_SAVE_POINTS | S_SAVE_DIRTY))
         return "unknown state flags";
     st->xor_only = (flags & S_SAVE_XOR_ONLY) != 0;
+    st->dirty = (flags & S_SAVE_DIRTY) != 0;
     if (!(flags & S_SAVE_POINTS)) {
         *pos = p;
         *pending = p;
@@ -1259,6 +1281,7 @@ tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t size,
     st.first_lo = (uint64_t) first_ts & S_SPAN_MASK;
     st.last_delta = (uint32_t) dec.last_delta;
     st.last = dec.last;
+    st.dirty = 1;                  //  nothing of it is stored as a v2 chunk yet
     st.rice_sum = dec.rice_sum;
     st.rice_n = dec.rice_n & 31;
     st.scale = dec.scale & 31;

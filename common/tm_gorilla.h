@@ -48,7 +48,7 @@
     empty chunk has no bytes (count 0, bits 0). A v2 chunk holds at most
     TM_GORILLA_STREAM_MAX_POINTS points in TM_GORILLA_STREAM_MAX_BYTES
     bytes and its span (last - first timestamp) is at most
-    TM_GORILLA_STREAM_MAX_SPAN (2^37 - 1 ms, about 4.3 years); the encoder
+    TM_GORILLA_STREAM_MAX_SPAN (2^36 - 1 ms, about 2.2 years); the encoder
     appends no point more than TM_GORILLA_STREAM_MAX_DELTA (2^32 - 1 ms,
     about 49 days) after the one before. At those limits it returns
     TM_GORILLA_E_FULL, and the caller starts another chunk. (They let the
@@ -130,7 +130,7 @@
 #define TM_GORILLA_STREAM_MAX_BYTES 65535
 #define TM_GORILLA_STREAM_MAX_POINTS 65535
 #define TM_GORILLA_STREAM_MAX_DELTA 0xFFFFFFFFLL       //  ms between two points
-#define TM_GORILLA_STREAM_MAX_SPAN ((1LL << 37) - 1)   //  ms from the first point to the last
+#define TM_GORILLA_STREAM_MAX_SPAN ((1LL << 36) - 1)   //  ms from the first point to the last
 
 //  Pending bytes kept inside the encoder state, without allocating.
 #define TM_GORILLA_INLINE 8
@@ -143,7 +143,7 @@
 //  The encoder of one open chunk; embed it (init/fini), 48 bytes. The
 //  chunk's first start bytes are stored elsewhere and forgotten; the rest,
 //  bytes [start, ceil (bits / 8)), are pending, here. The first timestamp
-//  is last_ts less (last_ts - first_lo) mod 2^37, so no field changes with
+//  is last_ts less (last_ts - first_lo) mod 2^36, so no field changes with
 //  the span at every point. (uint64_t bit-fields: an implementation-defined
 //  type in C11, which gcc and clang take; the size is asserted.)
 typedef struct {
@@ -153,7 +153,8 @@ typedef struct {
     } pend;
     int64_t last_ts;                   //  Timestamp of the last point
     uint64_t last;                     //  Last value: its bits (XOR mode) or n (decimal)
-    uint64_t first_lo : 37;            //  First timestamp mod 2^37 (the span is shorter)
+    uint64_t first_lo : 36;            //  First timestamp mod 2^36 (the span is shorter)
+    uint64_t dirty : 1;                //  Points appended since the last flushed()
     uint64_t rice_n : 5;               //  Rice statistics: deltas in rice_sum, 1..31
     uint64_t scale : 5;                //  Decimal scale 0..22, or 31 in XOR mode
     uint64_t hint : 5;                 //  XOR mode: the scale to try first, 0..22
@@ -230,6 +231,11 @@ const uint8_t *tm_gorilla_enc_pending (const tm_gorilla_enc_t *self, uint32_t *s
 //  Everything up to the current bits is stored: forget it but the last
 //  partial byte (back inline, the heap freed). O(1). No-op if empty.
 void tm_gorilla_enc_flushed (tm_gorilla_enc_t *self);
+
+//  True if points were appended since the last flushed() (or since init,
+//  resume, or a load of a state saved not as flushed): the pending bytes
+//  hold something no segment has stored.
+bool tm_gorilla_enc_dirty (const tm_gorilla_enc_t *self);
 
 //  The whole chunk while nothing has been flushed (tests, benchmarks):
 //  borrowed as pending is, *size its bytes. NULL once something was

@@ -1,6 +1,7 @@
 /*  tm_history - a series' history in the worker's RocksDB  */
 #include "tm_history.h"
 #include "tm_log.h"
+#include "tm_segment.h"
 #include "tm_util.h"
 #include "tm_wire.h"
 
@@ -76,7 +77,26 @@ tm_history_value_decode (char kind, const void *val, size_t vlen, tm_history_val
         }
         return 0;
     }
-    if (kind != 'H' || vlen < 8 + TM_GORILLA_EMPTY_SIZE)
+    if (kind != 'H' || vlen < 9)
+        return -1;
+    size_t marker = v[8] == TM_HISTORY_VALUE_STAMPED? 8 + S_STAMP_SIZE: 8;
+    if (vlen > marker && (v[marker] == TM_SEGMENT_JOINED || v[marker] == TM_SEGMENT_BROKEN)) {
+        tm_segment_t seg;
+        if (tm_segment_parse (v, vlen, &seg) != 0)
+            return -1;
+        out->format = seg.expires == TM_SEGMENT_NO_EXPIRY? 0: 1;
+        out->expires = seg.expires == TM_SEGMENT_NO_EXPIRY? TM_HISTORY_NO_EXPIRY: seg.expires;
+        out->last_ts = seg.last_ts;
+        out->kind = seg.kind;
+        //  A broken value gets no more segments: retention may drop it.
+        out->closed = seg.kind == TM_SEGMENT_BROKEN || (seg.flags & TM_SEGMENT_CLOSED);
+        out->count = seg.count;
+        out->bits = seg.bits;
+        out->chunk = seg.bytes;
+        out->chunk_size = seg.size;
+        return 0;
+    }
+    if (vlen < 8 + TM_GORILLA_EMPTY_SIZE)
         return -1;
     out->last_ts = s_get_ts (v);
     size_t head = 8;
@@ -89,6 +109,7 @@ tm_history_value_decode (char kind, const void *val, size_t vlen, tm_history_val
     }
     out->chunk = v + head;
     out->chunk_size = vlen - head;
+    out->closed = true;
     return 0;
 }
 
@@ -102,6 +123,9 @@ tm_history_filter (void *arg, const void *key, size_t klen, const void *val, siz
     tm_history_value_t hv;
     if (tm_history_value_decode ((char) k[5], val, vlen, &hv) != 0)
         return false;      //  not ours to judge: keep it for the reader to report
+    //  An open chunk's next segment needs the bytes before it (tm_segment).
+    if (k[5] == 'H' && !hv.closed)
+        return false;
     int64_t now = ret->now_ms? ret->now_ms (): tm_util_wall_ms ();
     if (hv.format == 1)
         return now > hv.expires;
@@ -136,6 +160,49 @@ s_expiry (int64_t last, int64_t retention_ms)
     return expires;
 }
 
+//  The stamp of a series' values: its model's retention as of now, from
+//  its newest point (the compaction filter cannot look models up: banner).
+static int64_t
+s_stamp (tm_twins_t *twins, const tm_twin_t *t, const char *property, int64_t last_ts)
+{
+    int64_t retention = tm_history_series_retention (twins, t, property,
+                                                     tm_twins_name_len (property));
+    return retention > 0? s_expiry (last_ts, retention): TM_SEGMENT_NO_EXPIRY;
+}
+
+//  A value buffer that grows; false if memory is short.
+static bool
+s_room (uint8_t **val, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return true;
+    uint8_t *grown = realloc (*val, need);
+    if (!grown)
+        return false;
+    *val = grown;
+    *cap = need;
+    return true;
+}
+
+//  A chunk's bytes into the batch under its key: a joined value when they
+//  are the whole chunk (a put: nothing to join), else a segment (a merge).
+//  Returns the value's size, 0 if memory is short.
+static size_t
+s_stage_chunk (tm_store_batch_t *batch, const uint8_t *key, size_t klen, tm_segment_t *seg,
+               uint8_t **val, size_t *cap)
+{
+    seg->kind = seg->start == 0? TM_SEGMENT_JOINED: TM_SEGMENT_PIECE;
+    size_t vlen = tm_segment_size (seg);
+    if (!s_room (val, cap, vlen))
+        return 0;
+    tm_segment_put (*val, seg);
+    if (seg->kind == TM_SEGMENT_JOINED)
+        tm_store_batch_put (batch, key, klen, *val, vlen);
+    else
+        tm_store_batch_merge (batch, key, klen, *val, vlen);
+    return vlen;
+}
+
 int
 tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
                   tm_history_counts_t *counts)
@@ -154,50 +221,70 @@ tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
                              item->property, plen);
         s_put_ts (key + n, item->first_ts);
         n += 8;
-        //  The model's retention as of now, stamped: the compaction filter
-        //  cannot look models up (banner).
-        int64_t retention = tm_history_series_retention (twins, t, item->property, plen);
-        uint8_t stamp[S_STAMP_SIZE];
-        size_t slen = 0;
-        if (retention > 0) {
-            stamp[0] = TM_HISTORY_VALUE_STAMPED;
-            s_put_ts (stamp + 1, s_expiry (item->last_ts, retention));
-            slen = S_STAMP_SIZE;
-        }
+        int64_t expires = s_stamp (twins, t, item->property, item->last_ts);
         if (item->late) {
             uint8_t v[8 + S_STAMP_SIZE];
             uint64_t bits;
             memcpy (&bits, &item->value, 8);
             for (int b = 0; b < 8; b++)
                 v[b] = (uint8_t) (bits >> (8 * b));
-            memcpy (v + 8, stamp, slen);
-            tm_store_batch_put (batch, key, n, v, 8 + slen);
+            size_t vlen = 8;
+            if (expires != TM_SEGMENT_NO_EXPIRY) {
+                v[8] = TM_HISTORY_VALUE_STAMPED;
+                s_put_ts (v + 9, expires);
+                vlen += S_STAMP_SIZE;
+            }
+            tm_store_batch_put (batch, key, n, v, vlen);
             counts->late++;
             continue;
         }
-        size_t vlen = 8 + slen + item->size;
-        if (cap < vlen) {
-            uint8_t *grown = realloc (val, vlen);
-            if (!grown) {
-                free (val);
-                return -1;
-            }
-            val = grown;
-            cap = vlen;
-        }
-        s_put_ts (val, item->last_ts);
-        memcpy (val + 8, stamp, slen);
-        memcpy (val + 8 + slen, item->data, item->size);
-        tm_store_batch_put (batch, key, n, val, vlen);
-        tm_gorilla_dec_t dec;
+        //  The chunk's last segment.
+        tm_segment_t seg = {.last_ts = item->last_ts, .expires = expires,
+                            .flags = TM_SEGMENT_CLOSED, .count = item->count,
+                            .bits = item->bits, .start = item->start,
+                            .bytes = item->data, .size = item->size};
+        size_t vlen = s_stage_chunk (batch, key, n, &seg, &val, &cap);
+        if (vlen == 0)
+            goto oom;
+        //  Counted as what stays once joined.
+        seg.kind = TM_SEGMENT_JOINED;
+        seg.start = 0;
+        seg.size = ((size_t) item->bits + 7) / 8;
         counts->chunks++;
-        counts->points += tm_gorilla_dec_init (&dec, item->data, item->size) == 0?
-                          tm_gorilla_dec_count (&dec): 0;
-        counts->value_bytes += vlen;
+        counts->points += item->count;
+        counts->value_bytes += tm_segment_size (&seg);
         counts->key_bytes += n;
+        if (item->start) {
+            counts->segments++;
+            counts->segment_bytes += vlen + n;
+        }
     }
+    //  The open chunks' new bytes.
+    for (tm_twin_t *t = tm_twins_shard_first (twins, shard); t; t = t->next_in_shard)
+        for (uint16_t i = 0; i < t->nprops; i++) {
+            const tm_prop_t *pr = &t->props[i];
+            if (!tm_gorilla_enc_dirty (&pr->hist))
+                continue;
+            tm_segment_t seg = {.last_ts = tm_gorilla_enc_last_ts (&pr->hist),
+                                .count = tm_gorilla_enc_count (&pr->hist),
+                                .bits = tm_gorilla_enc_bits (&pr->hist)};
+            seg.bytes = tm_gorilla_enc_pending (&pr->hist, &seg.start, &seg.size);
+            seg.expires = s_stamp (twins, t, pr->name, seg.last_ts);
+            size_t n = s_prefix (key, 'H', shard, t->entity, t->entity_len, pr->name,
+                                 tm_twins_name_len (pr->name));
+            s_put_ts (key + n, tm_gorilla_enc_first_ts (&pr->hist));
+            n += 8;
+            size_t vlen = s_stage_chunk (batch, key, n, &seg, &val, &cap);
+            if (vlen == 0)
+                goto oom;
+            counts->segments++;
+            counts->segment_bytes += vlen + n;
+        }
     free (val);
     return 0;
+oom:
+    free (val);
+    return -1;
 }
 
 int
@@ -250,23 +337,85 @@ s_add (s_points_t *pts, int64_t ts, double value, bool late)
     pts->p[pts->n++] = (s_point_t) {.ts = ts, .value = value, .late = late};
 }
 
-//  Decode a chunk's points in range; false if it does not decode.
+//  Decode a chunk's points in range (dec initialised); false if it does
+//  not decode.
 static bool
-s_add_chunk (s_points_t *pts, const uint8_t *data, size_t size)
+s_add_points (s_points_t *pts, tm_gorilla_dec_t *dec)
 {
-    tm_gorilla_dec_t dec;
-    if (tm_gorilla_dec_init (&dec, data, size) != 0)
-        return false;
     int64_t ts;
     double value;
     int rc;
-    while ((rc = tm_gorilla_dec_next (&dec, &ts, &value)) == 1) {
+    while ((rc = tm_gorilla_dec_next (dec, &ts, &value)) == 1) {
         pts->scanned++;
         if (ts >= pts->to)
             break;
         s_add (pts, ts, value, false);
     }
     return rc >= 0;
+}
+
+//  A stored chunk value's points: version 1, or joined segments.
+static bool
+s_add_value (s_points_t *pts, const tm_history_value_t *hv)
+{
+    tm_gorilla_dec_t dec;
+    if (hv->kind == TM_SEGMENT_BROKEN)
+        return false;
+    int rc = hv->kind == TM_SEGMENT_JOINED?
+             tm_gorilla_dec_init_stream (&dec, hv->chunk, hv->chunk_size, hv->count, hv->bits):
+             tm_gorilla_dec_init (&dec, hv->chunk, hv->chunk_size);
+    return rc == 0 && s_add_points (pts, &dec);
+}
+
+//  A chunk partly in memory: bytes [start, ceil(bits / 8)) are here, the
+//  ones before (start > 0) in the store under the chunk's key, written by
+//  earlier checkpoints. -1 on a store or memory error; a stored part that
+//  is missing or does not fit is reported and the chunk skipped.
+static int
+s_add_parts (s_points_t *pts, tm_store_t *store, const uint8_t *prefix, size_t plen,
+             int64_t first_ts, uint32_t start, const uint8_t *data, size_t size,
+             uint32_t count, uint32_t bits)
+{
+    size_t total = ((size_t) bits + 7) / 8;
+    if (start + size != total)
+        return 0;
+    if (start == 0) {
+        tm_gorilla_dec_t dec;
+        if (tm_gorilla_dec_init_stream (&dec, data, size, count, bits) != 0
+            || !s_add_points (pts, &dec))
+            tm_warn ("history: an open chunk does not decode; skipped");
+        return 0;
+    }
+    uint8_t key[S_KEY_MAX];
+    memcpy (key, prefix, plen);
+    s_put_ts (key + plen, first_ts);
+    char *val = NULL;
+    size_t vlen = 0;
+    int rc = tm_store_get (store, key, plen + 8, &val, &vlen);
+    if (rc < 0)
+        return -1;
+    tm_history_value_t hv;
+    if (rc != 0 || tm_history_value_decode ('H', val, vlen, &hv) != 0
+        || hv.kind != TM_SEGMENT_JOINED || hv.chunk_size < start) {
+        tm_warn ("history: the stored part of a chunk is missing or does not join; "
+                 "its points since the last checkpoint are skipped");
+        free (val);
+        return 0;
+    }
+    uint8_t *whole = malloc (total);
+    if (!whole) {
+        free (val);
+        return -1;
+    }
+    memcpy (whole, hv.chunk, start);
+    memcpy (whole + start, data, size);
+    free (val);
+    tm_gorilla_dec_t dec;
+    if (tm_gorilla_dec_init_stream (&dec, whole, total, count, bits) != 0
+        || !s_add_points (pts, &dec))
+        tm_warn ("history: a chunk joined with its stored part does not decode; skipped");
+    free (whole);
+    return 0;
 }
 
 static int
@@ -282,7 +431,7 @@ s_cmp_point (const void *a, const void *b)
 //  scan cap (the range then ends after the last chunk read).
 static int
 s_scan_chunks (tm_store_t *store, const uint8_t *prefix, size_t plen, s_points_t *pts,
-               size_t budget, bool *truncated)
+               size_t budget, const int64_t *skip, size_t nskip, bool *truncated)
 {
     uint8_t start[S_KEY_MAX];
     memcpy (start, prefix, plen);
@@ -302,7 +451,13 @@ s_scan_chunks (tm_store_t *store, const uint8_t *prefix, size_t plen, s_points_t
             break;
         if (last < pts->from)
             continue;
-        if (!s_add_chunk (pts, hv.chunk, hv.chunk_size))
+        //  Chunks with a part in memory are read whole later.
+        bool held = false;
+        for (size_t i = 0; i < nskip && !held; i++)
+            held = skip[i] == first;
+        if (held)
+            continue;
+        if (!s_add_value (pts, &hv))
             tm_warn ("history: a stored chunk does not decode; skipped");
         if (pts->n > budget || pts->scanned >= TM_HISTORY_MAX_SCAN) {
             if (last < INT64_MAX && last + 1 < pts->to)
@@ -366,12 +521,22 @@ tm_history_query (tm_store_t *store, tm_twins_t *twins, const tm_twin_t *twin,
     //  Either way no more than TM_HISTORY_MAX_SCAN readings are decoded.
     size_t budget = step_ms? TM_HISTORY_MAX_SCAN: limit + 1;
     bool truncated = false;
-    if (s_scan_chunks (store, prefix, plen, &pts, budget, &truncated) != 0)
+    //  Chunks with bytes still in memory: the open one, and closed ones
+    //  whose last segment waits for a checkpoint (a few at most).
+    int64_t held[16];
+    size_t nheld = 0;
+    bool open = tm_gorilla_enc_count (&prop->hist) > 0;
+    if (open)
+        held[nheld++] = tm_gorilla_enc_first_ts (&prop->hist);
+    for (const tm_twins_pending_t *item = tm_twins_pending (twins, twin->shard); item;
+         item = item->next)
+        if (item->twin == twin && item->property == prop->name && !item->late
+            && nheld < sizeof held / sizeof *held)
+            held[nheld++] = item->first_ts;
+    if (s_scan_chunks (store, prefix, plen, &pts, budget, held, nheld, &truncated) != 0)
         goto fail;
-    prefix[5] = 'L';
-    if (s_scan_late (store, prefix, plen, &pts, &truncated) != 0)
-        goto fail;
-    //  Not yet written: closed chunks and late readings, then the open chunk.
+    //  Not yet written (or not whole): closed chunks and late readings,
+    //  then the open chunk.
     for (const tm_twins_pending_t *item = tm_twins_pending (twins, twin->shard); item;
          item = item->next) {
         if (item->twin != twin || item->property != prop->name)
@@ -379,13 +544,24 @@ tm_history_query (tm_store_t *store, tm_twins_t *twins, const tm_twin_t *twin,
         if (item->late)
             s_add (&pts, item->first_ts, item->value, true);
         else
-            s_add_chunk (&pts, item->data, item->size);
+        if (item->first_ts < pts.to && item->last_ts >= pts.from
+            && s_add_parts (&pts, store, prefix, plen, item->first_ts, item->start, item->data,
+                            item->size, item->count, item->bits) != 0)
+            goto fail;
     }
-    if (tm_gorilla_enc_count (&prop->hist)) {
+    if (open && tm_gorilla_enc_last_ts (&prop->hist) >= pts.from
+        && tm_gorilla_enc_first_ts (&prop->hist) < pts.to) {
+        uint32_t start;
         size_t size;
-        const uint8_t *data = tm_gorilla_enc_data (&prop->hist, &size);
-        s_add_chunk (&pts, data, size);
+        const uint8_t *data = tm_gorilla_enc_pending (&prop->hist, &start, &size);
+        if (s_add_parts (&pts, store, prefix, plen, tm_gorilla_enc_first_ts (&prop->hist),
+                         start, data, size, tm_gorilla_enc_count (&prop->hist),
+                         tm_gorilla_enc_bits (&prop->hist)) != 0)
+            goto fail;
     }
+    prefix[5] = 'L';
+    if (s_scan_late (store, prefix, plen, &pts, &truncated) != 0)
+        goto fail;
     if (pts.failed)
         goto fail;
     //  Sources were added in a few runs: sort, and keep one reading per

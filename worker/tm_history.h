@@ -2,14 +2,17 @@
     and range queries
 
     Every applied reading goes into its series' open chunk (tm_twins); a
-    chunk closes at TM_TWINS_CHUNK_POINTS and is written by the next
-    checkpoint of its shard, in the same batch as the shard's twins, whose
-    blob carries every open chunk. Late readings (older than their series'
-    newest) are written one key each. Keys (timestamps are 8 bytes big-endian
-    with the sign bit flipped, so that negative times sort first):
+    chunk closes at TM_TWINS_CHUNK_POINTS. Each checkpoint of a shard
+    writes, in the batch that writes the shard's twins, the bytes each of
+    its open chunks gained since the last one, as a segment on the chunk's
+    key (tm_segment: RocksDB joins them), and the last segment of each
+    chunk that closed; memory keeps only what no checkpoint has stored yet.
+    Late readings (older than their series' newest) are written one key
+    each. Keys (timestamps are 8 bytes big-endian with the sign bit
+    flipped, so that negative times sort first):
 
       'S' shard(4) 'H' entity 0x00 property 0x00 first_ts(8)
-          -> last_ts(8) chunk            a closed chunk
+          -> last_ts(8) chunk            a chunk (tm_segment's formats)
       'S' shard(4) 'L' entity 0x00 property 0x00 ts(8)
           -> f64 (8, little-endian)      a late reading
 
@@ -26,7 +29,8 @@
     read: so a value whose series has a model retention carries its expiry
     time, stamped when it is written from the model the worker holds then,
     and the filter only compares numbers. Value formats (byte 8 says which;
-    in format 0 it is a chunk's own version byte, 1, or nothing):
+    in format 0 it is what follows the head: a version-1 chunk's version
+    byte, tm_segment's marker of a joined or broken value, or nothing):
 
       format 0  H: last_ts(8) chunk       L: f64(8)
                 the worker's history_retention applies (at compaction time,
@@ -41,9 +45,14 @@
     without a model retention (9 bytes less per value), and every store
     written before format 1 existed reads as it did.
 
+    An open chunk is never dropped by retention (its next segment needs
+    the bytes before it): it expires once closed.
+
     A query merges, for one series, the stored chunks overlapping the range
     (found by seeking to the last chunk starting at or before its start),
-    the closed chunks not yet written, the open chunk and the late readings;
+    the chunks with bytes still in memory (the open one and closed ones
+    whose last segment is not written yet: their stored part is read with
+    one get and joined with those bytes), and the late readings;
     sorts by time, keeps one reading per timestamp (the in-order one), and
     returns raw points or one per step. It runs on the worker's one thread,
     so it reads at most TM_HISTORY_MAX_SCAN points: past that, the answer
@@ -86,12 +95,17 @@ typedef struct {
     double value;                  //  L: the reading's value (H: unused)
     const uint8_t *chunk;          //  H: the tm_gorilla bytes (L: NULL)
     size_t chunk_size;             //  H: their size
+    uint8_t kind;                  //  H: 0 for a version-1 chunk, else the
+                                   //  tm_segment kind (joined or broken)
+    bool closed;                   //  H joined: no segment follows (else the chunk is open)
+    uint32_t count;                //  H joined: the chunk's points
+    uint32_t bits;                 //  H joined: its bits
 } tm_history_value_t;
 
-//  Decode the value of a history key of kind 'H' (a closed chunk) or 'L'
-//  (a late reading), from the store (untrusted: every length is checked;
-//  the chunk itself is checked by its decoder). 0, or -1 if the bytes are
-//  no value of that kind.
+//  Decode the value of a history key of kind 'H' (a chunk: version 1, or
+//  joined from segments, or broken) or 'L' (a late reading), from the store
+//  (untrusted: every length is checked; the chunk itself is checked by its
+//  decoder). 0, or -1 if the bytes are no value of that kind.
 int tm_history_value_decode (char kind, const void *val, size_t vlen, tm_history_value_t *out);
 
 //  The retention that applies to a series of a twin (property interned, or
@@ -106,17 +120,22 @@ int64_t tm_history_series_retention (tm_twins_t *twins, const tm_twin_t *twin,
 typedef struct {
     uint64_t chunks;               //  Closed chunks
     uint64_t points;               //  Readings in them
-    uint64_t value_bytes;          //  Their values (last_ts + chunk)
+    uint64_t value_bytes;          //  Their values as stored once joined
     uint64_t key_bytes;            //  Their keys
     uint64_t late;                 //  Late readings
+    uint64_t segments;             //  Segments written (each a key and a value)
+    uint64_t segment_bytes;        //  Their keys and values (write volume)
 } tm_history_counts_t;
 
-//  Add the shard's pending history (tm_twins_pending) to a batch, adding
-//  to *counts if not NULL; values of series with a model retention are
-//  stamped with their expiry (format 1). 0, or -1 if memory is short (the
-//  history stays pending).
+//  Add the shard's pending history (tm_twins_pending) to a batch, and a
+//  segment for each of its open chunks that grew since the last
+//  checkpoint (tm_segment), adding to *counts if not NULL; values of series
+//  with a model retention are stamped with their expiry (format 1). The
+//  caller calls tm_twins_history_flushed once the batch is written. 0, or
+//  -1 if memory is short (the history stays pending).
 int tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
                       tm_history_counts_t *counts);
+
 
 //  Aggregations with a step.
 typedef enum {

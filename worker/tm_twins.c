@@ -69,6 +69,9 @@ struct _tm_twins_t {
     bool changed_overflow;         //  A change could not be listed: all rows changed
     size_t tick_next;              //  Next row tm_twins_tick_part ticks
     uint16_t last_prop;            //  Index the last applied reading's property had
+    uint64_t log_seq;              //  Log record the state includes (tm_twins_set_log_seq)
+    uint64_t replay_seq;           //  Record being replayed, 0: none
+    uint64_t *covered;             //  Per shard, log seq of its restored blob; NULL: none
     tm_twins_touch_fn *touch;      //  The hierarchy's hook (tm_peers), NULL: none
     void *touch_arg;
     struct {
@@ -244,6 +247,7 @@ tm_twins_destroy (tm_twins_t **self_p)
         for (uint32_t shard = 0; shard < TM_SHARDMAP_MAX_SHARDS; shard++)
             free (self->passive.set[shard]);
     free (self->passive.set);
+    free (self->covered);
     free (self->passive.n);
     free (self->passive.cap);
     free (self->passive.changed);
@@ -827,24 +831,14 @@ s_pending_new (tm_twins_t *self, const tm_twin_t *t, const tm_prop_t *p, size_t 
 
 //  A late reading cannot enter the time-ordered chunk: it waits on its own
 //  and is written under its own key, which a repeat of it overwrites with
-//  the same value (so a retried late reading is stored once).
+//  the same value (so a retried late reading is stored once). A repeat of
+//  a reading the chunk holds is stored too (the chunk's bytes are mostly in
+//  the store, not here); queries keep one reading per timestamp, the
+//  in-order one. Replays of what a checkpoint holds never get here
+//  (tm_twins_replaying).
 static void
 s_late (tm_twins_t *self, tm_twin_t *t, const tm_prop_t *p, int64_t ts_ms, double value)
 {
-    //  A log record replayed over a checkpoint that already holds it comes
-    //  back as "late": if the open chunk has the reading, it is not new.
-    //  (Queries keep one reading per timestamp anyway; this saves the key.)
-    if (tm_gorilla_enc_count (&p->hist) && ts_ms >= tm_gorilla_enc_first_ts (&p->hist)) {
-        size_t size;
-        const uint8_t *data = tm_gorilla_enc_data (&p->hist, &size);
-        tm_gorilla_dec_t dec;
-        int64_t ts;
-        double v;
-        if (tm_gorilla_dec_init (&dec, data, size) == 0)
-            while (tm_gorilla_dec_next (&dec, &ts, &v) == 1 && ts <= ts_ms)
-                if (ts == ts_ms)
-                    return;
-    }
     tm_twins_pending_t *item = s_pending_new (self, t, p, 0);
     if (!item)
         return;
@@ -854,26 +848,43 @@ s_late (tm_twins_t *self, tm_twin_t *t, const tm_prop_t *p, int64_t ts_ms, doubl
     tm_twins_mark_dirty (self, t->shard);
 }
 
-//  Append an applied reading to the series' open chunk, closing the chunk
-//  at TM_TWINS_CHUNK_POINTS: its bytes wait for the next checkpoint.
-//  The codec refuses a point not after its last (a log record replayed
-//  over a restored chunk): apply already decided, so that is not an error.
-static void
-s_hist_append (tm_twins_t *self, tm_twin_t *t, tm_prop_t *p, int64_t ts_ms, double value)
+//  Close the series' open chunk: its last segment (all of it if no
+//  checkpoint stored a part) waits for the next checkpoint. False if memory
+//  is short: the chunk stays open.
+static bool
+s_hist_close (tm_twins_t *self, tm_twin_t *t, tm_prop_t *p)
 {
-    if (tm_gorilla_enc_append (&p->hist, ts_ms, value) != 0)
-        return;
-    if (tm_gorilla_enc_count (&p->hist) < TM_TWINS_CHUNK_POINTS)
-        return;
+    uint32_t start;
     size_t size;
-    const uint8_t *data = tm_gorilla_enc_data (&p->hist, &size);
+    const uint8_t *data = tm_gorilla_enc_pending (&p->hist, &start, &size);
     tm_twins_pending_t *item = s_pending_new (self, t, p, size);
     if (!item)
-        return;    //  the chunk stays open and grows: nothing is lost
-    memcpy (item->data, data, size);
+        return false;
+    if (size)
+        memcpy (item->data, data, size);
+    item->start = start;
+    item->bits = tm_gorilla_enc_bits (&p->hist);
+    item->count = tm_gorilla_enc_count (&p->hist);
     item->first_ts = tm_gorilla_enc_first_ts (&p->hist);
     item->last_ts = tm_gorilla_enc_last_ts (&p->hist);
     tm_gorilla_enc_fini (&p->hist);
+    return true;
+}
+
+//  Append an applied reading to the series' open chunk, closing the chunk
+//  at TM_TWINS_CHUNK_POINTS (or at a limit of the codec's, when the point
+//  goes into the next one). The codec refuses a point not after its last
+//  (a log record replayed over a restored chunk): apply already decided,
+//  so that is not an error.
+static void
+s_hist_append (tm_twins_t *self, tm_twin_t *t, tm_prop_t *p, int64_t ts_ms, double value)
+{
+    int rc = tm_gorilla_enc_append (&p->hist, ts_ms, value);
+    if (rc == TM_GORILLA_E_FULL && s_hist_close (self, t, p))
+        rc = tm_gorilla_enc_append (&p->hist, ts_ms, value);
+    if (rc != 0 || tm_gorilla_enc_count (&p->hist) < TM_TWINS_CHUNK_POINTS)
+        return;
+    s_hist_close (self, t, p);
 }
 
 const tm_twins_pending_t *
@@ -908,13 +919,10 @@ tm_twins_open_history (tm_twins_t *self, uint64_t *points, uint64_t *bytes)
     *points = *bytes = 0;
     for (size_t i = 0; i < self->nslots; i++) {
         const tm_twin_t *t = self->slots[i];
-        for (uint16_t k = 0; t && k < t->nprops; k++)
-            if (tm_gorilla_enc_count (&t->props[k].hist)) {
-                size_t size = 0;
-                tm_gorilla_enc_data (&t->props[k].hist, &size);
-                *points += tm_gorilla_enc_count (&t->props[k].hist);
-                *bytes += size;
-            }
+        for (uint16_t k = 0; t && k < t->nprops; k++) {
+            *points += tm_gorilla_enc_count (&t->props[k].hist);
+            *bytes += (tm_gorilla_enc_bits (&t->props[k].hist) + 7) / 8;
+        }
     }
 }
 
@@ -998,6 +1006,60 @@ tm_twins_ensure (tm_twins_t *self, const char *entity, size_t len, const char *m
     return t;
 }
 
+//  True while replaying a record the shard's stored blob holds already.
+static inline bool
+s_covered (const tm_twins_t *self, uint32_t shard)
+{
+    return self->replay_seq && self->covered
+           && self->replay_seq <= self->covered[shard % TM_SHARDMAP_MAX_SHARDS];
+}
+
+void
+tm_twins_set_log_seq (tm_twins_t *self, uint64_t seq)
+{
+    self->log_seq = seq;
+}
+
+void
+tm_twins_replaying (tm_twins_t *self, uint64_t seq)
+{
+    self->replay_seq = seq;
+}
+
+uint64_t
+tm_twins_covered (const tm_twins_t *self, uint32_t shard)
+{
+    return self->covered? self->covered[shard % TM_SHARDMAP_MAX_SHARDS]: 0;
+}
+
+//  A restored blob covers the log up to seq. -1 if memory is short (then
+//  nothing is skipped at replay: what the blob holds comes back as late
+//  readings, stored again, which queries drop as duplicates).
+static int
+s_cover (tm_twins_t *self, uint32_t shard, uint64_t seq)
+{
+    if (seq == 0)
+        return 0;
+    if (!self->covered) {
+        self->covered = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof *self->covered);
+        if (!self->covered)
+            return -1;
+    }
+    uint64_t *c = &self->covered[shard % TM_SHARDMAP_MAX_SHARDS];
+    if (seq > *c)
+        *c = seq;
+    return 0;
+}
+
+void
+tm_twins_history_flushed (tm_twins_t *self, uint32_t shard)
+{
+    for (tm_twin_t *t = self->shard_heads[shard % TM_SHARDMAP_MAX_SHARDS]; t;
+         t = t->next_in_shard)
+        for (uint16_t i = 0; i < t->nprops; i++)
+            tm_gorilla_enc_flushed (&t->props[i].hist);
+}
+
 //  The reading's property in the twin, made if new. Readings of one model
 //  come with their properties in one order, and batches hold either one
 //  property of many twins in a row or every property of one twin: the
@@ -1042,9 +1104,19 @@ tm_twins_apply_hashed (tm_twins_t *self, const tm_reading_t *r, uint64_t hash,
         t = s_reactivate (self, r->entity, r->entity_len);
     if (!t) {
         uint32_t shard = tm_shardmap_hash (key, num_shards, r->entity, r->entity_len);
+        if (s_covered (self, shard))
+            return TM_APPLY_DUPLICATE;
         t = s_insert (self, r->entity, r->entity_len, shard);
         if (!t)
             return TM_APPLY_REJECTED;
+    }
+    if (s_covered (self, t->shard)) {
+        //  Its shard's blob holds this reading (tm_twins_replaying); as for
+        //  any duplicate, it may be what clears a desired value.
+        tm_prop_t *p = t->commands && self->on_reported? s_prop_of (self, t, r): NULL;
+        if (p && p->count && r->ts_ms == p->an.ts_ms)
+            self->on_reported (self->hooks_arg, t, p);
+        return TM_APPLY_DUPLICATE;
     }
     if (r->model_len && !t->model) {
         //  Interned: a million twins of a few models share a few copies, and
@@ -1072,9 +1144,6 @@ tm_twins_apply_hashed (tm_twins_t *self, const tm_reading_t *r, uint64_t hash,
         s_late (self, t, p, r->ts_ms, r->value);
         return TM_APPLY_LATE;
     }
-    //  Its open chunk is appended to after the analytics, so that its
-    //  memory, asked for now, has come by then.
-    __builtin_prefetch (p->hist.buf);
     const tm_analytics_settings_t *settings = tm_twins_settings (self, t, p);
     //  docs/models.md, "Readings for unknown models and properties": kept
     //  always, flagged, counted; a property the model lacks and a value of
@@ -1205,7 +1274,13 @@ s_name_len (const char *interned)
 //  write per reading. Version 2 is version 3 without the chunks.
 //  Version 1 (issue #2's workers) had no sync and, per property, only
 //  f64(value) zigzag(ts_ms) count; it is still read, with fresh analytics.
-#define S_SHARD_FORMAT 5
+//  Version 4 added attributes as JSON text, version 5 as binary (below).
+//  Version 6 puts log_seq after the version byte (the last log record the
+//  blob holds: tm_twins_replaying) and, instead of the open chunk's bytes,
+//  the chunk's encoder state (tm_gorilla_enc_save, as flushed: its bytes
+//  are in the store, as segments written in the same batch). Versions 3 to
+//  5 are still read: their chunks are converted (tm_gorilla_enc_resume).
+#define S_SHARD_FORMAT 6
 
 static size_t
 s_put_f64 (uint8_t *p, double v)
@@ -1281,12 +1356,9 @@ s_encode_twin (const tm_twin_t *t, uint8_t **buf, size_t *cap, size_t *n_p)
     size_t mlen = t->model? s_name_len (t->model): 0;
     //  Upper bound of this twin's bytes: 10 per varint.
     size_t need = n + 120 + t->entity_len + mlen;
-    for (uint16_t i = 0; i < t->nprops; i++) {
-        size_t hlen = 0;
-        if (tm_gorilla_enc_count (&t->props[i].hist))
-            tm_gorilla_enc_data (&t->props[i].hist, &hlen);
-        need += 150 + s_name_len (t->props[i].name) + hlen;
-    }
+    for (uint16_t i = 0; i < t->nprops; i++)
+        need += 150 + s_name_len (t->props[i].name)
+                + tm_gorilla_enc_save_size (&t->props[i].hist, true);
     if (!s_reserve (buf, cap, need))
         return false;
     uint8_t *p = *buf;
@@ -1329,14 +1401,19 @@ s_encode_twin (const tm_twin_t *t, uint8_t **buf, size_t *cap, size_t *n_p)
         n += tm_varint_put (p + n, tm_zigzag (a->score_cs));
         p[n++] = a->same_run;
         p[n++] = a->oor_run;
-        size_t hlen = 0;
-        const uint8_t *hist = tm_gorilla_enc_count (&pr->hist)?
-                              tm_gorilla_enc_data (&pr->hist, &hlen): NULL;
-        n += tm_varint_put (p + n, hist? hlen: 0);
-        if (hist) {
-            memcpy (p + n, hist, hlen);
-            n += hlen;
+        //  The encoder as if flushed: this blob goes in the batch that
+        //  stores its pending bytes (tm_history_stage).
+        if (tm_gorilla_enc_count (&pr->hist)) {
+            uint8_t *at = p + n + 1;
+            size_t hlen = tm_gorilla_enc_save (&pr->hist, true, at);
+            //  Nearly always one varint byte; else make room for more.
+            size_t vl = tm_varint_len (hlen);
+            if (vl > 1)
+                memmove (at + vl - 1, at, hlen);
+            n += tm_varint_put (p + n, hlen) + hlen;
         }
+        else
+            p[n++] = 0;
     }
     //  Format 5: attributes, binary: name, type, value. (Format 4 had
     //  their JSON text: printing and re-parsing every location at each
@@ -1383,10 +1460,11 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
     //  Twins marked to passivate are written to their own keys instead.
     for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard)
         ntwins += !(t->flags & TM_TWIN_PASSIVATING);
-    if (!s_reserve (buf, cap, 16))
+    if (!s_reserve (buf, cap, 24))
         return 0;
     size_t n = 0;
     (*buf)[n++] = S_SHARD_FORMAT;
+    n += tm_varint_put (*buf + n, self->log_seq);
     n += tm_varint_put (*buf + n, ntwins);
     for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard)
         if (!(t->flags & TM_TWIN_PASSIVATING) && !s_encode_twin (t, buf, cap, &n))
@@ -1397,11 +1475,11 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
 size_t
 tm_twins_encode_twin (tm_twins_t *self, const tm_twin_t *twin, uint8_t **buf, size_t *cap)
 {
-    (void) self;
-    if (!s_reserve (buf, cap, 16))
+    if (!s_reserve (buf, cap, 24))
         return 0;
     size_t n = 0;
     (*buf)[n++] = S_SHARD_FORMAT;
+    n += tm_varint_put (*buf + n, self->log_seq);
     n += tm_varint_put (*buf + n, 1);
     return s_encode_twin (twin, buf, cap, &n)? n: 0;
 }
@@ -1432,9 +1510,11 @@ s_get_prop_v2 (const uint8_t **p, const uint8_t *end, tm_prop_t *pr)
     return 0;
 }
 
-//  A property's open chunk from a version-3 blob into pr.
+//  A property's open chunk from a version-3 blob into pr: a whole version-1
+//  chunk up to format 5 (it becomes a version-2 chunk not yet stored: the
+//  next checkpoint writes it), the encoder's state from format 6.
 static int
-s_get_hist (const uint8_t **p, const uint8_t *end, tm_prop_t *pr, bool skip)
+s_get_hist (int format, const uint8_t **p, const uint8_t *end, tm_prop_t *pr, bool skip)
 {
     uint64_t hlen;
     if (tm_varint_get (p, end, &hlen) != 0 || hlen > (uint64_t) (end - *p)
@@ -1445,10 +1525,12 @@ s_get_hist (const uint8_t **p, const uint8_t *end, tm_prop_t *pr, bool skip)
         return 0;
     }
     const char *error = NULL;
+    size_t used = 0;
     //  An empty chunk is never written (hlen 0 says none): one would not
     //  encode back to the same bytes.
-    if (tm_gorilla_enc_resume (&pr->hist, *p, (size_t) hlen, &error) != 0
-        || tm_gorilla_enc_count (&pr->hist) == 0) {
+    int rc = format >= 6? tm_gorilla_enc_load (&pr->hist, *p, (size_t) hlen, &used, &error):
+                          tm_gorilla_enc_resume (&pr->hist, *p, (size_t) hlen, &error);
+    if (rc != 0 || (format >= 6 && used != hlen) || tm_gorilla_enc_count (&pr->hist) == 0) {
         tm_gorilla_enc_fini (&pr->hist);
         return -1;
     }
@@ -1663,6 +1745,7 @@ struct _tm_twins_decoded_t {
     size_t cap;                    //  Allocated
     bool bad;                      //  The bytes after twins[n - 1] do not decode
     bool skip_hist;                //  Leave the open chunks out (tm_twins_restore_latest)
+    uint64_t log_seq;              //  Log record the blob covers (format 6), else 0
 };
 
 static void
@@ -1766,7 +1849,7 @@ s_decode_twin (int format, bool skip_hist, const uint8_t **pp, const uint8_t *en
         if (format >= 2) {
             if (s_get_prop_v2 (&p, end, pr) != 0)
                 goto fail;
-            if (format >= 3 && s_get_hist (&p, end, pr, skip_hist) != 0)
+            if (format >= 3 && s_get_hist (format, &p, end, pr, skip_hist) != 0)
                 goto fail;
             continue;
         }
@@ -1807,7 +1890,8 @@ s_decode (const uint8_t *data, size_t size, tm_twins_decoded_t *dec)
     if (size < 1 || *p < 1 || *p > S_SHARD_FORMAT)
         return;
     dec->format = *p++;
-    if (tm_varint_get (&p, end, &ntwins) != 0)
+    if ((dec->format >= 6 && tm_varint_get (&p, end, &dec->log_seq) != 0)
+        || tm_varint_get (&p, end, &ntwins) != 0)
         return;
     for (uint64_t k = 0; k < ntwins; k++) {
         if (dec->n == dec->cap) {
@@ -1926,6 +2010,9 @@ long
 tm_twins_restore_decoded (tm_twins_t *self, uint32_t shard, tm_twins_decoded_t **decoded_p)
 {
     long rc = s_restore (self, shard, *decoded_p);
+    //  Only a blob that restored whole covers its log records.
+    if (rc >= 0)
+        s_cover (self, shard, (*decoded_p)->log_seq);
     tm_twins_decoded_destroy (decoded_p);
     return rc;
 }
@@ -1946,6 +2033,8 @@ tm_twins_restore_shard (tm_twins_t *self, uint32_t shard, const uint8_t *data, s
     tm_twins_decoded_t dec = {0};
     s_decode (data, size, &dec);
     long rc = s_restore (self, shard, &dec);
+    if (rc >= 0)
+        s_cover (self, shard, dec.log_seq);
     s_decoded_fini (&dec);
     return rc;
 }

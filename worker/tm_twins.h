@@ -117,9 +117,11 @@ typedef enum {
 
 typedef struct _tm_twins_t tm_twins_t;
 
-//  History waiting for its shard's next checkpoint: a closed chunk, or one
-//  late reading (older than its series' newest, so not in the time-ordered
-//  chunks). A checkpoint writes them with the shard's twins, in one batch.
+//  History waiting for its shard's next checkpoint: the last segment of a
+//  closed chunk (tm_segment: the earlier ones are stored already when
+//  start > 0), or one late reading (older than its series' newest, so not
+//  in the time-ordered chunks). A checkpoint writes them with the shard's
+//  twins, in one batch.
 typedef struct _tm_twins_pending_t {
     struct _tm_twins_pending_t *next;  //  Next in the shard's list (newest first)
     const tm_twin_t *twin;         //  Its twin (twins live as long as the table)
@@ -128,12 +130,35 @@ typedef struct _tm_twins_pending_t {
     int64_t first_ts;              //  Chunk: first point; late: the reading's ts
     int64_t last_ts;               //  Chunk: last point; late: the reading's ts
     double value;                  //  Late: the reading's value
+    uint32_t start;                //  Chunk: offset of data in the chunk
+    uint32_t bits;                 //  Chunk: its bits in all
+    uint32_t count;                //  Chunk: its points
     size_t size;                   //  Chunk: bytes at data
-    uint8_t data[];                //  Chunk: tm_gorilla bytes
+    uint8_t data[];                //  Chunk: tm_gorilla bytes [start, ceil(bits / 8))
 } tm_twins_pending_t;
 
 //  New empty table.
 tm_twins_t *tm_twins_new (void);
+
+//  The log record (tm_wlog sequence number) the table's state includes:
+//  written into the shard blobs encoded from now on, so that recovery
+//  knows which logged readings a shard's stored twins hold already.
+void tm_twins_set_log_seq (tm_twins_t *self, uint64_t seq);
+
+//  Recovery: the log record being replayed now (0 when replay is over).
+//  Its readings of a shard whose stored blob covers the record (blob's
+//  log seq >= seq) change nothing: they count as duplicates. Without this
+//  a record replayed over a shard written after it looks "late" (older
+//  than the series' newest) and could only be told from a real late
+//  reading by decoding the series' chunk, which is no longer in memory.
+void tm_twins_replaying (tm_twins_t *self, uint64_t seq);
+
+//  The log seq the shard's restored blob covers (0: none).
+uint64_t tm_twins_covered (const tm_twins_t *self, uint32_t shard);
+
+//  The shard's blob and its history (tm_history_stage) were written: every
+//  open chunk of its twins now keeps only the bytes not yet stored.
+void tm_twins_history_flushed (tm_twins_t *self, uint32_t shard);
 
 //  Destroy, freeing every twin; nulls the pointer.
 void tm_twins_destroy (tm_twins_t **self_p);
@@ -246,7 +271,8 @@ void tm_twins_pending_drop (tm_twins_t *self, uint32_t shard);
 //  Closed chunks and late readings pending, over all shards.
 size_t tm_twins_pending_count (tm_twins_t *self);
 
-//  Readings and bytes in every open chunk (walks the table: for reports).
+//  Readings and bytes in every open chunk, stored or not (walks the
+//  table: for reports).
 void tm_twins_open_history (tm_twins_t *self, uint64_t *points, uint64_t *bytes);
 
 //  The interned copy of a property or attribute name, or NULL if no twin

@@ -275,6 +275,8 @@ tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, 
     tm_store_batch_t *batch = tm_store_batch_new ();
     if (!batch)
         return -1;
+    //  Every committed record is applied by now: the blobs hold them all.
+    tm_twins_set_log_seq (twins, self->last_seq);
     size_t first = self->round_next;
     size_t step_bytes = 0;
     uint8_t key[6];
@@ -321,14 +323,16 @@ tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, 
         s_abandon_round (self, twins, first);
         return -1;
     }
-    //  The closed chunks and late readings of these shards are on disk
-    //  now, in the same write as the blob that no longer holds them.
+    //  The closed chunks, late readings and open chunks' new bytes of
+    //  these shards are on disk now, in the same write as the blob that no
+    //  longer holds them.
     //  Then the passivated twins leave the table (their pending history
     //  pointed at them).
     for (size_t i = first; i < self->round_next; i++) {
         if (self->round_shards[i] == S_SKIPPED)
             continue;      //  not written: history it may have got meanwhile waits
         tm_twins_pending_drop (twins, self->round_shards[i]);
+        tm_twins_history_flushed (twins, self->round_shards[i]);
         self->passivated += tm_twins_passivate_commit (twins, self->round_shards[i]);
     }
     if (last) {

@@ -284,6 +284,8 @@ s_replay_record (void *arg, uint64_t seq, const uint8_t *data, size_t size)
     tm_worker_t *self = (tm_worker_t *) arg;
     //  Desired values set after this record are not cleared by it.
     tm_commands_replaying (self->commands, seq);
+    //  Nor does it change shards whose stored blob holds it already.
+    tm_twins_replaying (self->twins, seq);
     s_apply_part (self, data, size);
 }
 
@@ -1043,6 +1045,7 @@ tm_worker_new (const tm_worker_config_t *config)
     tm_twins_restore_begin (self->twins, self->shard_key, self->num_shards, self->owned);
     replayed = tm_wlog_recover (self->wlog, self->twins, s_replay_record, self, &bad);
     tm_commands_replaying (self->commands, UINT64_MAX);
+    tm_twins_replaying (self->twins, 0);
     if (replayed < 0)
         goto fail;
     if (tm_commands_flush (self->commands) != 0)

@@ -13,22 +13,26 @@
     jitter, one-decimal values on a random walk. No model is loaded (none
     in models/ has eight properties), so the analytics use the defaults;
     the state is the same size either way. No attributes are sent.
-    Closed chunks are dropped as a checkpoint would after writing them, so
-    what is counted is what stays in memory between checkpoints: the open
-    chunk of each series (at K = 120 a chunk has just closed, K = 119 is
-    the largest an open chunk gets). K = 0 ("mix") is a worker that has
-    run for a while: twin i starts reading at a step of its own in
-    0 .. 119 and all stop at step 240, so open chunks hold 0 .. 119
-    points, evenly spread, and freed chunks' memory has been reused
-    (VmRSS is then the figure a long-running worker shows; at K = 120 it
-    still holds the peak of the 119-point chunks that closed at once).
+    A checkpoint (by default after every second of readings, as the
+    worker's checkpoint_interval of 1 s) is simulated as the worker's
+    leaves memory once its write succeeds: closed chunks dropped, and every
+    open chunk's bytes forgotten but the partial last byte (tm_segment:
+    they are in the store). So what is counted is what stays in memory
+    between checkpoints: each open chunk's encoder state, with the bytes
+    since the last checkpoint. K = 0 ("mix") is a worker that has run for
+    a while: twin i starts reading at a step of its own in 0 .. 119 and
+    all stop at step 240, so open chunks hold 0 .. 119 points, evenly
+    spread, and freed memory has been reused (VmRSS is then the figure a
+    long-running worker shows). A third argument sets the seconds between
+    checkpoints, for a worker whose rounds take longer under load.
 
     The breakdown walks the table: allocations are counted with
     malloc_usable_size plus malloc's 8-byte header (glibc), so the parts
     add up to about the mallinfo2 total; "table arrays" is the rest (slot
     array, rows, changed list, interned names).
 
-    Usage: bench_memory [twins] [K,K,...]   (default 200000 1,60,120,0)
+    Usage: bench_memory [twins] [K,K,...] [seconds between checkpoints]
+           (default 200000 1,60,120,0 1)
     Prints a table, then one `RESULT k=.. heap_per_twin=.. rss_per_twin=..`
     line per K for tests/bench/bench_memory.py.
 */
@@ -54,6 +58,7 @@ static const int s_start[S_PROPS] = {120, 250, 300, 400, 185, 550, 10130, 4};
 static const int s_step[S_PROPS] = {3, 5, 4, 6, 1, 3, 1, 1};
 
 static uint64_t s_rng = 0x2545F4914F6CDD1DULL;
+static int s_every = 1;            //  Steps (seconds of readings) between checkpoints
 
 static uint32_t
 s_rand (void)
@@ -107,8 +112,9 @@ s_chunk (const void *p)
 typedef struct {
     double twin;                   //  tm_twin_t and its entity id
     double props;                  //  Property arrays (name, count, analytics, hist pointer)
-    double hist_state;             //  Encoder state of open chunks
-    double hist_bytes;             //  Encoded bytes in open chunks
+    double hist_state;             //  Encoder state of open chunks (with the bytes
+                                   //  not yet stored that fit in it)
+    double hist_bytes;             //  Bytes not yet stored, where they outgrew the state
     double hist_slack;             //  Allocated beyond state and bytes, headers included
     double slots;                  //  The table's slot array
 } s_parts_t;
@@ -119,7 +125,7 @@ s_walk (tm_twins_t *twins, size_t n, s_parts_t *parts)
     size_t nrows, nslots;
     tm_twin_t *const *rows = tm_twins_rows (twins, &nrows);
     tm_twins_slots (twins, &nslots);
-    size_t twin = 0, props = 0, hstate = 0, hheap = 0;
+    size_t twin = 0, props = 0, hstate = 0, hheap = 0, bytes = 0;
     for (size_t i = 0; i < nrows; i++) {
         const tm_twin_t *t = rows[i];
         twin += s_chunk (t);
@@ -132,13 +138,18 @@ s_walk (tm_twins_t *twins, size_t n, s_parts_t *parts)
             const tm_gorilla_enc_t *h = &t->props[k].hist;
             hstate += sizeof *h;
             hheap += sizeof *h;
-            if (h->buf)
-                hheap += s_chunk (h->buf);
+            size_t heap = tm_gorilla_enc_heap (h);
+            if (heap) {
+                //  Bytes not yet stored that outgrew the state's own room.
+                uint32_t start;
+                size_t size;
+                tm_gorilla_enc_pending (h, &start, &size);
+                hheap += heap + sizeof (size_t);
+                bytes += size;
+            }
         }
     }
     props -= hstate;
-    uint64_t points, bytes;
-    tm_twins_open_history (twins, &points, &bytes);
     parts->twin = (double) twin / (double) n;
     parts->props = (double) props / (double) n;
     parts->hist_state = (double) hstate / (double) n;
@@ -147,16 +158,18 @@ s_walk (tm_twins_t *twins, size_t n, s_parts_t *parts)
     parts->slots = (double) nslots * sizeof (tm_twin_t *) / (double) n;
 }
 
-//  Write every shard's closed chunks, as a checkpoint does.
+//  What a checkpoint leaves in memory once it has written every changed
+//  shard: closed chunks and the open chunks' bytes are in the store.
 static void
 s_checkpoint (tm_twins_t *twins)
 {
     size_t ndirty;
     uint32_t *dirty = tm_twins_take_dirty (twins, &ndirty);
+    for (size_t i = 0; i < ndirty; i++) {
+        tm_twins_pending_drop (twins, dirty[i]);
+        tm_twins_history_flushed (twins, dirty[i]);
+    }
     free (dirty);
-    for (uint32_t shard = 0; shard < TM_SHARDMAP_MAX_SHARDS; shard++)
-        if (tm_twins_pending (twins, shard))
-            tm_twins_pending_drop (twins, shard);
 }
 
 static int
@@ -201,7 +214,8 @@ s_run (long n, int k)
                 tm_twins_apply (twins, &r, s_key, 1024, r.ts_ms);
             }
         }
-        s_checkpoint (twins);
+        if ((step + 1) % s_every == 0)
+            s_checkpoint (twins);
     }
     double ns = (s_now_ns () - ns0) / (double) nreadings;
     //  mallinfo2 says nothing under a sanitizer's allocator: "?" below.
@@ -234,6 +248,11 @@ main (int argc, char *argv[])
 {
     long n = argc > 1? atol (argv[1]): 200000;
     const char *klist = argc > 2? argv[2]: "1,60,120,0";
+    s_every = argc > 3? atoi (argv[3]): 1;
+    if (s_every < 1 || s_every > 100000) {
+        fprintf (stderr, "bench_memory: seconds between checkpoints must be 1 .. 100000\n");
+        return 2;
+    }
     if (n <= 0 || n > 50000000) {
         fprintf (stderr, "bench_memory: twins must be 1 .. 50000000\n");
         return 2;
@@ -249,8 +268,8 @@ main (int argc, char *argv[])
         ks[nk++] = (int) k;
         s = *end == ','? end + 1: end;
     }
-    printf ("bench_memory: %ld twins x %d properties, bytes per twin (goal <= %d, heap)\n", n,
-            S_PROPS, S_GOAL);
+    printf ("bench_memory: %ld twins x %d properties, a checkpoint every %d s of readings, "
+            "bytes per twin (goal <= %d, heap)\n", n, S_PROPS, s_every, S_GOAL);
     printf ("sizeof: tm_twin_t %zu, tm_prop_t %zu, tm_analytics_t %zu, tm_gorilla_enc_t %zu\n",
             sizeof (tm_twin_t), sizeof (tm_prop_t), sizeof (tm_analytics_t),
             sizeof (tm_gorilla_enc_t));

@@ -7,13 +7,14 @@
     answer deletes history. Input: byte 0 picks the key kind ('H' if even,
     'L' if odd), bytes 1..8 the clock, the rest is the value. The decoder
     must not crash; what it accepts must lie within the input and be one of
-    the two formats; the filter must keep whatever does not decode, and
-    agree with the decoded expiry (format 1) or the worker's retention
-    (format 0) on what is dropped. An accepted chunk goes through the
+    the formats; the filter must keep whatever does not decode and every
+    open chunk (tm_segment), and agree with the decoded expiry (format 1)
+    or the worker's retention (format 0) on what is dropped. An accepted chunk goes through the
     chunk decoder, which must stop within its bytes.
 */
 #include "fuzz.h"
 #include "tm_history.h"
+#include "tm_segment.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,12 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
         abort ();
     if (hv.format == 0 && hv.expires != TM_HISTORY_NO_EXPIRY)
         abort ();
+    //  An open chunk is kept whatever its age (tm_segment).
+    if (kind == 'H' && !hv.closed) {
+        if (drop || hv.kind != TM_SEGMENT_JOINED)
+            abort ();
+    }
+    else
     if (hv.format == 1) {
         if (drop != (s_clock > hv.expires))
             abort ();
@@ -65,11 +72,19 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
         if (drop != (s_clock - ret.retention_ms > last))
             abort ();
     }
+    if (kind == 'H' && hv.kind == TM_SEGMENT_BROKEN) {
+        if (hv.chunk_size != 0)
+            abort ();
+    }
+    else
     if (kind == 'H') {
         if (!hv.chunk || hv.chunk < val || hv.chunk + hv.chunk_size != val + vlen)
             abort ();
         tm_gorilla_dec_t dec;
-        if (tm_gorilla_dec_init (&dec, hv.chunk, hv.chunk_size) == 0) {
+        int drc = hv.kind == TM_SEGMENT_JOINED?
+                  tm_gorilla_dec_init_stream (&dec, hv.chunk, hv.chunk_size, hv.count, hv.bits):
+                  tm_gorilla_dec_init (&dec, hv.chunk, hv.chunk_size);
+        if (drc == 0) {
             int64_t t;
             double v;
             uint32_t n = 0;

@@ -972,7 +972,7 @@ test_load_malformed (void **state)
     assert_int_equal (s_load_and_append (NULL, 0, &error), -1);
     assert_int_equal (s_load_and_append ((const uint8_t *) "\x02\x00", 2, &error), -1);
     assert_string_equal (error, "unknown state format");
-    assert_int_equal (s_load_and_append ((const uint8_t *) "\x01\x04", 2, &error), -1);
+    assert_int_equal (s_load_and_append ((const uint8_t *) "\x01\x08", 2, &error), -1);
     assert_string_equal (error, "unknown state flags");
     assert_int_equal (s_load_and_append ((const uint8_t *) "\x01\x02", 2, &error), -1);
     assert_int_equal (s_load_and_append ((const uint8_t *) "\x01\x01", 2, &error), 0);

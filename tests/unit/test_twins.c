@@ -155,26 +155,35 @@ test_attributes (void **state)
     tm_twins_destroy (&back);
 
     //  A format-4 blob (attributes as JSON text) still restores: made from
-    //  a format-5 blob of a twin without attributes (its last byte is the
-    //  attribute count) with one JSON attribute appended.
+    //  a format-6 blob of a twin of one property without attributes (its
+    //  last byte is the attribute count, after the open chunk's saved
+    //  state, which format 4 had as a version-1 chunk: written as none)
+    //  with no log_seq and one JSON attribute appended.
     {
         tm_twins_t *one = tm_twins_new ();
         tm_reading_t r4 = s_reading ("v4", "pm25", 1, 1000);
         assert_int_equal (tm_twins_apply (one, &r4, s_key, 1024, 1000), TM_APPLY_APPLIED);
-        uint32_t sh = tm_twins_find (one, "v4", 2)->shard;
+        const tm_twin_t *t4 = tm_twins_find (one, "v4", 2);
+        uint32_t sh = t4->shard;
+        uint8_t saved[64];
+        size_t slen = tm_gorilla_enc_save (&t4->props[0].hist, true, saved);
+        assert_true (slen < 128);
         uint8_t *b4 = NULL;
         size_t c4 = 0;
         size_t n4 = tm_twins_encode_shard (one, sh, &b4, &c4);
-        assert_int_equal (b4[0], 5);
+        assert_int_equal (b4[0], 6);
+        assert_int_equal (b4[1], 0);
         assert_int_equal (b4[n4 - 1], 0);
-        static const uint8_t tail[] = {1, 8, 'd', 'i', 's', 't', 'r', 'i', 'c', 't',
+        assert_int_equal (b4[n4 - 2 - slen], slen);
+        static const uint8_t tail[] = {0, 1, 8, 'd', 'i', 's', 't', 'r', 'i', 'c', 't',
                                        5, '"', 'a', '/', 'b', '"'};
-        uint8_t *v4 = malloc (n4 - 1 + sizeof tail);
-        memcpy (v4, b4, n4 - 1);
-        memcpy (v4 + n4 - 1, tail, sizeof tail);
+        size_t keep = n4 - 2 - slen - 2;       //  after the version and log_seq bytes
+        uint8_t *v4 = malloc (1 + keep + sizeof tail);
         v4[0] = 4;
+        memcpy (v4 + 1, b4 + 2, keep);
+        memcpy (v4 + 1 + keep, tail, sizeof tail);
         tm_twins_t *back4 = tm_twins_new ();
-        assert_int_equal (tm_twins_restore_shard (back4, sh, v4, n4 - 1 + sizeof tail), 1);
+        assert_int_equal (tm_twins_restore_shard (back4, sh, v4, 1 + keep + sizeof tail), 1);
         const tm_attr_t *da = tm_twins_attr (tm_twins_find (back4, "v4", 2),
                                              tm_twins_name_find (back4, "district", 8));
         assert_non_null (da);
@@ -421,6 +430,53 @@ test_dirty_shards_and_roundtrip (void **state)
     tm_twins_destroy (&twins);
 }
 
+//  Recovery skips what a shard's blob holds: a blob encoded after log
+//  record 10 makes the replay of records up to 10 change nothing for its
+//  shard (not even a late reading), while record 11 applies, and shards
+//  restored from no blob replay everything.
+static void
+test_replay_covered (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    tm_reading_t r = s_reading ("e-1", "p", 1.5, 5000);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    uint32_t shard = tm_shardmap_hash (s_key, 1024, "e-1", 3);
+    tm_twins_set_log_seq (twins, 10);
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    size_t size = tm_twins_encode_shard (twins, shard, &buf, &cap);
+    assert_true (size > 0);
+    tm_twins_t *copy = tm_twins_new ();
+    assert_int_equal (tm_twins_restore_shard (copy, shard, buf, size), 1);
+    assert_int_equal (tm_twins_covered (copy, shard), 10);
+    assert_int_equal (tm_twins_covered (copy, shard + 1), 0);
+    //  Record 9 had an older reading: the blob holds it, nothing changes
+    //  (without the skip it would come back as a late reading).
+    tm_twins_replaying (copy, 9);
+    r = s_reading ("e-1", "p", 1.0, 4000);
+    assert_int_equal (tm_twins_apply (copy, &r, s_key, 1024, 1000), TM_APPLY_DUPLICATE);
+    assert_int_equal (tm_twins_pending_count (copy), 0);
+    tm_twins_replaying (copy, 10);
+    r = s_reading ("e-1", "p", 2.0, 6000);
+    assert_int_equal (tm_twins_apply (copy, &r, s_key, 1024, 1000), TM_APPLY_DUPLICATE);
+    assert_true (tm_twins_find (copy, "e-1", 3)->props[0].an.value == 1.5);
+    //  Record 11 came after the blob: applied, and an older reading in it
+    //  is late (kept).
+    tm_twins_replaying (copy, 11);
+    assert_int_equal (tm_twins_apply (copy, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    r = s_reading ("e-1", "p", 1.0, 4000);
+    assert_int_equal (tm_twins_apply (copy, &r, s_key, 1024, 1000), TM_APPLY_LATE);
+    assert_int_equal (tm_twins_pending_count (copy), 1);
+    //  After recovery nothing is skipped.
+    tm_twins_replaying (copy, 0);
+    r = s_reading ("e-1", "p", 3.0, 7000);
+    assert_int_equal (tm_twins_apply (copy, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    free (buf);
+    tm_twins_destroy (&copy);
+    tm_twins_destroy (&twins);
+}
+
 //  The sync timers in parts: every twin is ticked once per pass, in row
 //  order, and the pass says when it wrapped; new twins join the next pass.
 static void
@@ -634,11 +690,18 @@ s_assert_same_twins (tm_twins_t *a, tm_twins_t *b)
             assert_string_equal (u->props[k].name, t->props[k].name);
             assert_int_equal (u->props[k].count, t->props[k].count);
             assert_memory_equal (&u->props[k].an, &t->props[k].an, sizeof (tm_analytics_t));
-            size_t na, nb;
-            const uint8_t *ha = tm_gorilla_enc_data (&t->props[k].hist, &na);
-            const uint8_t *hb = tm_gorilla_enc_data (&u->props[k].hist, &nb);
+            //  The open chunk: the same state, as the blob saved it (as if
+            //  its bytes were stored).
+            const tm_gorilla_enc_t *ha = &t->props[k].hist, *hb = &u->props[k].hist;
+            assert_int_equal (tm_gorilla_enc_count (hb), tm_gorilla_enc_count (ha));
+            assert_int_equal (tm_gorilla_enc_bits (hb), tm_gorilla_enc_bits (ha));
+            assert_int_equal (tm_gorilla_enc_first_ts (hb), tm_gorilla_enc_first_ts (ha));
+            uint8_t sa[64], sb[64];
+            assert_true (tm_gorilla_enc_save_size (ha, true) <= sizeof sa);
+            size_t na = tm_gorilla_enc_save (ha, true, sa);
+            size_t nb = tm_gorilla_enc_save (hb, true, sb);
             assert_int_equal (na, nb);
-            assert_memory_equal (ha, hb, na);
+            assert_memory_equal (sa, sb, na);
         }
     }
 }
@@ -699,9 +762,10 @@ test_restore_two_phases_and_bulk (void **state)
     long n5 = tm_twins_restore_shard (one, sh, blobs[sh], sizes[sh]);
     assert_true (n5 >= 2);
     tm_twins_destroy (&one);
-    //  Blob: version, ntwins varint, twins. Find where the second twin
-    //  starts by decoding a one-twin prefix.
-    size_t head = 1;
+    //  Blob: version, log_seq varint (0 here), ntwins varint, twins. Find
+    //  where the second twin starts by decoding a one-twin prefix.
+    assert_int_equal (blobs[sh][1], 0);
+    size_t head = 2;
     while (blobs[sh][head] & 0x80)
         head++;
     head++;
@@ -709,8 +773,8 @@ test_restore_two_phases_and_bulk (void **state)
     for (size_t cut = head + 1; cut <= sizes[sh]; cut++) {
         uint8_t *b = malloc (cut);
         memcpy (b, blobs[sh], cut);
-        b[1] = 1;                              //  one twin (n5 < 128 here)
-        assert_true (n5 < 128 && head == 2);
+        b[2] = 1;                              //  one twin (n5 < 128 here)
+        assert_true (n5 < 128 && head == 3);
         tm_twins_t *probe = tm_twins_new ();
         long got = tm_twins_restore_shard (probe, sh, b, cut);
         tm_twins_destroy (&probe);
@@ -722,19 +786,20 @@ test_restore_two_phases_and_bulk (void **state)
     }
     assert_true (first_end > head);
     size_t tlen = first_end - head;
-    uint8_t *dup = malloc (2 + 2 * tlen);
+    uint8_t *dup = malloc (3 + 2 * tlen);
     dup[0] = blobs[sh][0];
-    dup[1] = 2;
-    memcpy (dup + 2, blobs[sh] + head, tlen);
-    memcpy (dup + 2 + tlen, blobs[sh] + head, tlen);
+    dup[1] = 0;
+    dup[2] = 2;
+    memcpy (dup + 3, blobs[sh] + head, tlen);
+    memcpy (dup + 3 + tlen, blobs[sh] + head, tlen);
     tm_twins_t *t2 = tm_twins_new ();
     tm_twins_restore_begin (t2, s_key, 64, 64);
-    assert_int_equal (tm_twins_restore_shard (t2, sh, dup, 2 + 2 * tlen), -1);
+    assert_int_equal (tm_twins_restore_shard (t2, sh, dup, 3 + 2 * tlen), -1);
     assert_int_equal (tm_twins_size (t2), 1);
     tm_twins_restore_end (t2);
     tm_twins_destroy (&t2);
     tm_twins_t *t3 = tm_twins_new ();
-    assert_int_equal (tm_twins_restore_shard (t3, sh, dup, 2 + 2 * tlen), -1);
+    assert_int_equal (tm_twins_restore_shard (t3, sh, dup, 3 + 2 * tlen), -1);
     assert_int_equal (tm_twins_size (t3), 1);
     //  Bulk mode is refused on a table that holds twins: searched as usual.
     tm_twins_restore_begin (t3, s_key, 64, 64);
@@ -764,6 +829,7 @@ main (void)
         cmocka_unit_test (test_quality_classes),
         cmocka_unit_test (test_against_reference),
         cmocka_unit_test (test_dirty_shards_and_roundtrip),
+        cmocka_unit_test (test_replay_covered),
         cmocka_unit_test (test_sync_tick),
         cmocka_unit_test (test_sync_tick_parts),
         cmocka_unit_test (test_model_settings),
