@@ -259,11 +259,11 @@ tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
             counts->segment_bytes += vlen + n;
         }
     }
-    //  The open chunks' new bytes.
+    //  The open chunks' new bytes, where due (the others ride in the blob).
     for (tm_twin_t *t = tm_twins_shard_first (twins, shard); t; t = t->next_in_shard)
         for (uint16_t i = 0; i < t->nprops; i++) {
             const tm_prop_t *pr = &t->props[i];
-            if (!tm_gorilla_enc_dirty (&pr->hist))
+            if (!tm_twins_flush_due (pr))
                 continue;
             tm_segment_t seg = {.last_ts = tm_gorilla_enc_last_ts (&pr->hist),
                                 .count = tm_gorilla_enc_count (&pr->hist),

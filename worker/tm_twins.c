@@ -1051,13 +1051,26 @@ s_cover (tm_twins_t *self, uint32_t shard, uint64_t seq)
     return 0;
 }
 
+bool
+tm_twins_flush_due (const tm_prop_t *p)
+{
+    if (!tm_gorilla_enc_dirty (&p->hist))
+        return false;
+    uint32_t start;
+    size_t size;
+    tm_gorilla_enc_pending (&p->hist, &start, &size);
+    //  Two bytes of room left is a reading or two more inline.
+    return tm_gorilla_enc_heap (&p->hist) > 0 || size + 2 > TM_GORILLA_INLINE;
+}
+
 void
 tm_twins_history_flushed (tm_twins_t *self, uint32_t shard)
 {
     for (tm_twin_t *t = self->shard_heads[shard % TM_SHARDMAP_MAX_SHARDS]; t;
          t = t->next_in_shard)
         for (uint16_t i = 0; i < t->nprops; i++)
-            tm_gorilla_enc_flushed (&t->props[i].hist);
+            if (tm_twins_flush_due (&t->props[i]))
+                tm_gorilla_enc_flushed (&t->props[i].hist);
 }
 
 //  The reading's property in the twin, made if new. Readings of one model
@@ -1358,7 +1371,7 @@ s_encode_twin (const tm_twin_t *t, uint8_t **buf, size_t *cap, size_t *n_p)
     size_t need = n + 120 + t->entity_len + mlen;
     for (uint16_t i = 0; i < t->nprops; i++)
         need += 150 + s_name_len (t->props[i].name)
-                + tm_gorilla_enc_save_size (&t->props[i].hist, true);
+                + tm_gorilla_enc_save_size (&t->props[i].hist, false);
     if (!s_reserve (buf, cap, need))
         return false;
     uint8_t *p = *buf;
@@ -1401,11 +1414,11 @@ s_encode_twin (const tm_twin_t *t, uint8_t **buf, size_t *cap, size_t *n_p)
         n += tm_varint_put (p + n, tm_zigzag (a->score_cs));
         p[n++] = a->same_run;
         p[n++] = a->oor_run;
-        //  The encoder as if flushed: this blob goes in the batch that
-        //  stores its pending bytes (tm_history_stage).
+        //  The encoder, as if flushed when this blob goes in the batch
+        //  that stores its pending bytes (tm_history_stage), else with them.
         if (tm_gorilla_enc_count (&pr->hist)) {
             uint8_t *at = p + n + 1;
-            size_t hlen = tm_gorilla_enc_save (&pr->hist, true, at);
+            size_t hlen = tm_gorilla_enc_save (&pr->hist, tm_twins_flush_due (pr), at);
             //  Nearly always one varint byte; else make room for more.
             size_t vl = tm_varint_len (hlen);
             if (vl > 1)

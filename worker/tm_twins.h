@@ -156,8 +156,18 @@ void tm_twins_replaying (tm_twins_t *self, uint64_t seq);
 //  The log seq the shard's restored blob covers (0: none).
 uint64_t tm_twins_covered (const tm_twins_t *self, uint32_t shard);
 
-//  The shard's blob and its history (tm_history_stage) were written: every
-//  open chunk of its twins now keeps only the bytes not yet stored.
+//  True if a checkpoint writes the series' bytes not yet stored as a
+//  segment now (tm_history_stage), rather than keeping them in the shard's
+//  blob: once they outgrow the room the encoder has for them inside the
+//  property. A segment is a key in RocksDB, dearer to write than a few
+//  bytes more of a blob that is written anyway, so a series reporting
+//  every second writes one about every five readings, not every round.
+//  The blob, tm_history_stage and tm_twins_history_flushed decide alike.
+bool tm_twins_flush_due (const tm_prop_t *p);
+
+//  The shard's blob and its history (tm_history_stage) were written: the
+//  open chunks that were due (tm_twins_flush_due) now keep only the bytes
+//  not yet stored.
 void tm_twins_history_flushed (tm_twins_t *self, uint32_t shard);
 
 //  Destroy, freeing every twin; nulls the pointer.

@@ -262,6 +262,53 @@ test_crash_before_write (void **state)
     assert_int_equal (system (cmd), 0);
 }
 
+//  A checkpoint after every reading, restarts on the way (clean ones, and
+//  crashes with records after the last checkpoint): the open chunk's bytes
+//  are in its segments or in the blob, never lost or doubled, and memory
+//  keeps no more of them than the encoder's own room.
+static void
+test_checkpoint_every_reading (void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/tm-test-history-XXXXXX";
+    assert_non_null (mkdtemp (dir));
+    tm_store_t *store = tm_store_open (dir);
+    tm_wlog_t *wlog = tm_wlog_new (store, false);
+    tm_twins_t *twins = tm_twins_new ();
+    for (int i = 1; i <= 300; i++) {
+        s_log_apply (wlog, twins, i * 1000);
+        bool crash = i % 41 == 0;
+        if (!crash)
+            assert_int_equal (tm_wlog_checkpoint (wlog, twins), 0);
+        tm_twin_t *twin;
+        const tm_prop_t *prop = s_prop (twins, "e-1", &twin);
+        if (!crash)
+            assert_int_equal (tm_gorilla_enc_heap (&prop->hist), 0);
+        if (i % 11 == 0 || crash) {
+            s_check_all (store, twins, "e-1", i, 1000);
+            tm_wlog_destroy (&wlog);
+            tm_twins_destroy (&twins);
+            tm_store_destroy (&store);
+            store = tm_store_open (dir);
+            assert_non_null (store);
+            wlog = tm_wlog_new (store, false);
+            s_replay_t rp = {.twins = tm_twins_new ()};
+            size_t bad = 0;
+            assert_int_equal (tm_wlog_recover (wlog, rp.twins, s_on_record, &rp, &bad),
+                              crash? 1: 0);
+            assert_int_equal (bad, 0);
+            twins = rp.twins;
+            s_check_all (store, twins, "e-1", i, 1000);
+        }
+    }
+    tm_wlog_destroy (&wlog);
+    tm_twins_destroy (&twins);
+    tm_store_destroy (&store);
+    char cmd[128];
+    snprintf (cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal (system (cmd), 0);
+}
+
 static void
 test_late_and_duplicates (void **state)
 {
@@ -659,6 +706,7 @@ main (void)
         cmocka_unit_test (test_chunks_close_and_query),
         cmocka_unit_test (test_blob_round_trip),
         cmocka_unit_test (test_crash_before_write),
+        cmocka_unit_test (test_checkpoint_every_reading),
         cmocka_unit_test (test_late_and_duplicates),
         cmocka_unit_test (test_retention),
         cmocka_unit_test (test_filter_direct),

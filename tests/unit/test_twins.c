@@ -166,7 +166,8 @@ test_attributes (void **state)
         const tm_twin_t *t4 = tm_twins_find (one, "v4", 2);
         uint32_t sh = t4->shard;
         uint8_t saved[64];
-        size_t slen = tm_gorilla_enc_save (&t4->props[0].hist, true, saved);
+        size_t slen = tm_gorilla_enc_save (&t4->props[0].hist,
+                                           tm_twins_flush_due (&t4->props[0]), saved);
         assert_true (slen < 128);
         uint8_t *b4 = NULL;
         size_t c4 = 0;
