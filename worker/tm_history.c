@@ -259,27 +259,30 @@ tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
             counts->segment_bytes += vlen + n;
         }
     }
-    //  The open chunks' new bytes, where due (the others ride in the blob).
-    for (tm_twin_t *t = tm_twins_shard_first (twins, shard); t; t = t->next_in_shard)
-        for (uint16_t i = 0; i < t->nprops; i++) {
-            const tm_prop_t *pr = &t->props[i];
-            if (!tm_twins_flush_due (pr))
-                continue;
-            tm_segment_t seg = {.last_ts = tm_gorilla_enc_last_ts (&pr->hist),
-                                .count = tm_gorilla_enc_count (&pr->hist),
-                                .bits = tm_gorilla_enc_bits (&pr->hist)};
-            seg.bytes = tm_gorilla_enc_pending (&pr->hist, &seg.start, &seg.size);
-            seg.expires = s_stamp (twins, t, pr->name, seg.last_ts);
-            size_t n = s_prefix (key, 'H', shard, t->entity, t->entity_len, pr->name,
-                                 tm_twins_name_len (pr->name));
-            s_put_ts (key + n, tm_gorilla_enc_first_ts (&pr->hist));
-            n += 8;
-            size_t vlen = s_stage_chunk (batch, key, n, &seg, &val, &cap);
-            if (vlen == 0)
-                goto oom;
-            counts->segments++;
-            counts->segment_bytes += vlen + n;
-        }
+    //  The open chunks' new bytes, where due (the others ride in the blob):
+    //  the series the shard's encoding noted.
+    size_t ndue;
+    const tm_twins_due_t *due = tm_twins_due (twins, &ndue);
+    for (size_t i = 0; i < ndue; i++) {
+        const tm_twin_t *t = due[i].twin;
+        if (!t || t->shard != shard)
+            continue;
+        const tm_prop_t *pr = &t->props[due[i].prop];
+        tm_segment_t seg = {.last_ts = tm_gorilla_enc_last_ts (&pr->hist),
+                            .count = tm_gorilla_enc_count (&pr->hist),
+                            .bits = tm_gorilla_enc_bits (&pr->hist)};
+        seg.bytes = tm_gorilla_enc_pending (&pr->hist, &seg.start, &seg.size);
+        seg.expires = s_stamp (twins, t, pr->name, seg.last_ts);
+        size_t n = s_prefix (key, 'H', shard, t->entity, t->entity_len, pr->name,
+                             tm_twins_name_len (pr->name));
+        s_put_ts (key + n, tm_gorilla_enc_first_ts (&pr->hist));
+        n += 8;
+        size_t vlen = s_stage_chunk (batch, key, n, &seg, &val, &cap);
+        if (vlen == 0)
+            goto oom;
+        counts->segments++;
+        counts->segment_bytes += vlen + n;
+    }
     free (val);
     return 0;
 oom:

@@ -128,8 +128,9 @@ typedef struct {
 } tm_history_counts_t;
 
 //  Add the shard's pending history (tm_twins_pending) to a batch, and a
-//  segment for each of its open chunks that grew since the last
-//  checkpoint (tm_segment), adding to *counts if not NULL; values of series
+//  segment for each of its open chunks that the shard's encoding noted due
+//  (tm_twins_due: call this after encoding the shard), adding to *counts
+//  if not NULL; values of series
 //  with a model retention are stamped with their expiry (format 1). The
 //  caller calls tm_twins_history_flushed once the batch is written. 0, or
 //  -1 if memory is short (the history stays pending).

@@ -72,6 +72,9 @@ struct _tm_twins_t {
     uint64_t log_seq;              //  Log record the state includes (tm_twins_set_log_seq)
     uint64_t replay_seq;           //  Record being replayed, 0: none
     uint64_t *covered;             //  Per shard, log seq of its restored blob; NULL: none
+    tm_twins_due_t *due;           //  Series due a segment, noted by the encoders
+    size_t ndue;
+    size_t due_cap;
     tm_twins_touch_fn *touch;      //  The hierarchy's hook (tm_peers), NULL: none
     void *touch_arg;
     struct {
@@ -248,6 +251,7 @@ tm_twins_destroy (tm_twins_t **self_p)
             free (self->passive.set[shard]);
     free (self->passive.set);
     free (self->covered);
+    free (self->due);
     free (self->passive.n);
     free (self->passive.cap);
     free (self->passive.changed);
@@ -1064,13 +1068,44 @@ tm_twins_flush_due (const tm_prop_t *p)
 }
 
 void
+tm_twins_due_clear (tm_twins_t *self)
+{
+    self->ndue = 0;
+}
+
+const tm_twins_due_t *
+tm_twins_due (const tm_twins_t *self, size_t *n)
+{
+    *n = self->ndue;
+    return self->due;
+}
+
+//  Note a due series; false if memory is short.
+static bool
+s_note_due (tm_twins_t *self, const tm_twin_t *t, uint16_t prop)
+{
+    if (self->ndue == self->due_cap) {
+        size_t cap = self->due_cap? 2 * self->due_cap: 1024;
+        tm_twins_due_t *grown = realloc (self->due, cap * sizeof *grown);
+        if (!grown)
+            return false;
+        self->due = grown;
+        self->due_cap = cap;
+    }
+    self->due[self->ndue++] = (tm_twins_due_t) {.twin = (tm_twin_t *) t, .prop = prop};
+    return true;
+}
+
+void
 tm_twins_history_flushed (tm_twins_t *self, uint32_t shard)
 {
-    for (tm_twin_t *t = self->shard_heads[shard % TM_SHARDMAP_MAX_SHARDS]; t;
-         t = t->next_in_shard)
-        for (uint16_t i = 0; i < t->nprops; i++)
-            if (tm_twins_flush_due (&t->props[i]))
-                tm_gorilla_enc_flushed (&t->props[i].hist);
+    for (size_t i = 0; i < self->ndue; i++) {
+        tm_twins_due_t *d = &self->due[i];
+        if (d->twin && d->twin->shard == shard) {
+            tm_gorilla_enc_flushed (&d->twin->props[d->prop].hist);
+            d->twin = NULL;    //  once
+        }
+    }
 }
 
 //  The reading's property in the twin, made if new. Readings of one model
@@ -1363,7 +1398,7 @@ s_reserve (uint8_t **buf, size_t *cap, size_t need)
 
 //  One twin of a shard blob at *buf + *n. False on allocation failure.
 static bool
-s_encode_twin (const tm_twin_t *t, uint8_t **buf, size_t *cap, size_t *n_p)
+s_encode_twin (tm_twins_t *self, const tm_twin_t *t, uint8_t **buf, size_t *cap, size_t *n_p)
 {
     size_t n = *n_p;
     size_t mlen = t->model? s_name_len (t->model): 0;
@@ -1418,7 +1453,10 @@ s_encode_twin (const tm_twin_t *t, uint8_t **buf, size_t *cap, size_t *n_p)
         //  that stores its pending bytes (tm_history_stage), else with them.
         if (tm_gorilla_enc_count (&pr->hist)) {
             uint8_t *at = p + n + 1;
-            size_t hlen = tm_gorilla_enc_save (&pr->hist, tm_twins_flush_due (pr), at);
+            bool due = tm_twins_flush_due (pr);
+            if (due && !s_note_due (self, t, i))
+                return false;
+            size_t hlen = tm_gorilla_enc_save (&pr->hist, due, at);
             //  Nearly always one varint byte; else make room for more.
             size_t vl = tm_varint_len (hlen);
             if (vl > 1)
@@ -1480,7 +1518,7 @@ tm_twins_encode_shard (tm_twins_t *self, uint32_t shard, uint8_t **buf, size_t *
     n += tm_varint_put (*buf + n, self->log_seq);
     n += tm_varint_put (*buf + n, ntwins);
     for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard)
-        if (!(t->flags & TM_TWIN_PASSIVATING) && !s_encode_twin (t, buf, cap, &n))
+        if (!(t->flags & TM_TWIN_PASSIVATING) && !s_encode_twin (self, t, buf, cap, &n))
             return 0;
     return n;
 }
@@ -1494,7 +1532,7 @@ tm_twins_encode_twin (tm_twins_t *self, const tm_twin_t *twin, uint8_t **buf, si
     (*buf)[n++] = S_SHARD_FORMAT;
     n += tm_varint_put (*buf + n, self->log_seq);
     n += tm_varint_put (*buf + n, 1);
-    return s_encode_twin (twin, buf, cap, &n)? n: 0;
+    return s_encode_twin (self, twin, buf, cap, &n)? n: 0;
 }
 
 //  One property of a version-2 blob into pr (fields bounded by the caller).

@@ -277,6 +277,7 @@ tm_wlog_checkpoint_step (tm_wlog_t *self, tm_twins_t *twins, size_t max_shards, 
         return -1;
     //  Every committed record is applied by now: the blobs hold them all.
     tm_twins_set_log_seq (twins, self->last_seq);
+    tm_twins_due_clear (twins);
     size_t first = self->round_next;
     size_t step_bytes = 0;
     uint8_t key[6];

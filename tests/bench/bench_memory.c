@@ -13,11 +13,11 @@
     jitter, one-decimal values on a random walk. No model is loaded (none
     in models/ has eight properties), so the analytics use the defaults;
     the state is the same size either way. No attributes are sent.
-    A checkpoint (by default after every second of readings, as the
-    worker's checkpoint_interval of 1 s) is simulated as the worker's
-    leaves memory once its write succeeds: closed chunks dropped, and every
-    open chunk's bytes forgotten but the partial last byte (tm_segment:
-    they are in the store). So what is counted is what stays in memory
+    A checkpoint (by default after every 5 seconds of readings, the
+    worker's default checkpoint_interval) is simulated as the worker's
+    leaves memory once its write succeeds: closed chunks dropped, and the
+    open chunks that were due (tm_twins_flush_due) forget their bytes but
+    the partial last byte (tm_segment: they are in the store). So what is counted is what stays in memory
     between checkpoints: each open chunk's encoder state, with the bytes
     since the last checkpoint. K = 0 ("mix") is a worker that has run for
     a while: twin i starts reading at a step of its own in 0 .. 119 and
@@ -32,7 +32,7 @@
     array, rows, changed list, interned names).
 
     Usage: bench_memory [twins] [K,K,...] [seconds between checkpoints]
-           (default 200000 1,60,120,0 1)
+           (default 200000 1,60,120,0 5)
     Prints a table, then one `RESULT k=.. heap_per_twin=.. rss_per_twin=..`
     line per K for tests/bench/bench_memory.py.
 */
@@ -58,7 +58,7 @@ static const int s_start[S_PROPS] = {120, 250, 300, 400, 185, 550, 10130, 4};
 static const int s_step[S_PROPS] = {3, 5, 4, 6, 1, 3, 1, 1};
 
 static uint64_t s_rng = 0x2545F4914F6CDD1DULL;
-static int s_every = 1;            //  Steps (seconds of readings) between checkpoints
+static int s_every = 5;            //  Steps (seconds of readings) between checkpoints
 
 static uint32_t
 s_rand (void)
@@ -163,9 +163,16 @@ s_walk (tm_twins_t *twins, size_t n, s_parts_t *parts)
 static void
 s_checkpoint (tm_twins_t *twins)
 {
+    static uint8_t *buf;
+    static size_t cap;
     size_t ndirty;
     uint32_t *dirty = tm_twins_take_dirty (twins, &ndirty);
     for (size_t i = 0; i < ndirty; i++) {
+        //  Encoding notes the series due a segment, as in a round's step
+        //  (which holds about a megabyte of blobs: one shard here).
+        tm_twins_due_clear (twins);
+        if (tm_twins_encode_shard (twins, dirty[i], &buf, &cap) == 0)
+            fprintf (stderr, "bench_memory: a shard does not encode\n");
         tm_twins_pending_drop (twins, dirty[i]);
         tm_twins_history_flushed (twins, dirty[i]);
     }
@@ -248,7 +255,7 @@ main (int argc, char *argv[])
 {
     long n = argc > 1? atol (argv[1]): 200000;
     const char *klist = argc > 2? argv[2]: "1,60,120,0";
-    s_every = argc > 3? atoi (argv[3]): 1;
+    s_every = argc > 3? atoi (argv[3]): 5;
     if (s_every < 1 || s_every > 100000) {
         fprintf (stderr, "bench_memory: seconds between checkpoints must be 1 .. 100000\n");
         return 2;
