@@ -80,7 +80,7 @@ _Static_assert (sizeof s_event_name / sizeof s_event_name[0] == TM_SYNC_NEVENTS,
 _Static_assert (sizeof s_state_weight / sizeof s_state_weight[0] == TM_SYNC_NSTATES,
                 "a weight per state");
 //  The memory budget (1 KiB per twin of 8 properties) was planned with these.
-_Static_assert (sizeof (tm_analytics_t) == 80, "per-property state is 80 bytes");
+_Static_assert (sizeof (tm_analytics_t) <= 72, "per-property state is at most 72 bytes");
 _Static_assert (sizeof (tm_analytics_sync_t) == 32, "per-twin sync state is 32 bytes");
 
 //  Readings whose goodness the confidence's quality averages over.
@@ -163,6 +163,55 @@ s_ms_between (int64_t a, int64_t b)
     return ms <= INT64_MAX? (double) (int64_t) ms: (double) ms;
 }
 
+//  The EWMA is stored as its offset from the nearer of min and max (it
+//  lies between them, see "Storage" in the header), and the offset's sign
+//  says which: +0 and up from min, -0 and down from max. The level is
+//  stored as its offset from that EWMA, anchor + ewma_off exactly.
+static inline double
+s_anchor (const tm_analytics_t *self)
+{
+    return signbit (self->ewma_off)? self->max: self->min;
+}
+
+//  An offset saturated at the float range, where a float would be
+//  infinite and turn the next update into inf - inf. NaN stays NaN.
+static inline float
+s_offset (double d)
+{
+    return (float) (d > FLT_MAX? FLT_MAX: d < -FLT_MAX? -FLT_MAX: d);
+}
+
+//  Store the EWMA and the level, given as ewma_x and level_x (each minus
+//  x) with min and max already covering x. Rounding may make the EWMA's
+//  distance to the nearer end a hair negative: that is 0, never an EWMA
+//  outside the readings. The offsets can overflow a float only when the
+//  spread does, so only then are they saturated: testing is cheaper than
+//  saturating every store.
+static inline void
+s_store (tm_analytics_t *self, double ewma_x, double level_x, double x)
+{
+    double below = x - self->min, above = self->max - x;
+    double lo = ewma_x + below, hi = above - ewma_x;
+    if (below + above > FLT_MAX) {
+        self->ewma_off = lo <= hi? s_offset (s_max (lo, 0)): -s_offset (s_max (hi, 0));
+        double stored_x = (s_anchor (self) - x) + self->ewma_off;
+        self->level_off = s_offset (level_x - stored_x);
+        return;
+    }
+    double stored_x;
+    if (lo <= hi) {
+        float d = (float) s_max (lo, 0);
+        self->ewma_off = d;
+        stored_x = d - below;
+    }
+    else {
+        float d = (float) s_max (hi, 0);
+        self->ewma_off = -d;
+        stored_x = above - d;
+    }
+    self->level_off = (float) (level_x - stored_x);
+}
+
 static inline uint8_t
 s_inc8 (uint8_t n)
 {
@@ -214,33 +263,33 @@ s_horizon_factor (double steps, double alpha, double beta)
 
 //  Holt's update for the third and later in-range readings, with the
 //  residual scale and the anomaly score (see the header for the formulas).
-static inline void
-s_holt_update (tm_analytics_t *self, const tm_analytics_settings_t *s, double dt, double x)
+//  It works relative to the reading x: level_x is the level minus x, and
+//  the new level minus x is returned (the caller stores it as an offset).
+static inline double
+s_holt_update (tm_analytics_t *self, const tm_analytics_settings_t *s, double dt, double x,
+               double level_x, double alpha, double widen)
 {
     double trend = self->trend;
-    double forecast = self->level + trend * dt;
-    double resid = x - forecast;
+    double forecast_x = level_x + trend * dt;  //  The forecast minus x
+    double resid = -forecast_x;
     double interval = (double) s->interval_ms;
-    double alpha = s->holt_alpha;
 
     //  Residuals below the rounding of the forecast itself (a few ulps of a
     //  double, and of the float trend times the step) are not evidence.
-    double noise = 4 * DBL_EPSILON * fabs (forecast) + 2 * FLT_EPSILON * fabs (trend * dt)
+    double noise = 4 * DBL_EPSILON * fabs (x + forecast_x) + 2 * FLT_EPSILON * fabs (trend * dt)
                    + DBL_MIN;
     double sd = s_max (self->resid_sd, noise);
-    double widen = 1;
-    if (dt > interval) {
-        //  After a gap the forecast is many steps ahead and its residual is
-        //  judged against the wider h-step scale, else every gap would be
-        //  an "anomaly" and clipped. The past is also worth less: its
-        //  weight decays per interval elapsed, not per reading. Both only
-        //  on gaps, so the regular path has no exp() or extra sqrt().
-        widen = s_horizon_factor (dt / interval, alpha, s->holt_beta);
-        alpha = 1 - exp (dt / interval * log1p (-alpha));
-    }
     uint32_t nres = self->count - 2;
+    //  The rounding of the level's float offset from the EWMA (2^-24 of it
+    //  per store; a perfectly linear series has it at its first readings
+    //  and after a gap, when the scale may be 0) is not evidence either,
+    //  but only for judging: the model still learns from the residual
+    //  clipped at the scale alone, as with a double level, so that a level
+    //  shift of a billion noise scales, which makes that offset huge for a
+    //  while, is followed as fast as before.
+    double judge = s_max (sd, 4 * FLT_EPSILON * fabs (self->level_off));
     //  The first residual has no scale to be judged against.
-    double score = nres > 1? resid / (sd * widen) * 100.0: 0;
+    double score = nres > 1? resid / (judge * widen) * 100.0: 0;
     score = s_clamp (score, -S_SCORE_MAX_CS, S_SCORE_MAX_CS);
     self->score_cs = (int16_t) (score < 0? score - 0.5: score + 0.5);
 
@@ -255,7 +304,6 @@ s_holt_update (tm_analytics_t *self, const tm_analytics_settings_t *s, double dt
         double cap = s->anomaly_sigmas * sd * widen;
         clipped = s_clamp (resid, -cap, cap);
     }
-    self->level = forecast + alpha * clipped;
     self->trend = (float) (trend + s->holt_beta * alpha * clipped / s_max (dt, interval));
 
     //  The scale stays a one-step scale: a gap's residual enters it
@@ -264,6 +312,7 @@ s_holt_update (tm_analytics_t *self, const tm_analytics_settings_t *s, double dt
     double var = (double) self->resid_sd * self->resid_sd;
     var += (one_step * one_step - var) / window;
     self->resid_sd = (float) s_min (sqrt (var), FLT_MAX);
+    return forecast_x + alpha * clipped;
 }
 
 unsigned
@@ -283,8 +332,9 @@ tm_analytics_update (tm_analytics_t *self, const tm_analytics_settings_t *s, int
     if (!(isfinite (x) && x >= s->valid_min && x <= s->valid_max)) {
         self->oor_run = s_inc8 (self->oor_run);
         //  Keep the invariant "level is the level at ts_ms" without
-        //  letting the bad value correct the model.
-        self->level += self->trend * dt;
+        //  letting the bad value correct the model. The EWMA, the level's
+        //  reference, stays.
+        self->level_off = (float) (self->level_off + self->trend * dt);
         return s_flags (self, s);
     }
     self->oor_run = 0;
@@ -292,31 +342,54 @@ tm_analytics_update (tm_analytics_t *self, const tm_analytics_settings_t *s, int
         self->count++;
     uint32_t n = self->count;
 
+    //  After a gap the forecast is many steps ahead and its residual is
+    //  judged against the wider h-step scale, else every gap would be an
+    //  "anomaly" and clipped. The past is also worth less: its weight
+    //  decays per interval elapsed, not per reading. Both only on gaps, so
+    //  the regular path has no exp() or extra sqrt(); and here, before the
+    //  state is read, so that little is live across the calls.
+    double alpha = s->holt_alpha;
+    double widen = 1;
+    if (dt > (double) s->interval_ms) {
+        double steps = dt / (double) s->interval_ms;
+        widen = s_horizon_factor (steps, alpha, s->holt_beta);
+        alpha = 1 - exp (steps * log1p (-alpha));
+    }
+
     double delta = x - self->mean;
     self->mean += delta / n;
     self->m2 += delta * (x - self->mean);
 
     if (n == 1) {
-        self->min = self->max = self->ewma = self->level = x;
+        self->min = self->max = x;
+        self->ewma_off = self->level_off = 0;      //  +0: the EWMA is min
         self->trend = 0;
         self->resid_sd = 0;
         self->score_cs = 0;
         return s_flags (self, s);
     }
+    //  The EWMA and the level are computed relative to x, distances of the
+    //  order of a residual or of the data's spread, never as doubles the
+    //  size of the values (1e9 + 1e-3 would lose the 1e-3), and stored
+    //  relative to their new references.
+    double ewma_x = (s_anchor (self) - x) + self->ewma_off;
+    double level_x = ewma_x + self->level_off;
     self->min = s_min (self->min, x);
     self->max = s_max (self->max, x);
-    self->ewma += s->ewma_alpha * (x - self->ewma);
+    ewma_x -= s->ewma_alpha * ewma_x;          //  ewma += alpha * (x - ewma)
 
     if (n == 2) {
         //  Two points give the first slope, so a linear series is exact from
-        //  here on; two points a millisecond apart are mostly noise, so the
-        //  step is at least the expected interval, as in the trend update.
-        self->trend = (float) ((x - self->level) / s_max (dt, (double) s->interval_ms));
-        self->level = x;
+        //  here on (up to the level's float offset, see the header); two
+        //  points a millisecond apart are mostly noise, so the step is at
+        //  least the expected interval, as in the trend update.
+        self->trend = (float) (-level_x / s_max (dt, (double) s->interval_ms));
+        level_x = 0;
         self->score_cs = 0;
     }
     else
-        s_holt_update (self, s, dt, x);
+        level_x = s_holt_update (self, s, dt, x, level_x, alpha, widen);
+    s_store (self, ewma_x, level_x, x);
     return s_flags (self, s);
 }
 
@@ -327,6 +400,39 @@ tm_analytics_flags (const tm_analytics_t *self, const tm_analytics_settings_t *s
     if (self->ts_ms == INT64_MIN)
         return 0;
     return s_flags (self, settings);
+}
+
+double
+tm_analytics_ewma (const tm_analytics_t *self)
+{
+    assert (self);
+    return s_anchor (self) + self->ewma_off;
+}
+
+double
+tm_analytics_level (const tm_analytics_t *self)
+{
+    assert (self);
+    //  The two floats' sum is exact (unless one is below 2^-29 of the
+    //  other), so the level is rounded once.
+    return s_anchor (self) + ((double) self->ewma_off + self->level_off);
+}
+
+void
+tm_analytics_restore (tm_analytics_t *self, double ewma, double level)
+{
+    assert (self);
+    double lo = ewma - self->min, hi = self->max - ewma;
+    //  An EWMA outside [min, max] is clamped in; NaN is max.
+    self->ewma_off = lo <= hi? s_offset (s_max (lo, 0)): -s_offset (s_max (hi, 0));
+    tm_analytics_set_level (self, level);
+}
+
+void
+tm_analytics_set_level (tm_analytics_t *self, double level)
+{
+    assert (self);
+    self->level_off = s_offset ((level - s_anchor (self)) - self->ewma_off);
 }
 
 double
@@ -358,7 +464,9 @@ tm_analytics_forecast (const tm_analytics_t *self, const tm_analytics_settings_t
         return TM_ANALYTICS_E_NO_DATA;
     double ahead = at_ms >= self->ts_ms? s_ms_between (self->ts_ms, at_ms)
                                        : -s_ms_between (at_ms, self->ts_ms);
-    *value = self->level + self->trend * ahead;
+    //  The small terms first, so that the value is rounded once.
+    *value = s_anchor (self)
+             + (((double) self->ewma_off + self->level_off) + self->trend * ahead);
     if (stddev)
         *stddev = self->resid_sd
                   * s_horizon_factor (ahead / (double) s->interval_ms, s->holt_alpha,

@@ -12,11 +12,12 @@
     so every update is O(1), branch-light and well under 100 ns (a couple of
     divisions and one square root). Memory is the other budget: a twin with
     eight properties must fit in 1 KiB all included, so the per-property
-    state is 80 bytes; doubles where the value's precision matters (values
+    state is 72 bytes; doubles where the value's precision matters (values
     near 1e9 must keep their low digits), floats for quantities that are
-    estimates anyway (trend, residual scale), small saturating counters for
-    streaks. Quality flags are not stored: they follow from the streaks and
-    the score (tm_analytics_flags).
+    estimates anyway (trend, residual scale) and for the EWMA and the level,
+    which are stored as distances to doubles (see "Storage" below), small
+    saturating counters for streaks. Quality flags are not stored: they
+    follow from the streaks and the score (tm_analytics_flags).
 
     Settings (tm_analytics_settings_t) come from a model file and are shared
     by every twin of the model through a pointer; never copy them per twin.
@@ -55,7 +56,8 @@
     and mixed 1 ms / 60 s steps were seen to diverge. The first
     reading sets L = x, b = 0; the second sets L = x and b = (x - x1) /
     max(dt, I), so a linear series is forecast exactly from then on (unless
-    its first two readings came closer than I, when Holt converges to it).
+    its first two readings came closer than I, when Holt converges to it;
+    see "Storage" for what the float level costs it).
     A reading out of range does not correct the model: L is only advanced
     to its time along the trend, keeping "L is the level at ts".
 
@@ -76,8 +78,60 @@
     next readings as its echo, nor inflates the scale and masks the next
     spike, yet a genuine level shift widens s geometrically and is
     followed within a few readings. s never goes below the rounding noise
-    of the arithmetic (a few ulps of the forecast), so a constant or
-    perfectly linear series scores about 0, not rounding noise / 0.
+    of the arithmetic (a few ulps of the forecast, and for the score those
+    of the float level, see "Storage"), so a constant or perfectly linear
+    series scores about 0, not rounding noise / 0.
+
+    Storage of the EWMA and the level, and what it costs in precision. Both
+    are floats, offsets from references that cost no memory: the EWMA,
+    which lies between min and max, from the nearer of the two (the
+    offset's sign says which), and the level from the EWMA (read them with
+    tm_analytics_ewma and tm_analytics_level). A float keeps 24 bits of a
+    distance that is at most half the spread (max - min) for the EWMA, and
+    for the level a one-step residual plus the EWMA's lag behind the data,
+    where a double spends its 53 bits on the magnitude of the values. The
+    update works in these distances (reading minus reference, never 1e9
+    plus 1e-3) and rounds each offset once, by at most 2^-24 (6e-8) of its
+    size; the recurrences damp earlier roundings. Hence, against the same
+    recurrences computed exactly:
+    - the EWMA is within 2^-25 (max - min) / ewma_alpha (a spread of 2e6
+      with alpha 0.1: within 0.6; 100k random readings came within 0.2);
+    - the level, with regular steps and no clipping, is within 2^-23 /
+      holt_alpha times its largest distance to the EWMA (the magnitudes of
+      Holt's impulse response sum to less than 2 / alpha for any beta); a
+      clipped reading passes earlier errors on undamped, and so does an
+      out-of-range reading, which adds one rounding of its own;
+    - tm_analytics_ewma, tm_analytics_level and the forecast add the half
+      ulp of their double result.
+    So values near 1e9 with a spread of 1e-3 keep every digit a double
+    holds: the offsets are good to 1e-11 where the doubles' grid is 1.2e-7
+    (the double recurrences this replaced drifted there, by 2.5 ulps with
+    alpha 0.1 and 8 with alpha 0.01 over 100k readings). The level depends
+    on its distance to the EWMA, not on the history's spread: after an
+    in-range glitch of 1e6 on data with 1e-3 of noise, or a meter reset
+    from 1e6 to 0, flags, scales and forecasts are those of a double level
+    (to 2^-24 of the jump in the readings just after it, while the EWMA
+    still remembers it). The EWMA itself keeps the bound above, relative
+    to the spread, and does much better while the data sit near min or
+    max. A constant is exact, and a linear series is forecast exactly once
+    its EWMA is nearer its latest reading than its first (the level's
+    offset is then the EWMA's, negated). Before that, in its first ~2 /
+    ewma_alpha readings and after a gap, its level rounds to 2^-24 of the
+    EWMA's lag, and its residual scale, 0 with exact arithmetic, learns
+    that rounding. A rounding is never flagged: a residual is judged
+    against at least 4 ulps (2^-21) of the level's offset; the model still
+    learns from it clipped at the residual scale alone, as with a double
+    level, so that a level shift is followed as fast as before. Offsets
+    beyond FLT_MAX (3.4e38) saturate, where a float would be infinite and
+    poison the next update; the update checks for that only when the
+    spread exceeds FLT_MAX, as it must for an in-range offset to, and a
+    level drifting that far along the trend over out-of-range readings
+    would need a trend near the float's own limit. Offsets below FLT_MIN
+    (1.2e-38) are subnormal, with an absolute error of at most 7e-46. A
+    checkpoint stores the EWMA and the level as doubles. Reading it back
+    gives the same offsets, unless an offset is below about 2^-29 of its
+    reference or the EWMA lies within a rounding of the middle of [min,
+    max]; then they round once more.
 
     Forecast uncertainty. For a forecast h = (t - ts) / I steps ahead the
     standard deviation is s * sqrt(1 + alpha^2 * sum_{j=1..h-1} (1 + beta
@@ -159,7 +213,10 @@ typedef struct {
     uint8_t oor_streak;            //  Out-of-range readings in a row meaning fault (0: never)
 } tm_analytics_settings_t;
 
-//  Per-property state: 80 bytes, embedded in the twin's property.
+//  Per-property state: 72 bytes, embedded in the twin's property. The EWMA
+//  and the level are offsets (see "Storage" above): read them with
+//  tm_analytics_ewma and tm_analytics_level, and after writing min or max
+//  directly (a checkpoint), set them with tm_analytics_restore.
 typedef struct {
     double value;                  //  Latest value, whatever its quality
     int64_t ts_ms;                 //  Its timestamp; INT64_MIN before the first reading
@@ -167,8 +224,8 @@ typedef struct {
     double m2;                     //  Welford sum of squared deviations from the mean
     double min;                    //  Smallest in-range reading
     double max;                    //  Largest in-range reading
-    double ewma;                   //  Exponentially weighted moving average
-    double level;                  //  Holt level, as of ts_ms
+    float ewma_off;                //  EWMA minus min (sign clear) or max (sign set)
+    float level_off;               //  Holt level as of ts_ms, minus the EWMA
     float trend;                   //  Holt trend, value units per millisecond
     float resid_sd;                //  Running scale of one-step forecast residuals
     uint32_t count;                //  In-range readings, saturating at UINT32_MAX
@@ -232,6 +289,23 @@ unsigned tm_analytics_update (tm_analytics_t *self, const tm_analytics_settings_
 //  Flags of the latest reading, recomputed from the state (same answer as
 //  the update returned, as long as the settings did not change).
 unsigned tm_analytics_flags (const tm_analytics_t *self, const tm_analytics_settings_t *settings);
+
+//  Exponentially weighted moving average of the in-range readings (0
+//  before the first).
+double tm_analytics_ewma (const tm_analytics_t *self);
+
+//  Holt level as of self->ts_ms (0 before the first in-range reading).
+double tm_analytics_level (const tm_analytics_t *self);
+
+//  Set the EWMA and the level, as restored from a checkpoint: call it after
+//  min and max are set (the offsets are taken from them). An EWMA outside
+//  [min, max], which no update makes, is clamped into it.
+void tm_analytics_restore (tm_analytics_t *self, double ewma, double level);
+
+//  Move the level to level, keeping everything else (a what-if: "the
+//  property is now level"; the forecast goes on from there along the
+//  trend). Stored as any level is, to 2^-24 of its distance to the EWMA.
+void tm_analytics_set_level (tm_analytics_t *self, double level);
 
 //  Sample variance of the in-range readings (0 with fewer than two).
 double tm_analytics_variance (const tm_analytics_t *self);

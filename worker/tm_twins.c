@@ -1441,8 +1441,8 @@ s_encode_twin (tm_twins_t *self, const tm_twin_t *t, uint8_t **buf, size_t *cap,
         n += s_put_f64 (p + n, a->m2);
         n += s_put_f64 (p + n, a->min);
         n += s_put_f64 (p + n, a->max);
-        n += s_put_f64 (p + n, a->ewma);
-        n += s_put_f64 (p + n, a->level);
+        n += s_put_f64 (p + n, tm_analytics_ewma (a));
+        n += s_put_f64 (p + n, tm_analytics_level (a));
         n += s_put_f32 (p + n, a->trend);
         n += s_put_f32 (p + n, a->resid_sd);
         n += tm_varint_put (p + n, a->count);
@@ -1541,11 +1541,12 @@ s_get_prop_v2 (const uint8_t **p, const uint8_t *end, tm_prop_t *pr)
 {
     tm_analytics_t *a = &pr->an;
     uint64_t count, zts, in_range, zscore;
+    double ewma, level;
     if (tm_varint_get (p, end, &count) != 0 || s_get_f64 (p, end, &a->value) != 0
         || tm_varint_get (p, end, &zts) != 0 || s_get_f64 (p, end, &a->mean) != 0
         || s_get_f64 (p, end, &a->m2) != 0 || s_get_f64 (p, end, &a->min) != 0
-        || s_get_f64 (p, end, &a->max) != 0 || s_get_f64 (p, end, &a->ewma) != 0
-        || s_get_f64 (p, end, &a->level) != 0 || s_get_f32 (p, end, &a->trend) != 0
+        || s_get_f64 (p, end, &a->max) != 0 || s_get_f64 (p, end, &ewma) != 0
+        || s_get_f64 (p, end, &level) != 0 || s_get_f32 (p, end, &a->trend) != 0
         || s_get_f32 (p, end, &a->resid_sd) != 0 || tm_varint_get (p, end, &in_range) != 0
         || tm_varint_get (p, end, &zscore) != 0 || end - *p < 2)
         return -1;
@@ -1558,6 +1559,7 @@ s_get_prop_v2 (const uint8_t **p, const uint8_t *end, tm_prop_t *pr)
     a->score_cs = (int16_t) score;
     a->same_run = *(*p)++;
     a->oor_run = *(*p)++;
+    tm_analytics_restore (a, ewma, level);
     return 0;
 }
 
@@ -2118,8 +2120,8 @@ tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id,
         props[i].stddev = tm_analytics_stddev (a);
         props[i].min = a->min;
         props[i].max = a->max;
-        props[i].ewma = a->ewma;
-        props[i].level = a->level;
+        props[i].ewma = tm_analytics_ewma (a);
+        props[i].level = tm_analytics_level (a);
         props[i].trend_per_s = (double) a->trend * 1000.0;
         props[i].anomaly = tm_analytics_score (a);
         props[i].quality = tm_analytics_flags (a, tm_twins_settings (self, twin, pr));

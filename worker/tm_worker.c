@@ -507,7 +507,7 @@ s_handle_forecast (tm_worker_t *self, tm_msg_t *msg)
             tm_analytics_update (&an, &settings, base, req->set_value);
         base = an.ts_ms + 1;
         an.value = req->set_value;
-        an.level = req->set_value;
+        tm_analytics_set_level (&an, req->set_value);
         an.ts_ms = base;
     }
     int64_t horizon = req->horizon_ms? req->horizon_ms: 3600000;

@@ -176,7 +176,7 @@ s_field (s_ctx_t *ctx, const tm_twin_t *t, const tm_prop_t *p, s_field_t f)
         case S_F_STDDEV: return a->count > 1? tm_expr_number (tm_analytics_stddev (a)): tm_expr_null ();
         case S_F_MIN: return a->count? tm_expr_number (a->min): tm_expr_null ();
         case S_F_MAX: return a->count? tm_expr_number (a->max): tm_expr_null ();
-        case S_F_EWMA: return a->count? tm_expr_number (a->ewma): tm_expr_null ();
+        case S_F_EWMA: return a->count? tm_expr_number (tm_analytics_ewma (a)): tm_expr_null ();
         case S_F_SCORE: return tm_expr_number (tm_analytics_score (a));
         case S_F_QUALITY: {
             const char *q = tm_model_quality_name ((tm_model_quality_t) p->quality);

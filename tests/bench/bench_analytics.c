@@ -67,7 +67,7 @@ s_bench_hot (const tm_analytics_settings_t *s, long n, int64_t gap_ms, unsigned 
         acc += tm_analytics_update (&a, s, t, s_values[i & (S_NVALUES - 1)]);
     }
     double ns = (s_now_ns () - start) / n;
-    *sink += acc + (unsigned) a.level;
+    *sink += acc + (unsigned) tm_analytics_level (&a);
     return ns;
 }
 
