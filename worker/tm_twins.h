@@ -35,11 +35,10 @@
 
 //  Points in a history chunk before it closes: about two hours of a series
 //  read once a minute. Smaller chunks cost a key (~40 bytes) per chunk;
-//  larger ones make a range query decode more than it returns and keep
-//  more of the series in the checkpoint blob, rewritten at each change.
+//  larger ones make a range query decode more than it returns.
 #define TM_TWINS_CHUNK_POINTS 120
 
-//  144 bytes, eight properties 1,152, open chunks' state included (issue
+//  136 bytes, eight properties 1,088, open chunks' state included (issue
 //  #3: a twin in 1 KiB): the encoder lives in the property, not behind a
 //  pointer, which saved a malloc'd 48 bytes and its 16-byte header per
 //  series, an allocation per series at restore and a cache miss per
@@ -56,7 +55,7 @@ typedef struct {
                                    //  TM_TWINS_SIDX_* value (fills padding: no growth)
     uint8_t quality;               //  tm_model_quality_t of the latest reading (padding too)
 } tm_prop_t;
-_Static_assert (sizeof (void *) != 8 || sizeof (tm_prop_t) <= 144, "a property stays small");
+_Static_assert (sizeof (void *) != 8 || sizeof (tm_prop_t) <= 136, "a property stays small");
 
 //  Values of tm_prop_t.sidx besides an index into the settings table.
 #define TM_TWINS_SIDX_UNRESOLVED 0xff  //  Not looked up since the twin's table changed
