@@ -9,9 +9,8 @@
 #define S_JOINED_FIXED 10          //  marker flags count bits
 #define S_PIECE_FIXED 14           //  marker flags count bits start
 
-//  Head timestamps: 8 bytes big-endian with the sign bit flipped, as keys.
-static void
-s_put_ts (uint8_t *p, int64_t ts)
+void
+tm_segment_put_ts (uint8_t *p, int64_t ts)
 {
     uint64_t v = (uint64_t) ts ^ (1ULL << 63);
     for (int i = 7; i >= 0; i--) {
@@ -20,14 +19,15 @@ s_put_ts (uint8_t *p, int64_t ts)
     }
 }
 
-static int64_t
-s_get_ts (const uint8_t *p)
+int64_t
+tm_segment_get_ts (const uint8_t *p)
 {
     uint64_t v = 0;
     for (int i = 0; i < 8; i++)
         v = v << 8 | p[i];
     return (int64_t) (v ^ (1ULL << 63));
 }
+
 
 static void
 s_put_u32 (uint8_t *p, uint32_t v)
@@ -62,11 +62,11 @@ size_t
 tm_segment_put (uint8_t *out, const tm_segment_t *seg)
 {
     size_t n = 0;
-    s_put_ts (out, seg->last_ts);
+    tm_segment_put_ts (out, seg->last_ts);
     n += S_HEAD;
     if (seg->expires != TM_SEGMENT_NO_EXPIRY) {
         out[n++] = TM_SEGMENT_STAMPED;
-        s_put_ts (out + n, seg->expires);
+        tm_segment_put_ts (out + n, seg->expires);
         n += 8;
     }
     out[n++] = seg->kind;
@@ -93,12 +93,12 @@ tm_segment_parse (const void *val, size_t vlen, tm_segment_t *out)
     out->expires = TM_SEGMENT_NO_EXPIRY;
     if (!v || vlen < S_HEAD + 1)
         return -1;
-    out->last_ts = s_get_ts (v);
+    out->last_ts = tm_segment_get_ts (v);
     size_t n = S_HEAD;
     if (v[n] == TM_SEGMENT_STAMPED) {
         if (vlen < S_HEAD + S_STAMP + 1)
             return -1;
-        out->expires = s_get_ts (v + n + 1);
+        out->expires = tm_segment_get_ts (v + n + 1);
         n += S_STAMP;
     }
     out->kind = v[n];
@@ -203,7 +203,7 @@ tm_segment_join (const uint8_t *base, size_t blen, const char *const *ops, const
             //  them. Keep their head when there is one (retention).
             j.broken = true;
             if (blen >= S_HEAD)
-                j.head.last_ts = s_get_ts (base);
+                j.head.last_ts = tm_segment_get_ts (base);
         }
         else
         if (!s_take (&j, &b, &fits))

@@ -76,6 +76,11 @@ typedef struct {
     size_t size;                   //  ceil(bits / 8) - start
 } tm_segment_t;
 
+//  A timestamp as history keys and heads hold it: 8 bytes big-endian with
+//  the sign bit flipped, so that byte order is time order.
+void tm_segment_put_ts (uint8_t *p, int64_t ts);
+int64_t tm_segment_get_ts (const uint8_t *p);
+
 //  Bytes tm_segment_put writes for seg (its kind, expires and size).
 size_t tm_segment_size (const tm_segment_t *seg);
 

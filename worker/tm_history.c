@@ -11,26 +11,6 @@
 //  Longest key: 'S' shard(4) kind, entity, 0, property, 0, ts(8).
 #define S_KEY_MAX (6 + TM_WIRE_MAX_ENTITY + 1 + TM_WIRE_MAX_PROPERTY + 1 + 8)
 
-//  Timestamps in keys sort as signed numbers.
-static void
-s_put_ts (uint8_t *p, int64_t ts)
-{
-    uint64_t v = (uint64_t) ts ^ (1ULL << 63);
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t) v;
-        v >>= 8;
-    }
-}
-
-static int64_t
-s_get_ts (const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return (int64_t) (v ^ (1ULL << 63));
-}
-
 //  The series' key prefix for kind 'H' or 'L'; returns its length.
 static size_t
 s_prefix (uint8_t *key, char kind, uint32_t shard, const char *entity, size_t elen,
@@ -73,7 +53,7 @@ tm_history_value_decode (char kind, const void *val, size_t vlen, tm_history_val
         memcpy (&out->value, &bits, 8);
         if (vlen > 8) {
             out->format = 1;
-            out->expires = s_get_ts (v + 9);
+            out->expires = tm_segment_get_ts (v + 9);
         }
         return 0;
     }
@@ -98,13 +78,13 @@ tm_history_value_decode (char kind, const void *val, size_t vlen, tm_history_val
     }
     if (vlen < 8 + TM_GORILLA_EMPTY_SIZE)
         return -1;
-    out->last_ts = s_get_ts (v);
+    out->last_ts = tm_segment_get_ts (v);
     size_t head = 8;
     if (v[8] == TM_HISTORY_VALUE_STAMPED) {
         if (vlen < 8 + S_STAMP_SIZE + TM_GORILLA_EMPTY_SIZE)
             return -1;
         out->format = 1;
-        out->expires = s_get_ts (v + 9);
+        out->expires = tm_segment_get_ts (v + 9);
         head += S_STAMP_SIZE;
     }
     out->chunk = v + head;
@@ -131,7 +111,7 @@ tm_history_filter (void *arg, const void *key, size_t klen, const void *val, siz
         return now > hv.expires;
     if (ret->retention_ms <= 0)
         return false;
-    int64_t last = k[5] == 'H'? hv.last_ts: s_get_ts (k + klen - 8);
+    int64_t last = k[5] == 'H'? hv.last_ts: tm_segment_get_ts (k + klen - 8);
     //  now - retention is a few years from now at most: no overflow.
     return now - ret->retention_ms > last;
 }
@@ -219,7 +199,7 @@ tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
         size_t plen = tm_twins_name_len (item->property);
         size_t n = s_prefix (key, item->late? 'L': 'H', shard, t->entity, t->entity_len,
                              item->property, plen);
-        s_put_ts (key + n, item->first_ts);
+        tm_segment_put_ts (key + n, item->first_ts);
         n += 8;
         int64_t expires = s_stamp (twins, t, item->property, item->last_ts);
         if (item->late) {
@@ -231,7 +211,7 @@ tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
             size_t vlen = 8;
             if (expires != TM_SEGMENT_NO_EXPIRY) {
                 v[8] = TM_HISTORY_VALUE_STAMPED;
-                s_put_ts (v + 9, expires);
+                tm_segment_put_ts (v + 9, expires);
                 vlen += S_STAMP_SIZE;
             }
             tm_store_batch_put (batch, key, n, v, vlen);
@@ -275,7 +255,7 @@ tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
         seg.expires = s_stamp (twins, t, pr->name, seg.last_ts);
         size_t n = s_prefix (key, 'H', shard, t->entity, t->entity_len, pr->name,
                              tm_twins_name_len (pr->name));
-        s_put_ts (key + n, tm_gorilla_enc_first_ts (&pr->hist));
+        tm_segment_put_ts (key + n, tm_gorilla_enc_first_ts (&pr->hist));
         n += 8;
         size_t vlen = s_stage_chunk (batch, key, n, &seg, &val, &cap);
         if (vlen == 0)
@@ -391,7 +371,7 @@ s_add_parts (s_points_t *pts, tm_store_t *store, const uint8_t *prefix, size_t p
     }
     uint8_t key[S_KEY_MAX];
     memcpy (key, prefix, plen);
-    s_put_ts (key + plen, first_ts);
+    tm_segment_put_ts (key + plen, first_ts);
     char *val = NULL;
     size_t vlen = 0;
     int rc = tm_store_get (store, key, plen + 8, &val, &vlen);
@@ -438,7 +418,7 @@ s_scan_chunks (tm_store_t *store, const uint8_t *prefix, size_t plen, s_points_t
 {
     uint8_t start[S_KEY_MAX];
     memcpy (start, prefix, plen);
-    s_put_ts (start + plen, pts->from);
+    tm_segment_put_ts (start + plen, pts->from);
     tm_store_iter_t *it = tm_store_iter_new_before (store, prefix, plen, start, plen + 8);
     if (!it)
         return -1;
@@ -448,7 +428,7 @@ s_scan_chunks (tm_store_t *store, const uint8_t *prefix, size_t plen, s_points_t
         tm_history_value_t hv;
         if (kl != plen + 8 || tm_history_value_decode ('H', v, vl, &hv) != 0)
             continue;
-        int64_t first = s_get_ts ((const uint8_t *) k + plen);
+        int64_t first = tm_segment_get_ts ((const uint8_t *) k + plen);
         int64_t last = hv.last_ts;
         if (first >= pts->to)
             break;
@@ -480,7 +460,7 @@ s_scan_late (tm_store_t *store, const uint8_t *prefix, size_t plen, s_points_t *
 {
     uint8_t start[S_KEY_MAX];
     memcpy (start, prefix, plen);
-    s_put_ts (start + plen, pts->from);
+    tm_segment_put_ts (start + plen, pts->from);
     tm_store_iter_t *it = tm_store_iter_new_at (store, prefix, plen, start, plen + 8);
     if (!it)
         return -1;
@@ -490,7 +470,7 @@ s_scan_late (tm_store_t *store, const uint8_t *prefix, size_t plen, s_points_t *
         tm_history_value_t hv;
         if (kl != plen + 8 || tm_history_value_decode ('L', v, vl, &hv) != 0)
             continue;
-        int64_t ts = s_get_ts ((const uint8_t *) k + plen);
+        int64_t ts = tm_segment_get_ts ((const uint8_t *) k + plen);
         if (ts >= pts->to)
             break;
         if (++pts->scanned > TM_HISTORY_MAX_SCAN) {
