@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "tm_gorilla.h"
+#include "tm_varint.h"
 
 #define T0 1700000000000LL         //  A plausible first timestamp (Nov 2023)
 
@@ -897,40 +898,28 @@ typedef struct {
 } raw_state_t;
 
 static size_t
-s_varint (uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t) (v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t) v;
-    return n;
-}
-
-static size_t
 s_raw_state (uint8_t *p, const raw_state_t *r)
 {
     size_t n = 0;
     p[n++] = 1;
     p[n++] = 2;
-    n += s_varint (p + n, r->count);
-    n += s_varint (p + n, r->bits);
-    n += s_varint (p + n, r->start);
-    n += s_varint (p + n, r->last_ts_zz);
-    n += s_varint (p + n, r->span);
-    n += s_varint (p + n, r->last_delta);
+    n += tm_varint_put (p + n, r->count);
+    n += tm_varint_put (p + n, r->bits);
+    n += tm_varint_put (p + n, r->start);
+    n += tm_varint_put (p + n, r->last_ts_zz);
+    n += tm_varint_put (p + n, r->span);
+    n += tm_varint_put (p + n, r->last_delta);
     p[n++] = r->scale;
     p[n++] = r->hint;
     p[n++] = r->lead;
     p[n++] = r->trail;
     p[n++] = r->rice_n;
-    n += s_varint (p + n, r->rice_sum);
+    n += tm_varint_put (p + n, r->rice_sum);
     if (r->scale == 31)
         for (int i = 0; i < 8; i++)
             p[n++] = (uint8_t) (r->last >> (8 * i));
     else
-        n += s_varint (p + n, r->last);
+        n += tm_varint_put (p + n, r->last);
     memcpy (p + n, r->pending, r->pending_size);
     return n + r->pending_size;
 }
