@@ -603,7 +603,7 @@ s_print_status_json (FILE *out, const char *endpoint, const Twinmesh__ClusterSta
                      "%llu, \"error_twins\": %llu, \"unmodelled\": %llu, "
                      "\"unknown_property\": %llu, \"invalid_type\": %llu, "
                      "\"passive_twins\": %llu, \"passivated\": %llu, \"reactivated\": %llu, "
-                     "\"heap_bytes\": %llu",
+                     "\"heap_bytes\": %llu, \"history_dropped\": %llu",
                      (unsigned long long) st->readings, (unsigned long long) st->batches,
                      (unsigned long long) st->refused, (unsigned long long) st->malformed,
                      (unsigned long long) st->wrong_shard, (unsigned long long) st->retry_later,
@@ -615,7 +615,8 @@ s_print_status_json (FILE *out, const char *endpoint, const Twinmesh__ClusterSta
                      (unsigned long long) st->unknown_property,
                      (unsigned long long) st->invalid_type,
                      (unsigned long long) st->passive_twins, (unsigned long long) st->passivated,
-                     (unsigned long long) st->reactivated, (unsigned long long) st->heap_bytes);
+                     (unsigned long long) st->reactivated, (unsigned long long) st->heap_bytes,
+                     (unsigned long long) st->history_dropped);
         if (st) {
             tm_hier_cli_print_stats_json (out, st);
             fputs ("}}", out);

@@ -34,12 +34,14 @@
 #define S_POINT_MAX_BYTES 21       //  tcode <= 69 bits, vcode <= 95 bits
 #define S_SCRATCH 32               //  A point (from a partial byte) or the header, 8 to spare
 #define S_MAX_BITS ((uint32_t) TM_GORILLA_STREAM_MAX_BYTES * 8)
-#define S_SAVE_FORMAT 1            //  First byte of a saved state
+#define S_SAVE_FORMAT_WHOLE 1      //  First byte of a saved state: with its last point
+#define S_SAVE_FORMAT_OPEN 2       //  First byte of a saved state: without (the caller's)
 #define S_SAVE_XOR_ONLY 1          //  Saved state flags
 #define S_SAVE_POINTS 2
 #define S_SAVE_DIRTY 4             //  Points appended since the last flush
 //  A saved state but its pending bytes, at most: format, flags, count,
-//  bits, start, last_ts, span, last_delta, five bytes, rice_sum, last.
+//  bits, start, last_ts, span, last_delta, five bytes, rice_sum, last
+//  (format 2 has neither last_ts nor last: 19 bytes fewer).
 #define S_SAVE_FIXED (1 + 1 + 3 + 3 + 3 + 10 + 6 + 5 + 5 + 5 + 10)
 
 _Static_assert (S_HEADER_MAX + 8 <= S_SCRATCH && 1 + S_POINT_MAX_BYTES + 8 <= S_SCRATCH,
@@ -119,6 +121,14 @@ s_rice_update (uint32_t *sum, unsigned *n, uint64_t zz)
     }
 }
 
+//  x (|x| < 2^53) to the nearest integer, halves away from zero: how a
+//  decimal's n is found, and found again from its value (s_prev_raw).
+static int64_t
+s_round (double x)
+{
+    return (int64_t) (x < 0? x - 0.5: x + 0.5);
+}
+
 //  Is v exactly n / 10^scale for an integer |n| <= 2^53? Bit-for-bit, so
 //  -0.0, NaN and values with more digits than the scale are refused.
 static bool
@@ -127,7 +137,7 @@ s_decimal (double v, unsigned scale, int64_t *n)
     double x = v * s_pow10[scale];
     if (!(x > -(double) S_N_MAX && x < (double) S_N_MAX))
         return false;
-    int64_t m = (int64_t) (x < 0? x - 0.5: x + 0.5);
+    int64_t m = s_round (x);
     double back = (double) m / s_pow10[scale];
     if (s_double_bits (back) != s_double_bits (v))
         return false;
@@ -178,7 +188,7 @@ s_store_be64 (uint8_t *p, uint64_t w)
 //  is stored.
 
 static size_t
-s_pending_len (const tm_gorilla_enc_t *self)
+s_pending_len (const tm_gorilla_open_t *self)
 {
     return (((size_t) self->bits + 7) >> 3) - self->start;
 }
@@ -190,7 +200,7 @@ s_on_heap (size_t len)
 }
 
 static uint8_t *
-s_pending_bytes (tm_gorilla_enc_t *self)
+s_pending_bytes (tm_gorilla_open_t *self)
 {
     return s_on_heap (s_pending_len (self))? self->pend.heap: self->pend.inl;
 }
@@ -199,9 +209,9 @@ s_pending_bytes (tm_gorilla_enc_t *self)
 //  mod 2^36) gives it without updating a field at every point.
 #define S_SPAN_MASK ((uint64_t) TM_GORILLA_STREAM_MAX_SPAN)
 static uint64_t
-s_span (const tm_gorilla_enc_t *self)
+s_span (const tm_gorilla_open_t *self, int64_t last_ts)
 {
-    return ((uint64_t) self->last_ts - self->first_lo) & S_SPAN_MASK;
+    return ((uint64_t) last_ts - self->first_lo) & S_SPAN_MASK;
 }
 
 //  The heap block for len pending bytes (len > TM_GORILLA_INLINE). The
@@ -233,7 +243,7 @@ s_room (size_t len)
 //  Move len0 pending bytes at p to a heap block for len: a new one (from
 //  inline) or a larger one. The new place, or NULL (nothing changed).
 static uint8_t *
-s_grow (tm_gorilla_enc_t *self, uint8_t *p, size_t len0, size_t len)
+s_grow (tm_gorilla_open_t *self, uint8_t *p, size_t len0, size_t len)
 {
     if (s_on_heap (len0))
         p = realloc (p, s_heap_cap (len));
@@ -249,6 +259,28 @@ s_grow (tm_gorilla_enc_t *self, uint8_t *p, size_t len0, size_t len)
 
 //  ---------------------------------------------------------------------
 //  Encoder
+
+//  The chunk's last point while a point is appended: the caller keeps it
+//  (tm_gorilla_open_t), the encoder works on this copy.
+typedef struct {
+    int64_t ts;                    //  Its timestamp
+    uint64_t raw;                  //  Its value as coded: n (decimal mode) or its bits
+    double value;                  //  Its value
+} s_prev_t;
+
+//  The last value as the code goes on from it. In decimal mode every value
+//  the chunk took passed s_decimal at the current scale, so rounding it
+//  times 10^scale gives its n back exactly (the same expression on the same
+//  double); a value that was not (a state loaded from bytes is checked, so
+//  only a caller's bug) gives some n, never undefined behaviour.
+static uint64_t
+s_prev_raw (const tm_gorilla_open_t *self, double last)
+{
+    if (self->scale == S_XOR)
+        return s_double_bits (last);
+    double x = last * s_pow10[self->scale];
+    return x > -(double) S_N_MAX && x < (double) S_N_MAX? (uint64_t) s_round (x): 0;
+}
 
 //  Where a point is written: bits MSB first, OR-ed into zeroed scratch.
 typedef struct {
@@ -282,7 +314,7 @@ s_put_ones (s_out_t *o, unsigned n)
 }
 
 static void
-s_rice_reset (tm_gorilla_enc_t *self, int64_t n)
+s_rice_reset (tm_gorilla_open_t *self, int64_t n)
 {
     self->rice_sum = s_rice_start (n);
     self->rice_n = 1;
@@ -299,20 +331,20 @@ s_put_absolute (s_out_t *o, int64_t n)
 }
 
 static void
-s_enter_decimal (tm_gorilla_enc_t *self, unsigned scale, int64_t n)
+s_enter_decimal (tm_gorilla_open_t *self, s_prev_t *prev, unsigned scale, int64_t n)
 {
     self->scale = scale & 31;
     self->hint = scale & 31;
-    self->last = (uint64_t) n;
+    prev->raw = (uint64_t) n;
     s_rice_reset (self, n);
 }
 
 //  The XOR code of a value in XOR mode (not a switch).
 static void
-s_put_xor (tm_gorilla_enc_t *self, s_out_t *o, uint64_t bits)
+s_put_xor (tm_gorilla_open_t *self, s_prev_t *prev, s_out_t *o, uint64_t bits)
 {
-    uint64_t x = bits ^ self->last;
-    self->last = bits;
+    uint64_t x = bits ^ prev->raw;
+    prev->raw = bits;
     if (x == 0) {
         s_put (o, 0, 1);
         return;
@@ -341,10 +373,11 @@ s_put_xor (tm_gorilla_enc_t *self, s_out_t *o, uint64_t bits)
 //  Timestamp code; the caller has checked that delta = ts_ms - last_ts is
 //  1 .. TM_GORILLA_STREAM_MAX_DELTA and fits the span.
 static void
-s_put_ts (tm_gorilla_enc_t *self, s_out_t *o, int64_t ts_ms, uint32_t delta)
+s_put_ts (tm_gorilla_open_t *self, s_prev_t *prev, s_out_t *o, int64_t ts_ms,
+          uint32_t delta)
 {
     int64_t dod = (int64_t) delta - (int64_t) self->last_delta;
-    self->last_ts = ts_ms;
+    prev->ts = ts_ms;
     self->last_delta = delta;
     if (dod == 0) {
         s_put (o, 0, 1);
@@ -366,11 +399,11 @@ s_put_ts (tm_gorilla_enc_t *self, s_out_t *o, int64_t ts_ms, uint32_t delta)
 
 //  Value code in decimal mode.
 static void
-s_put_value_decimal (tm_gorilla_enc_t *self, s_out_t *o, double value)
+s_put_value_decimal (tm_gorilla_open_t *self, s_prev_t *prev, s_out_t *o, double value)
 {
     int64_t n;
     if (s_decimal (value, self->scale, &n)) {
-        uint64_t zz = tm_zigzag (n - s_signed (self->last));
+        uint64_t zz = tm_zigzag (n - s_signed (prev->raw));
         unsigned rice_n = self->rice_n;
         unsigned k = s_rice_k (self->rice_sum, rice_n);
         uint64_t q = zz >> k;
@@ -390,7 +423,7 @@ s_put_value_decimal (tm_gorilla_enc_t *self, s_out_t *o, double value)
         s_rice_update (&sum, &rice_n, zz);
         self->rice_sum = sum;
         self->rice_n = rice_n & 31;
-        self->last = (uint64_t) n;
+        prev->raw = (uint64_t) n;
         return;
     }
     s_put_ones (o, S_RICE_QMAX);
@@ -399,17 +432,17 @@ s_put_value_decimal (tm_gorilla_enc_t *self, s_out_t *o, double value)
     if (scale >= 0) {
         s_put (o, (uint64_t) scale, 5);
         s_put_absolute (o, n);
-        s_enter_decimal (self, (unsigned) scale, n);
+        s_enter_decimal (self, prev, (unsigned) scale, n);
         return;
     }
     //  Not a decimal at any scale: XOR from the previous value's bits,
     //  with a fresh (full) window.
     s_put (o, S_XOR, 5);
-    self->last = s_double_bits ((double) s_signed (self->last) / s_pow10[self->scale]);
+    prev->raw = s_double_bits (prev->value);
     self->scale = S_XOR;
     self->lead = 0;
     self->trail = 0;
-    s_put_xor (self, o, s_double_bits (value));
+    s_put_xor (self, prev, o, s_double_bits (value));
 }
 
 //  Value code in XOR mode: back to decimal mode when the value allows.
@@ -417,10 +450,11 @@ s_put_value_decimal (tm_gorilla_enc_t *self, s_out_t *o, double value)
 //  (a full search is up to 23 multiply-divides, too dear per point for a
 //  series of full-precision floats).
 static void
-s_put_value_xor (tm_gorilla_enc_t *self, s_out_t *o, double value, uint32_t index)
+s_put_value_xor (tm_gorilla_open_t *self, s_prev_t *prev, s_out_t *o, double value,
+                 uint32_t index)
 {
     uint64_t bits = s_double_bits (value);
-    if (bits != self->last && !self->xor_only) {
+    if (bits != prev->raw && !self->xor_only) {
         int64_t n;
         int scale = -1;
         if (s_decimal (value, self->hint, &n))
@@ -432,17 +466,18 @@ s_put_value_xor (tm_gorilla_enc_t *self, s_out_t *o, double value, uint32_t inde
             s_put (o, 0x1FFF, 13);       //  11 11111 111111: the switch code
             s_put (o, (uint64_t) scale, 5);
             s_put_absolute (o, n);
-            s_enter_decimal (self, (unsigned) scale, n);
+            s_enter_decimal (self, prev, (unsigned) scale, n);
             return;
         }
     }
-    s_put_xor (self, o, bits);
+    s_put_xor (self, prev, o, bits);
 }
 
 //  The first point: the header, with the first value whole, into p
 //  (S_SCRATCH bytes); returns its bytes.
 static size_t
-s_encode_first (tm_gorilla_enc_t *self, uint8_t *p, int64_t ts_ms, double value)
+s_encode_first (tm_gorilla_open_t *self, s_prev_t *prev, uint8_t *p, int64_t ts_ms,
+                double value)
 {
     size_t len = 0;
     p[len++] = TM_GORILLA_STREAM_VERSION;
@@ -452,20 +487,20 @@ s_encode_first (tm_gorilla_enc_t *self, uint8_t *p, int64_t ts_ms, double value)
     if (scale >= 0) {
         p[len++] = (uint8_t) scale;
         len += tm_varint_put (p + len, tm_zigzag (n));
-        s_enter_decimal (self, (unsigned) scale, n);
+        s_enter_decimal (self, prev, (unsigned) scale, n);
     }
     else {
         p[len++] = S_MODE_XOR;
         uint64_t bits = s_double_bits (value);
         for (int i = 0; i < 8; i++)
             p[len++] = (uint8_t) (bits >> (8 * i));
-        self->last = bits;
+        prev->raw = bits;
         self->scale = S_XOR;
         self->hint = 0;
         self->lead = 0;
         self->trail = 0;
     }
-    self->last_ts = ts_ms;
+    prev->ts = ts_ms;
     self->last_delta = 0;
     self->first_lo = (uint64_t) ts_ms & S_SPAN_MASK;
     return len;
@@ -473,11 +508,12 @@ s_encode_first (tm_gorilla_enc_t *self, uint8_t *p, int64_t ts_ms, double value)
 
 //  The first point, into empty pending bytes.
 static int
-s_append_first (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
+s_append_first (tm_gorilla_open_t *self, int64_t ts_ms, double value)
 {
     uint8_t scratch[S_SCRATCH];
-    tm_gorilla_enc_t saved = *self;
-    size_t len = s_encode_first (self, scratch, ts_ms, value);
+    tm_gorilla_open_t saved = *self;
+    s_prev_t prev;
+    size_t len = s_encode_first (self, &prev, scratch, ts_ms, value);
     uint8_t *p = self->pend.inl;
     if (s_on_heap (len) && !(p = s_grow (self, p, 0, len))) {
         *self = saved;
@@ -494,14 +530,20 @@ s_append_first (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
 //  bytes: they grow by exactly the bytes the point took, where writing in
 //  place needed room for the largest point (21 bytes; most take one or
 //  two) kept free in every open chunk.
-static int s_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value);
+static int s_append (tm_gorilla_open_t *self, s_prev_t *prev, int64_t ts_ms, double value);
 
 int
-tm_gorilla_enc_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
+tm_gorilla_open_append (tm_gorilla_open_t *self, int64_t last_ts, double last, int64_t ts_ms,
+                        double value)
 {
     assert (self);
-    int rc = self->count == 0? s_append_first (self, ts_ms, value):
-                               s_append (self, ts_ms, value);
+    int rc;
+    if (self->count == 0)
+        rc = s_append_first (self, ts_ms, value);
+    else {
+        s_prev_t prev = {.ts = last_ts, .raw = s_prev_raw (self, last), .value = last};
+        rc = s_append (self, &prev, ts_ms, value);
+    }
     if (rc == 0)
         self->dirty = 1;
     return rc;
@@ -509,15 +551,16 @@ tm_gorilla_enc_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
 
 //  A point after the first.
 static int
-s_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
+s_append (tm_gorilla_open_t *self, s_prev_t *prev, int64_t ts_ms, double value)
 {
-    if (ts_ms <= self->last_ts)
+    if (ts_ms <= prev->ts)
         return TM_GORILLA_E_ORDER;
-    uint64_t delta = (uint64_t) ts_ms - (uint64_t) self->last_ts;
-    if (delta > TM_GORILLA_STREAM_MAX_DELTA || delta > TM_GORILLA_STREAM_MAX_SPAN - s_span (self)
+    uint64_t delta = (uint64_t) ts_ms - (uint64_t) prev->ts;
+    if (delta > TM_GORILLA_STREAM_MAX_DELTA
+        || delta > TM_GORILLA_STREAM_MAX_SPAN - s_span (self, prev->ts)
         || self->count >= TM_GORILLA_STREAM_MAX_POINTS)
         return TM_GORILLA_E_FULL;
-    tm_gorilla_enc_t saved = *self;
+    tm_gorilla_open_t saved = *self;
     uint32_t bits0 = self->bits;
     size_t start = self->start;
     size_t at = (bits0 >> 3) - start;                //  The partial byte, or the end
@@ -528,11 +571,11 @@ s_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
     s_out_t o = {scratch, bits0 & 7};
     if (o.bits)
         scratch[0] = p[at];
-    s_put_ts (self, &o, ts_ms, (uint32_t) delta);
+    s_put_ts (self, prev, &o, ts_ms, (uint32_t) delta);
     if (self->scale == S_XOR)
-        s_put_value_xor (self, &o, value, self->count);
+        s_put_value_xor (self, prev, &o, value, self->count);
     else
-        s_put_value_decimal (self, &o, value);
+        s_put_value_decimal (self, prev, &o, value);
     uint32_t bits = (bits0 & ~7u) + o.bits;
     size_t len = ((bits + 7) >> 3) - start;
     if (bits > S_MAX_BITS) {
@@ -552,50 +595,43 @@ s_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
 }
 
 void
-tm_gorilla_enc_init (tm_gorilla_enc_t *self)
+tm_gorilla_open_init (tm_gorilla_open_t *self)
 {
     assert (self);
-    _Static_assert (sizeof (tm_gorilla_enc_t) <= 48, "the encoder state stays small");
+    _Static_assert (sizeof (tm_gorilla_open_t) <= 32, "an open chunk's state stays small");
     memset (self, 0, sizeof *self);
 }
 
 void
-tm_gorilla_enc_set_xor_only (tm_gorilla_enc_t *self, bool xor_only)
+tm_gorilla_open_set_xor_only (tm_gorilla_open_t *self, bool xor_only)
 {
     assert (self);
     self->xor_only = xor_only;
 }
 
 uint32_t
-tm_gorilla_enc_count (const tm_gorilla_enc_t *self)
+tm_gorilla_open_count (const tm_gorilla_open_t *self)
 {
     assert (self);
     return self->count;
 }
 
 int64_t
-tm_gorilla_enc_first_ts (const tm_gorilla_enc_t *self)
+tm_gorilla_open_first_ts (const tm_gorilla_open_t *self, int64_t last_ts)
 {
     assert (self);
-    return self->count? s_signed ((uint64_t) self->last_ts - s_span (self)): 0;
-}
-
-int64_t
-tm_gorilla_enc_last_ts (const tm_gorilla_enc_t *self)
-{
-    assert (self);
-    return self->count? self->last_ts: 0;
+    return self->count? s_signed ((uint64_t) last_ts - s_span (self, last_ts)): 0;
 }
 
 uint32_t
-tm_gorilla_enc_bits (const tm_gorilla_enc_t *self)
+tm_gorilla_open_bits (const tm_gorilla_open_t *self)
 {
     assert (self);
     return self->bits;
 }
 
 size_t
-tm_gorilla_enc_heap (const tm_gorilla_enc_t *self)
+tm_gorilla_open_heap (const tm_gorilla_open_t *self)
 {
     assert (self);
     size_t len = s_pending_len (self);
@@ -603,7 +639,7 @@ tm_gorilla_enc_heap (const tm_gorilla_enc_t *self)
 }
 
 const uint8_t *
-tm_gorilla_enc_pending (const tm_gorilla_enc_t *self, uint32_t *start, size_t *size)
+tm_gorilla_open_pending (const tm_gorilla_open_t *self, uint32_t *start, size_t *size)
 {
     assert (self);
     assert (start);
@@ -615,11 +651,11 @@ tm_gorilla_enc_pending (const tm_gorilla_enc_t *self, uint32_t *start, size_t *s
     }
     *start = self->start;
     *size = s_pending_len (self);
-    return s_pending_bytes ((tm_gorilla_enc_t *) self);
+    return s_pending_bytes ((tm_gorilla_open_t *) self);
 }
 
 void
-tm_gorilla_enc_flushed (tm_gorilla_enc_t *self)
+tm_gorilla_open_flushed (tm_gorilla_open_t *self)
 {
     assert (self);
     size_t len = s_pending_len (self);
@@ -638,14 +674,14 @@ tm_gorilla_enc_flushed (tm_gorilla_enc_t *self)
 }
 
 bool
-tm_gorilla_enc_dirty (const tm_gorilla_enc_t *self)
+tm_gorilla_open_dirty (const tm_gorilla_open_t *self)
 {
     assert (self);
     return self->dirty;
 }
 
 const uint8_t *
-tm_gorilla_enc_data (const tm_gorilla_enc_t *self, size_t *size)
+tm_gorilla_open_data (const tm_gorilla_open_t *self, size_t *size)
 {
     assert (self);
     if (self->count == 0 || self->start > 0) {
@@ -655,11 +691,11 @@ tm_gorilla_enc_data (const tm_gorilla_enc_t *self, size_t *size)
     }
     if (size)
         *size = s_pending_len (self);
-    return s_pending_bytes ((tm_gorilla_enc_t *) self);
+    return s_pending_bytes ((tm_gorilla_open_t *) self);
 }
 
 void
-tm_gorilla_enc_fini (tm_gorilla_enc_t *self)
+tm_gorilla_open_fini (tm_gorilla_open_t *self)
 {
     assert (self);
     if (s_on_heap (s_pending_len (self)))
@@ -672,22 +708,23 @@ tm_gorilla_enc_fini (tm_gorilla_enc_t *self)
 //  ---------------------------------------------------------------------
 //  Saved state
 
-size_t
-tm_gorilla_enc_save_size (const tm_gorilla_enc_t *self, bool as_flushed)
+//  Both formats but the last point: with it (format 1, a whole encoder's),
+//  without (format 2, an open chunk's: its caller saves the point).
+static size_t
+s_save_size (const tm_gorilla_open_t *self, bool as_flushed, bool with_last)
 {
-    assert (self);
     if (self->count == 0)
         return 2;
-    return S_SAVE_FIXED + (as_flushed? (self->bits & 7) != 0: s_pending_len (self));
+    return S_SAVE_FIXED - (with_last? 0: 19)
+           + (as_flushed? (self->bits & 7) != 0: s_pending_len (self));
 }
 
-size_t
-tm_gorilla_enc_save (const tm_gorilla_enc_t *self, bool as_flushed, uint8_t *out)
+static size_t
+s_save (const tm_gorilla_open_t *self, const s_prev_t *last, int64_t last_ts, bool as_flushed,
+        uint8_t *out)
 {
-    assert (self);
-    assert (out);
     size_t n = 0;
-    out[n++] = S_SAVE_FORMAT;
+    out[n++] = last? S_SAVE_FORMAT_WHOLE: S_SAVE_FORMAT_OPEN;
     out[n++] = (uint8_t) ((self->xor_only? S_SAVE_XOR_ONLY: 0) | (self->count? S_SAVE_POINTS: 0)
                           | (self->dirty && !as_flushed? S_SAVE_DIRTY: 0));
     if (self->count == 0)
@@ -696,8 +733,9 @@ tm_gorilla_enc_save (const tm_gorilla_enc_t *self, bool as_flushed, uint8_t *out
     n += tm_varint_put (out + n, self->count);
     n += tm_varint_put (out + n, self->bits);
     n += tm_varint_put (out + n, start);
-    n += tm_varint_put (out + n, tm_zigzag (self->last_ts));
-    n += tm_varint_put (out + n, s_span (self));
+    if (last)
+        n += tm_varint_put (out + n, tm_zigzag (last->ts));
+    n += tm_varint_put (out + n, s_span (self, last_ts));
     n += tm_varint_put (out + n, (uint64_t) self->last_delta);
     out[n++] = (uint8_t) self->scale;
     out[n++] = (uint8_t) self->hint;
@@ -705,16 +743,33 @@ tm_gorilla_enc_save (const tm_gorilla_enc_t *self, bool as_flushed, uint8_t *out
     out[n++] = (uint8_t) self->trail;
     out[n++] = (uint8_t) self->rice_n;
     n += tm_varint_put (out + n, self->rice_sum);
-    if (self->scale == S_XOR)
+    if (last && self->scale == S_XOR)
         for (int i = 0; i < 8; i++)
-            out[n++] = (uint8_t) (self->last >> (8 * i));
+            out[n++] = (uint8_t) (last->raw >> (8 * i));
     else
-        n += tm_varint_put (out + n, tm_zigzag (s_signed (self->last)));
+    if (last)
+        n += tm_varint_put (out + n, tm_zigzag (s_signed (last->raw)));
     //  The pending bytes from start: the last ones of what we hold.
     size_t len = (((size_t) self->bits + 7) >> 3) - start;
-    const uint8_t *pend = s_pending_bytes ((tm_gorilla_enc_t *) self);
+    const uint8_t *pend = s_pending_bytes ((tm_gorilla_open_t *) self);
     memcpy (out + n, pend + s_pending_len (self) - len, len);
     return n + len;
+}
+
+size_t
+tm_gorilla_open_save_size (const tm_gorilla_open_t *self, bool as_flushed)
+{
+    assert (self);
+    return s_save_size (self, as_flushed, false);
+}
+
+size_t
+tm_gorilla_open_save (const tm_gorilla_open_t *self, int64_t last_ts, bool as_flushed,
+                      uint8_t *out)
+{
+    assert (self);
+    assert (out);
+    return s_save (self, NULL, last_ts, as_flushed, out);
 }
 
 //  A varint at most max into *v; false if truncated, too long or larger.
@@ -724,17 +779,21 @@ s_get_bounded (const uint8_t **p, const uint8_t *end, uint64_t max, uint64_t *v)
     return tm_varint_get (p, end, v) == 0 && *v <= max;
 }
 
-//  Parse and check a saved state into st (zeroed); NULL, or the reason.
-//  Allocates nothing: the pending bytes are left at *pending.
+//  Parse and check a saved state into st (zeroed), of either format; NULL,
+//  or the reason. A format-1 state holds its last point, which goes to
+//  *last; a format-2 one ends at *last (its caller's: ts and value set),
+//  which is checked to be a point the state can go on from. Allocates
+//  nothing: the pending bytes are left at *pending.
 static const char *
-s_load_state (tm_gorilla_enc_t *st, const uint8_t **pos, const uint8_t *end,
+s_load_state (tm_gorilla_open_t *st, s_prev_t *last, const uint8_t **pos, const uint8_t *end,
               const uint8_t **pending)
 {
     const uint8_t *p = *pos;
     if (end - p < 2)
         return "state truncated";
-    if (p[0] != S_SAVE_FORMAT)
+    if (p[0] != S_SAVE_FORMAT_WHOLE && p[0] != S_SAVE_FORMAT_OPEN)
         return "unknown state format";
+    bool whole = p[0] == S_SAVE_FORMAT_WHOLE;
     uint8_t flags = p[1];
     p += 2;
     if (flags & ~(S_SAVE_XOR_ONLY | S_SAVE_POINTS | S_SAVE_DIRTY))
@@ -746,11 +805,11 @@ s_load_state (tm_gorilla_enc_t *st, const uint8_t **pos, const uint8_t *end,
         *pending = p;
         return NULL;
     }
-    uint64_t count, bits, start, zz_ts, span, last_delta, rice_sum, last;
+    uint64_t count, bits, start, zz_ts = 0, span, last_delta, rice_sum, raw = 0;
     if (!s_get_bounded (&p, end, TM_GORILLA_STREAM_MAX_POINTS, &count)
         || !s_get_bounded (&p, end, S_MAX_BITS, &bits)
         || !s_get_bounded (&p, end, S_MAX_BITS / 8, &start)
-        || tm_varint_get (&p, end, &zz_ts) != 0
+        || (whole && tm_varint_get (&p, end, &zz_ts) != 0)
         || !s_get_bounded (&p, end, TM_GORILLA_STREAM_MAX_SPAN, &span)
         || !s_get_bounded (&p, end, TM_GORILLA_STREAM_MAX_DELTA, &last_delta))
         return "state truncated or out of range";
@@ -760,16 +819,15 @@ s_load_state (tm_gorilla_enc_t *st, const uint8_t **pos, const uint8_t *end,
     p += 5;
     if (!s_get_bounded (&p, end, UINT32_MAX, &rice_sum))
         return "state truncated or out of range";
-    if (scale == S_XOR) {
+    if (whole && scale == S_XOR) {
         if (end - p < 8)
             return "state truncated";
-        last = 0;
         for (int i = 7; i >= 0; i--)
-            last = last << 8 | p[i];
+            raw = raw << 8 | p[i];
         p += 8;
     }
     else
-    if (tm_varint_get (&p, end, &last) != 0)
+    if (whole && tm_varint_get (&p, end, &raw) != 0)
         return "state truncated";
     //  The chunk: a header, then at least two bits a point.
     if (count == 0 || bits < S_HEADER_MIN * 8 || (count - 1) * 2 > bits - S_HEADER_MIN * 8)
@@ -778,21 +836,23 @@ s_load_state (tm_gorilla_enc_t *st, const uint8_t **pos, const uint8_t *end,
         return "flushed offset past the bits";
     //  Timestamps: each delta at least 1, the last one within the span,
     //  the first timestamp (last_ts - span) representable.
-    int64_t last_ts = tm_unzigzag (zz_ts);
+    int64_t last_ts = whole? tm_unzigzag (zz_ts): last->ts;
     if (count == 1? span != 0 || last_delta != 0
                   : last_delta == 0 || last_delta > span || span - last_delta < count - 2)
         return "timestamps out of range";
     if ((uint64_t) last_ts - (uint64_t) INT64_MIN < span)
         return "timestamps out of range";
     if (scale != S_XOR) {
-        int64_t n = tm_unzigzag (last);
         if (scale > S_SCALE_MAX)
             return "decimal scale out of range";
-        if (n < -S_N_MAX || n > S_N_MAX)
-            return "decimal value out of range";
         if (rice_n == 0)
             return "Rice statistics out of range";
-        last = (uint64_t) n;
+        if (whole) {
+            int64_t n = tm_unzigzag (raw);
+            if (n < -S_N_MAX || n > S_N_MAX)
+                return "decimal value out of range";
+            raw = (uint64_t) n;
+        }
     }
     //  As the encoder keeps them: a scale to try, a window of at least one
     //  bit, Rice statistics of at most 31 deltas of at most S_RICE_CAP.
@@ -810,10 +870,19 @@ s_load_state (tm_gorilla_enc_t *st, const uint8_t **pos, const uint8_t *end,
     //  Later points are OR-ed into the last byte: its padding must be clear.
     if ((bits & 7) && (p[len - 1] & (0xFF >> (bits & 7))))
         return "padding bits are not zero";
+    //  The last value: the saved one's double, or the caller's, which in
+    //  decimal mode must be a decimal at the scale (s_prev_raw finds its n).
+    int64_t n;
+    if (whole)
+        *last = (s_prev_t) {.ts = last_ts, .raw = raw,
+                            .value = scale == S_XOR? s_bits_double (raw):
+                                     (double) s_signed (raw) / s_pow10[scale]};
+    if (scale != S_XOR && (!s_decimal (last->value, scale, &n)
+                           || (whole && (uint64_t) n != raw)))
+        return "the last value is not a decimal at the chunk's scale";
     st->count = (uint16_t) count;
     st->bits = (uint32_t) bits;
     st->start = (uint16_t) start;
-    st->last_ts = last_ts;
     st->first_lo = ((uint64_t) last_ts - span) & S_SPAN_MASK;
     st->last_delta = (uint32_t) last_delta;
     st->scale = scale & 31;
@@ -822,7 +891,6 @@ s_load_state (tm_gorilla_enc_t *st, const uint8_t **pos, const uint8_t *end,
     st->trail = trail & 63;
     st->rice_n = rice_n & 31;
     st->rice_sum = (uint32_t) rice_sum;
-    st->last = last;
     *pending = p;
     *pos = p + len;
     return NULL;
@@ -830,7 +898,7 @@ s_load_state (tm_gorilla_enc_t *st, const uint8_t **pos, const uint8_t *end,
 
 //  Give st (its fields set, pend empty) its len pending bytes. 0 or -1.
 static int
-s_set_pending (tm_gorilla_enc_t *st, const uint8_t *bytes, size_t len)
+s_set_pending (tm_gorilla_open_t *st, const uint8_t *bytes, size_t len)
 {
     assert (len == s_pending_len (st));
     uint8_t *p = st->pend.inl;
@@ -844,17 +912,17 @@ s_set_pending (tm_gorilla_enc_t *st, const uint8_t *bytes, size_t len)
     return 0;
 }
 
-int
-tm_gorilla_enc_load (tm_gorilla_enc_t *self, const uint8_t *data, size_t size, size_t *used,
-                     const char **error)
+//  Load either format into self (empty); *last as s_load_state has it.
+static int
+s_load (tm_gorilla_open_t *self, s_prev_t *last, const uint8_t *data, size_t size, size_t *used,
+        const char **error)
 {
-    assert (self);
     assert (self->count == 0);
     assert (used);
-    tm_gorilla_enc_t st;
+    tm_gorilla_open_t st;
     memset (&st, 0, sizeof st);
     const uint8_t *p = data, *pending = NULL;
-    const char *why = data? s_load_state (&st, &p, data + size, &pending): "state truncated";
+    const char *why = data? s_load_state (&st, last, &p, data + size, &pending): "state truncated";
     if (!why && s_set_pending (&st, pending, s_pending_len (&st)) != 0)
         why = "out of memory";
     if (why) {
@@ -864,6 +932,26 @@ tm_gorilla_enc_load (tm_gorilla_enc_t *self, const uint8_t *data, size_t size, s
     }
     *self = st;
     *used = (size_t) (p - data);
+    return 0;
+}
+
+int
+tm_gorilla_open_load (tm_gorilla_open_t *self, int64_t last_ts, double last, const uint8_t *data,
+                      size_t size, size_t *used, const char **error)
+{
+    assert (self);
+    s_prev_t want = {.ts = last_ts, .value = last};
+    s_prev_t got = want;
+    if (s_load (self, &got, data, size, used, error) != 0)
+        return -1;
+    //  A whole encoder's state ends at a point of its own: the caller's.
+    if (self->count && (got.ts != want.ts
+                        || s_double_bits (got.value) != s_double_bits (want.value))) {
+        tm_gorilla_open_fini (self);
+        if (error)
+            *error = "the state does not end at the series' last point";
+        return -1;
+    }
     return 0;
 }
 
@@ -1241,20 +1329,22 @@ tm_gorilla_dec_count (const tm_gorilla_dec_t *self)
 //  ---------------------------------------------------------------------
 //  Resuming a v1 chunk
 
-int
-tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t size,
-                       const char **error)
+//  Into self (empty), with *last its last point.
+static int
+s_resume (tm_gorilla_open_t *self, s_prev_t *last, const uint8_t *data, size_t size,
+          const char **error)
 {
-    assert (self);
     assert (self->count == 0);
     tm_gorilla_dec_t dec;
-    int64_t first_ts = 0, ts;
-    double v;
+    int64_t first_ts = 0, ts = 0;
+    double v = 0;
     int rc;
     tm_gorilla_dec_init (&dec, data, size);
-    while ((rc = tm_gorilla_dec_next (&dec, &ts, &v)) == 1)
+    while ((rc = tm_gorilla_dec_next (&dec, &ts, &v)) == 1) {
         if (dec.index == 1)
             first_ts = ts;
+        *last = (s_prev_t) {.ts = ts, .raw = dec.last, .value = v};
+    }
     if (rc != 0) {
         if (error)
             *error = dec.error;
@@ -1272,15 +1362,13 @@ tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t size,
             *error = "chunk beyond the limits of a v2 chunk";
         return -1;
     }
-    tm_gorilla_enc_t st;
+    tm_gorilla_open_t st;
     memset (&st, 0, sizeof st);
     st.xor_only = self->xor_only;
     st.count = (uint16_t) dec.count;
     st.bits = (uint32_t) bits;
-    st.last_ts = dec.last_ts;
     st.first_lo = (uint64_t) first_ts & S_SPAN_MASK;
     st.last_delta = (uint32_t) dec.last_delta;
-    st.last = dec.last;
     st.dirty = 1;                  //  nothing of it is stored as a v2 chunk yet
     st.rice_sum = dec.rice_sum;
     st.rice_n = dec.rice_n & 31;
@@ -1288,6 +1376,14 @@ tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t size,
     st.hint = dec.last_scale & 31;
     st.lead = dec.lead & 31;
     st.trail = dec.trail & 63;
+    //  Going on means finding the last n again from the last value: a
+    //  chunk whose n does not come back so (no encoder of ours wrote it)
+    //  stays as it is, closed.
+    if (st.scale != S_XOR && s_prev_raw (&st, last->value) != last->raw) {
+        if (error)
+            *error = "chunk's last value is not the decimal its code says";
+        return -1;
+    }
     size_t len = s_pending_len (&st);
     assert (len == size - 4);
     uint8_t *p = st.pend.inl;
@@ -1304,4 +1400,172 @@ tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t size,
     memcpy (p + 1, data + TM_GORILLA_EMPTY_SIZE, len - 1);
     *self = st;
     return 0;
+}
+
+int
+tm_gorilla_open_resume (tm_gorilla_open_t *self, int64_t last_ts, double last,
+                        const uint8_t *data, size_t size, const char **error)
+{
+    assert (self);
+    s_prev_t got = {0};
+    if (s_resume (self, &got, data, size, error) != 0)
+        return -1;
+    if (self->count && (got.ts != last_ts || s_double_bits (got.value) != s_double_bits (last))) {
+        tm_gorilla_open_fini (self);
+        if (error)
+            *error = "the chunk does not end at the series' last point";
+        return -1;
+    }
+    return 0;
+}
+
+//  ---------------------------------------------------------------------
+//  A whole encoder: an open chunk and its last point
+
+void
+tm_gorilla_enc_init (tm_gorilla_enc_t *self)
+{
+    assert (self);
+    _Static_assert (sizeof (tm_gorilla_enc_t) <= 48, "the encoder state stays small");
+    memset (self, 0, sizeof *self);
+}
+
+void
+tm_gorilla_enc_set_xor_only (tm_gorilla_enc_t *self, bool xor_only)
+{
+    assert (self);
+    tm_gorilla_open_set_xor_only (&self->open, xor_only);
+}
+
+int
+tm_gorilla_enc_append (tm_gorilla_enc_t *self, int64_t ts_ms, double value)
+{
+    assert (self);
+    int rc = tm_gorilla_open_append (&self->open, self->last_ts, self->last, ts_ms, value);
+    if (rc == 0) {
+        self->last_ts = ts_ms;
+        self->last = value;
+    }
+    return rc;
+}
+
+uint32_t
+tm_gorilla_enc_count (const tm_gorilla_enc_t *self)
+{
+    assert (self);
+    return self->open.count;
+}
+
+int64_t
+tm_gorilla_enc_first_ts (const tm_gorilla_enc_t *self)
+{
+    assert (self);
+    return tm_gorilla_open_first_ts (&self->open, self->last_ts);
+}
+
+int64_t
+tm_gorilla_enc_last_ts (const tm_gorilla_enc_t *self)
+{
+    assert (self);
+    return self->open.count? self->last_ts: 0;
+}
+
+uint32_t
+tm_gorilla_enc_bits (const tm_gorilla_enc_t *self)
+{
+    assert (self);
+    return self->open.bits;
+}
+
+size_t
+tm_gorilla_enc_heap (const tm_gorilla_enc_t *self)
+{
+    assert (self);
+    return tm_gorilla_open_heap (&self->open);
+}
+
+const uint8_t *
+tm_gorilla_enc_pending (const tm_gorilla_enc_t *self, uint32_t *start, size_t *size)
+{
+    assert (self);
+    return tm_gorilla_open_pending (&self->open, start, size);
+}
+
+void
+tm_gorilla_enc_flushed (tm_gorilla_enc_t *self)
+{
+    assert (self);
+    tm_gorilla_open_flushed (&self->open);
+}
+
+bool
+tm_gorilla_enc_dirty (const tm_gorilla_enc_t *self)
+{
+    assert (self);
+    return self->open.dirty;
+}
+
+const uint8_t *
+tm_gorilla_enc_data (const tm_gorilla_enc_t *self, size_t *size)
+{
+    assert (self);
+    return tm_gorilla_open_data (&self->open, size);
+}
+
+size_t
+tm_gorilla_enc_save_size (const tm_gorilla_enc_t *self, bool as_flushed)
+{
+    assert (self);
+    return s_save_size (&self->open, as_flushed, true);
+}
+
+size_t
+tm_gorilla_enc_save (const tm_gorilla_enc_t *self, bool as_flushed, uint8_t *out)
+{
+    assert (self);
+    assert (out);
+    s_prev_t last = {.ts = self->last_ts, .raw = s_prev_raw (&self->open, self->last),
+                     .value = self->last};
+    return s_save (&self->open, &last, self->last_ts, as_flushed, out);
+}
+
+int
+tm_gorilla_enc_load (tm_gorilla_enc_t *self, const uint8_t *data, size_t size, size_t *used,
+                     const char **error)
+{
+    assert (self);
+    //  A whole encoder has nothing to go on from but what the state holds.
+    if (data && size > 0 && data[0] == S_SAVE_FORMAT_OPEN) {
+        if (error)
+            *error = "state saved without its last point";
+        return -1;
+    }
+    s_prev_t last = {0};
+    if (s_load (&self->open, &last, data, size, used, error) != 0)
+        return -1;
+    self->last_ts = last.ts;
+    self->last = last.value;
+    return 0;
+}
+
+int
+tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t size,
+                       const char **error)
+{
+    assert (self);
+    s_prev_t last = {0};
+    if (s_resume (&self->open, &last, data, size, error) != 0)
+        return -1;
+    self->last_ts = last.ts;
+    self->last = last.value;
+    return 0;
+}
+
+void
+tm_gorilla_enc_fini (tm_gorilla_enc_t *self)
+{
+    assert (self);
+    tm_gorilla_open_fini (&self->open);
+    self->last_ts = 0;
+    self->last = 0;
 }

@@ -9,7 +9,8 @@
     order, and never goes back to change one (no count in the chunk), so
     once a checkpoint has stored the bytes written so far it forgets them
     (tm_gorilla_enc_pending, tm_gorilla_enc_flushed) and keeps only its
-    continuation state, 48 bytes, plus the bytes not yet stored. Those stay
+    continuation state, 32 bytes and the last point (which a twin keeps
+    anyway, for its analytics), plus the bytes not yet stored. Those stay
     inside the state while they fit in TM_GORILLA_INLINE bytes (a few
     points), so a series flushed at every checkpoint allocates nothing,
     but for a chunk's first point (its header takes 9 bytes or more) until
@@ -52,7 +53,7 @@
     appends no point more than TM_GORILLA_STREAM_MAX_DELTA (2^32 - 1 ms,
     about 49 days) after the one before. At those limits it returns
     TM_GORILLA_E_FULL, and the caller starts another chunk. (They let the
-    state fit in 48 bytes.) The decoder accepts any delta, as in v1.
+    state fit in 32 bytes.) The decoder accepts any delta, as in v1.
 
     A chunk stored in pieces: after n points the chunk has bits b; a
     checkpoint stores bytes [s, ceil(b / 8)) with s = floor(b' / 8),
@@ -98,12 +99,16 @@
     The encoder's state as bytes (tm_gorilla_enc_save, for a checkpoint
     blob; varints as in tm_varint.h):
 
-        format:u8 = 1   flags:u8 (bit 0 xor_only, bit 1 not empty)
+        format:u8   flags:u8 (bit 0 xor_only, bit 1 not empty, bit 2 dirty)
         if not empty:
-            count  bits  start  zigzag (last_ts)  span  last_delta  (varints)
+            count  bits  start  [zigzag (last_ts)]  span  last_delta  (varints)
             scale:u8  hint:u8  lead:u8  trail:u8  rice_n:u8  rice_sum (varint)
-            last: zigzag-varint n (decimal mode) or 8 bytes LE (XOR mode)
+            [last: zigzag-varint n (decimal mode) or 8 bytes LE (XOR mode)]
             the pending bytes: chunk bytes [start, ceil (bits / 8))
+
+    Format 1 (a whole encoder's, tm_gorilla_enc_save) has the bracketed
+    fields, the last point; format 2 (an open chunk's, tm_gorilla_open_save)
+    has not: its caller stores the point and gives it back to load.
 
     The decoder reads untrusted bytes (from disk or another worker): it
     never reads past the end, does O(count) work with count bounded by the
@@ -140,10 +145,13 @@
 #define TM_GORILLA_EMPTY_SIZE 5
 #define TM_GORILLA_MAX_BYTES (64u << 20)
 
-//  The encoder of one open chunk; embed it (init/fini), 48 bytes. The
-//  chunk's first start bytes are stored elsewhere and forgotten; the rest,
-//  bytes [start, ceil (bits / 8)), are pending, here. The first timestamp
-//  is last_ts less (last_ts - first_lo) mod 2^36, so no field changes with
+//  An open chunk's state without its last point: 32 bytes, for a caller
+//  that keeps the series' last point itself (a twin's property does, for
+//  its analytics: holding it twice cost 16 bytes a series) and passes it
+//  to the calls that need it. Embed it (init/fini). The chunk's first
+//  start bytes are stored elsewhere and forgotten; the rest, bytes
+//  [start, ceil (bits / 8)), are pending, here. The first timestamp is
+//  the last one less (last - first_lo) mod 2^36, so no field changes with
 //  the span at every point. (uint64_t bit-fields: an implementation-defined
 //  type in C11, which gcc and clang take; the size is asserted.)
 typedef struct {
@@ -151,8 +159,6 @@ typedef struct {
         uint8_t *heap;                 //  Pending bytes, when more than TM_GORILLA_INLINE
         uint8_t inl[TM_GORILLA_INLINE];  //  Pending bytes, while they fit
     } pend;
-    int64_t last_ts;                   //  Timestamp of the last point
-    uint64_t last;                     //  Last value: its bits (XOR mode) or n (decimal)
     uint64_t first_lo : 36;            //  First timestamp mod 2^36 (the span is shorter)
     uint64_t dirty : 1;                //  Points appended since the last flushed()
     uint64_t rice_n : 5;               //  Rice statistics: deltas in rice_sum, 1..31
@@ -166,6 +172,14 @@ typedef struct {
     uint32_t rice_sum;                 //  Rice statistics: sum of recent zigzag deltas
     uint16_t start;                    //  Chunk bytes before the pending ones (stored)
     uint16_t count;                    //  Points in the chunk
+} tm_gorilla_open_t;
+
+//  The encoder of one open chunk, with its last point: 48 bytes, for
+//  callers that hold nothing else of the series (tests, benchmarks, tools).
+typedef struct {
+    tm_gorilla_open_t open;
+    int64_t last_ts;                   //  Timestamp of the last point
+    double last;                       //  Value of the last point
 } tm_gorilla_enc_t;
 
 //  The decoder of one chunk; the bytes are borrowed, not copied.
@@ -272,6 +286,44 @@ int tm_gorilla_enc_resume (tm_gorilla_enc_t *self, const uint8_t *data, size_t s
 //  Free the pending bytes; the encoder is empty again, as after init (the
 //  xor_only setting is kept).
 void tm_gorilla_enc_fini (tm_gorilla_enc_t *self);
+
+//  The same, on an open chunk whose caller keeps its last point: last_ts
+//  and last are that point (ignored while the chunk is empty), and after
+//  an append that returns 0 the appended point is the last one. A value
+//  that the chunk codes as a decimal (n at scale s) must come back as the
+//  same double, as it does when the caller keeps the value it appended:
+//  the encoder finds n again from it. Where a call is not listed, its
+//  tm_gorilla_enc_ twin above says what it does.
+void tm_gorilla_open_init (tm_gorilla_open_t *self);
+void tm_gorilla_open_set_xor_only (tm_gorilla_open_t *self, bool xor_only);
+int tm_gorilla_open_append (tm_gorilla_open_t *self, int64_t last_ts, double last,
+                            int64_t ts_ms, double value);
+uint32_t tm_gorilla_open_count (const tm_gorilla_open_t *self);
+int64_t tm_gorilla_open_first_ts (const tm_gorilla_open_t *self, int64_t last_ts);
+uint32_t tm_gorilla_open_bits (const tm_gorilla_open_t *self);
+size_t tm_gorilla_open_heap (const tm_gorilla_open_t *self);
+const uint8_t *tm_gorilla_open_pending (const tm_gorilla_open_t *self, uint32_t *start,
+                                        size_t *size);
+void tm_gorilla_open_flushed (tm_gorilla_open_t *self);
+bool tm_gorilla_open_dirty (const tm_gorilla_open_t *self);
+const uint8_t *tm_gorilla_open_data (const tm_gorilla_open_t *self, size_t *size);
+void tm_gorilla_open_fini (tm_gorilla_open_t *self);
+
+//  Saved without the last point (format 2: the caller saves that).
+size_t tm_gorilla_open_save_size (const tm_gorilla_open_t *self, bool as_flushed);
+size_t tm_gorilla_open_save (const tm_gorilla_open_t *self, int64_t last_ts, bool as_flushed,
+                             uint8_t *out);
+
+//  Load a state of either format into self (initialised, empty), going on
+//  from the last point given: a format-1 state must end at that point,
+//  and in a format-2 one that codes values as decimals, last must be one
+//  at its scale. Otherwise as tm_gorilla_enc_load.
+int tm_gorilla_open_load (tm_gorilla_open_t *self, int64_t last_ts, double last,
+                          const uint8_t *data, size_t size, size_t *used, const char **error);
+
+//  As tm_gorilla_enc_resume; the chunk must end at the last point given.
+int tm_gorilla_open_resume (tm_gorilla_open_t *self, int64_t last_ts, double last,
+                            const uint8_t *data, size_t size, const char **error);
 
 //  Start decoding a v1 chunk (borrowed; must outlive the decoder). Returns
 //  0, or -1 if the header is malformed (self->error says why; next returns -1).

@@ -248,14 +248,14 @@ tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
         if (!t || t->shard != shard)
             continue;
         const tm_prop_t *pr = &t->props[due[i].prop];
-        tm_segment_t seg = {.last_ts = tm_gorilla_enc_last_ts (&pr->hist),
-                            .count = tm_gorilla_enc_count (&pr->hist),
-                            .bits = tm_gorilla_enc_bits (&pr->hist)};
-        seg.bytes = tm_gorilla_enc_pending (&pr->hist, &seg.start, &seg.size);
+        tm_segment_t seg = {.last_ts = pr->an.ts_ms,
+                            .count = tm_gorilla_open_count (&pr->hist),
+                            .bits = tm_gorilla_open_bits (&pr->hist)};
+        seg.bytes = tm_gorilla_open_pending (&pr->hist, &seg.start, &seg.size);
         seg.expires = s_stamp (twins, t, pr->name, seg.last_ts);
         size_t n = s_prefix (key, 'H', shard, t->entity, t->entity_len, pr->name,
                              tm_twins_name_len (pr->name));
-        tm_segment_put_ts (key + n, tm_gorilla_enc_first_ts (&pr->hist));
+        tm_segment_put_ts (key + n, tm_gorilla_open_first_ts (&pr->hist, pr->an.ts_ms));
         n += 8;
         size_t vlen = s_stage_chunk (batch, key, n, &seg, &val, &cap);
         if (vlen == 0)
@@ -508,9 +508,9 @@ tm_history_query (tm_store_t *store, tm_twins_t *twins, const tm_twin_t *twin,
     //  whose last segment waits for a checkpoint (a few at most).
     int64_t held[16];
     size_t nheld = 0;
-    bool open = tm_gorilla_enc_count (&prop->hist) > 0;
+    bool open = tm_gorilla_open_count (&prop->hist) > 0;
     if (open)
-        held[nheld++] = tm_gorilla_enc_first_ts (&prop->hist);
+        held[nheld++] = tm_gorilla_open_first_ts (&prop->hist, prop->an.ts_ms);
     for (const tm_twins_pending_t *item = tm_twins_pending (twins, twin->shard); item;
          item = item->next)
         if (item->twin == twin && item->property == prop->name && !item->late
@@ -532,14 +532,14 @@ tm_history_query (tm_store_t *store, tm_twins_t *twins, const tm_twin_t *twin,
                             item->size, item->count, item->bits) != 0)
             goto fail;
     }
-    if (open && tm_gorilla_enc_last_ts (&prop->hist) >= pts.from
-        && tm_gorilla_enc_first_ts (&prop->hist) < pts.to) {
+    int64_t first_ts = tm_gorilla_open_first_ts (&prop->hist, prop->an.ts_ms);
+    if (open && prop->an.ts_ms >= pts.from && first_ts < pts.to) {
         uint32_t start;
         size_t size;
-        const uint8_t *data = tm_gorilla_enc_pending (&prop->hist, &start, &size);
-        if (s_add_parts (&pts, store, prefix, plen, tm_gorilla_enc_first_ts (&prop->hist),
-                         start, data, size, tm_gorilla_enc_count (&prop->hist),
-                         tm_gorilla_enc_bits (&prop->hist)) != 0)
+        const uint8_t *data = tm_gorilla_open_pending (&prop->hist, &start, &size);
+        if (s_add_parts (&pts, store, prefix, plen, first_ts,
+                         start, data, size, tm_gorilla_open_count (&prop->hist),
+                         tm_gorilla_open_bits (&prop->hist)) != 0)
             goto fail;
     }
     prefix[5] = 'L';

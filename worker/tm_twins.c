@@ -57,6 +57,7 @@ struct _tm_twins_t {
     size_t ncurrent;               //  Entries in current
     uint64_t anomalies;            //  Readings flagged anomalous
     uint64_t out_of_range;         //  Readings outside their valid range
+    uint64_t history_dropped;      //  Applied readings no chunk holds (s_hist_append)
     uint64_t attrs_refused;        //  Attribute values refused (type, limit)
     uint64_t quality[TM_MODEL_Q_COUNT];    //  Readings applied, by quality class
     zhashx_t *values;              //  Attribute string values, shared: text -> s_value_t
@@ -211,7 +212,7 @@ s_twin_free (tm_twins_t *self, tm_twin_t *twin)
 {
     //  The entity id lives in the twin's allocation (s_insert).
     for (uint16_t i = 0; i < twin->nprops; i++)
-        tm_gorilla_enc_fini (&twin->props[i].hist);
+        tm_gorilla_open_fini (&twin->props[i].hist);
     free (twin->props);
     for (uint8_t i = 0; i < twin->nattrs; i++)
         s_attr_drop (self, &twin->attrs[i]);
@@ -852,43 +853,56 @@ s_late (tm_twins_t *self, tm_twin_t *t, const tm_prop_t *p, int64_t ts_ms, doubl
     tm_twins_mark_dirty (self, t->shard);
 }
 
-//  Close the series' open chunk: its last segment (all of it if no
-//  checkpoint stored a part) waits for the next checkpoint. False if memory
-//  is short: the chunk stays open.
+//  Close the series' open chunk, whose last point is at last_ts: its last
+//  segment (all of it if no checkpoint stored a part) waits for the next
+//  checkpoint. False if memory is short: the chunk stays open.
 static bool
-s_hist_close (tm_twins_t *self, tm_twin_t *t, tm_prop_t *p)
+s_hist_close (tm_twins_t *self, tm_twin_t *t, tm_prop_t *p, int64_t last_ts)
 {
     uint32_t start;
     size_t size;
-    const uint8_t *data = tm_gorilla_enc_pending (&p->hist, &start, &size);
+    const uint8_t *data = tm_gorilla_open_pending (&p->hist, &start, &size);
     tm_twins_pending_t *item = s_pending_new (self, t, p, size);
     if (!item)
         return false;
     if (size)
         memcpy (item->data, data, size);
     item->start = start;
-    item->bits = tm_gorilla_enc_bits (&p->hist);
-    item->count = tm_gorilla_enc_count (&p->hist);
-    item->first_ts = tm_gorilla_enc_first_ts (&p->hist);
-    item->last_ts = tm_gorilla_enc_last_ts (&p->hist);
-    tm_gorilla_enc_fini (&p->hist);
+    item->bits = tm_gorilla_open_bits (&p->hist);
+    item->count = tm_gorilla_open_count (&p->hist);
+    item->first_ts = tm_gorilla_open_first_ts (&p->hist, last_ts);
+    item->last_ts = last_ts;
+    tm_gorilla_open_fini (&p->hist);
     return true;
 }
 
-//  Append an applied reading to the series' open chunk, closing the chunk
-//  at TM_TWINS_CHUNK_POINTS (or at a limit of the codec's, when the point
-//  goes into the next one). The codec refuses a point not after its last
-//  (a log record replayed over a restored chunk): apply already decided,
-//  so that is not an error.
+//  Append an applied reading to the series' open chunk, whose last point
+//  is the series' latest before it (last_ts, last), closing the chunk at
+//  TM_TWINS_CHUNK_POINTS (or at a limit of the codec's, when the point goes
+//  into the next one). The chunk holds no last point of its own: the
+//  property's latest value is it (tm_gorilla_open_t), so the point must go
+//  in, or the chunk must end before it. When it cannot (memory is short),
+//  the chunk closes and the point starts the next one; if even that fails,
+//  the chunk's points not yet stored are dropped and counted
+//  (history_dropped) rather than left to go on from a wrong point.
 static void
-s_hist_append (tm_twins_t *self, tm_twin_t *t, tm_prop_t *p, int64_t ts_ms, double value)
+s_hist_append (tm_twins_t *self, tm_twin_t *t, tm_prop_t *p, int64_t last_ts, double last,
+               int64_t ts_ms, double value)
 {
-    int rc = tm_gorilla_enc_append (&p->hist, ts_ms, value);
-    if (rc == TM_GORILLA_E_FULL && s_hist_close (self, t, p))
-        rc = tm_gorilla_enc_append (&p->hist, ts_ms, value);
-    if (rc != 0 || tm_gorilla_enc_count (&p->hist) < TM_TWINS_CHUNK_POINTS)
+    int rc = tm_gorilla_open_append (&p->hist, last_ts, last, ts_ms, value);
+    if (rc != 0 && tm_gorilla_open_count (&p->hist) > 0) {
+        if (!s_hist_close (self, t, p, last_ts)) {
+            self->history_dropped += tm_gorilla_open_count (&p->hist);
+            tm_gorilla_open_fini (&p->hist);
+        }
+        rc = tm_gorilla_open_append (&p->hist, last_ts, last, ts_ms, value);
+    }
+    if (rc != 0) {
+        self->history_dropped++;
         return;
-    s_hist_close (self, t, p);
+    }
+    if (tm_gorilla_open_count (&p->hist) >= TM_TWINS_CHUNK_POINTS)
+        s_hist_close (self, t, p, ts_ms);
 }
 
 const tm_twins_pending_t *
@@ -924,8 +938,8 @@ tm_twins_open_history (tm_twins_t *self, uint64_t *points, uint64_t *bytes)
     for (size_t i = 0; i < self->nslots; i++) {
         const tm_twin_t *t = self->slots[i];
         for (uint16_t k = 0; t && k < t->nprops; k++) {
-            *points += tm_gorilla_enc_count (&t->props[k].hist);
-            *bytes += (tm_gorilla_enc_bits (&t->props[k].hist) + 7) / 8;
+            *points += tm_gorilla_open_count (&t->props[k].hist);
+            *bytes += (tm_gorilla_open_bits (&t->props[k].hist) + 7) / 8;
         }
     }
 }
@@ -1058,13 +1072,13 @@ s_cover (tm_twins_t *self, uint32_t shard, uint64_t seq)
 bool
 tm_twins_flush_due (const tm_prop_t *p)
 {
-    if (!tm_gorilla_enc_dirty (&p->hist))
+    if (!tm_gorilla_open_dirty (&p->hist))
         return false;
     uint32_t start;
     size_t size;
-    tm_gorilla_enc_pending (&p->hist, &start, &size);
+    tm_gorilla_open_pending (&p->hist, &start, &size);
     //  Two bytes of room left is a reading or two more inline.
-    return tm_gorilla_enc_heap (&p->hist) > 0 || size + 2 > TM_GORILLA_INLINE;
+    return tm_gorilla_open_heap (&p->hist) > 0 || size + 2 > TM_GORILLA_INLINE;
 }
 
 void
@@ -1102,7 +1116,7 @@ tm_twins_history_flushed (tm_twins_t *self, uint32_t shard)
     for (size_t i = 0; i < self->ndue; i++) {
         tm_twins_due_t *d = &self->due[i];
         if (d->twin && d->twin->shard == shard) {
-            tm_gorilla_enc_flushed (&d->twin->props[d->prop].hist);
+            tm_gorilla_open_flushed (&d->twin->props[d->prop].hist);
             d->twin = NULL;    //  once
         }
     }
@@ -1196,6 +1210,8 @@ tm_twins_apply_hashed (tm_twins_t *self, const tm_reading_t *r, uint64_t hash,
     //  docs/models.md, "Readings for unknown models and properties": kept
     //  always, flagged, counted; a property the model lacks and a value of
     //  the wrong type stay out of the statistics.
+    int64_t last_ts = p->an.ts_ms;     //  the open chunk's last point, until updated
+    double last = p->an.value;
     tm_model_quality_t q = s_quality (t, p, r->value);
     p->quality = (uint8_t) q;
     self->quality[q]++;
@@ -1211,7 +1227,7 @@ tm_twins_apply_hashed (tm_twins_t *self, const tm_reading_t *r, uint64_t hash,
         if (q == TM_MODEL_Q_GOOD && (flags & TM_ANALYTICS_OUT_OF_RANGE))
             p->quality = TM_MODEL_Q_OUT_OF_RANGE;
     }
-    s_hist_append (self, t, p, r->ts_ms, r->value);
+    s_hist_append (self, t, p, last_ts, last, r->ts_ms, r->value);
     p->count += p->count < UINT32_MAX;
     self->anomalies += (flags & TM_ANALYTICS_ANOMALOUS) != 0;
     self->out_of_range += (flags & TM_ANALYTICS_OUT_OF_RANGE) != 0;
@@ -1275,6 +1291,7 @@ tm_twins_stats (tm_twins_t *self, tm_twins_stats_t *stats)
     stats->unmodelled = self->quality[TM_MODEL_Q_UNMODELLED];
     stats->unknown_property = self->quality[TM_MODEL_Q_UNKNOWN_PROPERTY];
     stats->invalid_type = self->quality[TM_MODEL_Q_INVALID_TYPE];
+    stats->history_dropped = self->history_dropped;
 }
 
 size_t
@@ -1325,9 +1342,9 @@ s_name_len (const char *interned)
 //  Version 4 added attributes as JSON text, version 5 as binary (below).
 //  Version 6 puts log_seq after the version byte (the last log record the
 //  blob holds: tm_twins_replaying) and, instead of the open chunk's bytes,
-//  the chunk's encoder state (tm_gorilla_enc_save, as flushed: its bytes
+//  the chunk's encoder state (tm_gorilla_open_save, as flushed: its bytes
 //  are in the store, as segments written in the same batch). Versions 3 to
-//  5 are still read: their chunks are converted (tm_gorilla_enc_resume).
+//  5 are still read: their chunks are converted (tm_gorilla_open_resume).
 #define S_SHARD_FORMAT 6
 
 static size_t
@@ -1406,7 +1423,7 @@ s_encode_twin (tm_twins_t *self, const tm_twin_t *t, uint8_t **buf, size_t *cap,
     size_t need = n + 120 + t->entity_len + mlen;
     for (uint16_t i = 0; i < t->nprops; i++)
         need += 150 + s_name_len (t->props[i].name)
-                + tm_gorilla_enc_save_size (&t->props[i].hist, false);
+                + tm_gorilla_open_save_size (&t->props[i].hist, false);
     if (!s_reserve (buf, cap, need))
         return false;
     uint8_t *p = *buf;
@@ -1451,12 +1468,12 @@ s_encode_twin (tm_twins_t *self, const tm_twin_t *t, uint8_t **buf, size_t *cap,
         p[n++] = a->oor_run;
         //  The encoder, as if flushed when this blob goes in the batch
         //  that stores its pending bytes (tm_history_stage), else with them.
-        if (tm_gorilla_enc_count (&pr->hist)) {
+        if (tm_gorilla_open_count (&pr->hist)) {
             uint8_t *at = p + n + 1;
             bool due = tm_twins_flush_due (pr);
             if (due && !s_note_due (self, t, i))
                 return false;
-            size_t hlen = tm_gorilla_enc_save (&pr->hist, due, at);
+            size_t hlen = tm_gorilla_open_save (&pr->hist, pr->an.ts_ms, due, at);
             //  Nearly always one varint byte; else make room for more.
             size_t vl = tm_varint_len (hlen);
             if (vl > 1)
@@ -1581,10 +1598,13 @@ s_get_hist (int format, const uint8_t **p, const uint8_t *end, tm_prop_t *pr, bo
     size_t used = 0;
     //  An empty chunk is never written (hlen 0 says none): one would not
     //  encode back to the same bytes.
-    int rc = format >= 6? tm_gorilla_enc_load (&pr->hist, *p, (size_t) hlen, &used, &error):
-                          tm_gorilla_enc_resume (&pr->hist, *p, (size_t) hlen, &error);
-    if (rc != 0 || (format >= 6 && used != hlen) || tm_gorilla_enc_count (&pr->hist) == 0) {
-        tm_gorilla_enc_fini (&pr->hist);
+    const tm_analytics_t *an = &pr->an;
+    int rc = format >= 6? tm_gorilla_open_load (&pr->hist, an->ts_ms, an->value, *p,
+                                                (size_t) hlen, &used, &error):
+                          tm_gorilla_open_resume (&pr->hist, an->ts_ms, an->value, *p,
+                                                  (size_t) hlen, &error);
+    if (rc != 0 || (format >= 6 && used != hlen) || tm_gorilla_open_count (&pr->hist) == 0) {
+        tm_gorilla_open_fini (&pr->hist);
         return -1;
     }
     *p += hlen;
@@ -1807,7 +1827,7 @@ s_free_props (tm_prop_t *props, uint16_t nprops)
     if (!props)
         return;
     for (uint16_t i = 0; i < nprops; i++)
-        tm_gorilla_enc_fini (&props[i].hist);
+        tm_gorilla_open_fini (&props[i].hist);
     free (props);
 }
 

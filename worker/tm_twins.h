@@ -38,24 +38,27 @@
 //  larger ones make a range query decode more than it returns.
 #define TM_TWINS_CHUNK_POINTS 120
 
-//  136 bytes, eight properties 1,088, open chunks' state included (issue
+//  120 bytes, eight properties 960, open chunks' state included (issue
 //  #3: a twin in 1 KiB): the encoder lives in the property, not behind a
 //  pointer, which saved a malloc'd 48 bytes and its 16-byte header per
 //  series, an allocation per series at restore and a cache miss per
-//  reading. The small fields last, together, so that they share padding.
+//  reading; and it holds no last point of its own, the chunk's last point
+//  being the latest value and timestamp in an (16 bytes a series). The
+//  small fields last, together, so that they share padding.
 typedef struct {
     const char *name;              //  Interned, NUL-terminated, owned by the table
                                    //  (its length is in the byte before it)
     tm_analytics_t an;             //  Latest value and timestamp, and analytics
-    tm_gorilla_enc_t hist;         //  Open history chunk (empty: no point since the
-                                   //  last chunk closed; its bytes are malloc'd)
+    tm_gorilla_open_t hist;        //  Open history chunk, its last point the latest
+                                   //  in an (empty: no point since the last chunk
+                                   //  closed; its bytes are malloc'd)
     uint32_t count;                //  Readings applied to this series, saturating
                                    //  (136 years at one a second; an.count too)
     uint8_t sidx;                  //  Index in the twin's settings table, or a
                                    //  TM_TWINS_SIDX_* value (fills padding: no growth)
     uint8_t quality;               //  tm_model_quality_t of the latest reading (padding too)
 } tm_prop_t;
-_Static_assert (sizeof (void *) != 8 || sizeof (tm_prop_t) <= 136, "a property stays small");
+_Static_assert (sizeof (void *) != 8 || sizeof (tm_prop_t) <= 120, "a property stays small");
 
 //  Values of tm_prop_t.sidx besides an index into the settings table.
 #define TM_TWINS_SIDX_UNRESOLVED 0xff  //  Not looked up since the twin's table changed
@@ -235,6 +238,7 @@ typedef struct {
     uint64_t unmodelled;           //  Readings of twins whose model is not loaded (or none)
     uint64_t unknown_property;     //  Readings of properties their twin's model lacks
     uint64_t invalid_type;         //  Fractional for an integer, not 0/1 for a boolean
+    uint64_t history_dropped;      //  Applied readings not in history: memory was short
 } tm_twins_stats_t;
 void tm_twins_stats (tm_twins_t *self, tm_twins_stats_t *stats);
 

@@ -946,6 +946,7 @@ s_heartbeat (tm_worker_t *self)
     st.unmodelled = ts.unmodelled;
     st.unknown_property = ts.unknown_property;
     st.invalid_type = ts.invalid_type;
+    st.history_dropped = ts.history_dropped;
     tm_twins_passive_stats_t pst;
     tm_twins_passive_stats (self->twins, &pst);
     st.passive_twins = tm_twins_passive_total (self->twins);

@@ -135,15 +135,15 @@ s_walk (tm_twins_t *twins, size_t n, s_parts_t *parts)
         props += s_chunk (t->props);
         //  The encoders live in the property array: counted apart from it.
         for (uint16_t k = 0; k < t->nprops; k++) {
-            const tm_gorilla_enc_t *h = &t->props[k].hist;
+            const tm_gorilla_open_t *h = &t->props[k].hist;
             hstate += sizeof *h;
             hheap += sizeof *h;
-            size_t heap = tm_gorilla_enc_heap (h);
+            size_t heap = tm_gorilla_open_heap (h);
             if (heap) {
                 //  Bytes not yet stored that outgrew the state's own room.
                 uint32_t start;
                 size_t size;
-                tm_gorilla_enc_pending (h, &start, &size);
+                tm_gorilla_open_pending (h, &start, &size);
                 hheap += heap + sizeof (size_t);
                 bytes += size;
             }
@@ -277,9 +277,9 @@ main (int argc, char *argv[])
     }
     printf ("bench_memory: %ld twins x %d properties, a checkpoint every %d s of readings, "
             "bytes per twin (goal <= %d, heap)\n", n, S_PROPS, s_every, S_GOAL);
-    printf ("sizeof: tm_twin_t %zu, tm_prop_t %zu, tm_analytics_t %zu, tm_gorilla_enc_t %zu\n",
+    printf ("sizeof: tm_twin_t %zu, tm_prop_t %zu, tm_analytics_t %zu, tm_gorilla_open_t %zu\n",
             sizeof (tm_twin_t), sizeof (tm_prop_t), sizeof (tm_analytics_t),
-            sizeof (tm_gorilla_enc_t));
+            sizeof (tm_gorilla_open_t));
     printf ("%4s %8s %8s %7s %7s %7s %7s %7s %7s %7s %7s  %s\n", "K", "heap", "VmRSS", "twin",
             "props", "hstate", "hbytes", "hslack", "slots", "other", "ns/app", "goal");
     fflush (stdout);

@@ -285,6 +285,63 @@ s_as_state (const uint8_t *data, size_t size)
     free (exact);
 }
 
+//  An open chunk's state (either format) with its caller's last point from
+//  the first 16 bytes: refused with a reason and nothing held, or loaded
+//  and appended to with the point the caller keeps.
+static void
+s_as_open_state (const uint8_t *data, size_t size)
+{
+    if (size < 16)
+        return;
+    int64_t last_ts;
+    double last;
+    memcpy (&last_ts, data, 8);
+    memcpy (&last, data + 8, 8);
+    data += 16;
+    size -= 16;
+    uint8_t *exact = malloc (size? size: 1);
+    if (!exact)
+        abort ();
+    if (size)
+        memcpy (exact, data, size);
+    tm_gorilla_open_t open;
+    tm_gorilla_open_init (&open);
+    size_t used = 0;
+    const char *error = NULL;
+    if (tm_gorilla_open_load (&open, last_ts, last, exact, size, &used, &error) != 0) {
+        if (!error || tm_gorilla_open_count (&open) != 0 || tm_gorilla_open_heap (&open) != 0)
+            abort ();
+        free (exact);
+        return;
+    }
+    if (used > size)
+        abort ();
+    uint64_t t = (uint64_t) last_ts;
+    for (size_t at = used, k = 0; at + 9 <= size && k < 16; at += 9, k++) {
+        int64_t ts;
+        double v;
+        s_point (exact + at, &t, &ts, &v);
+        int rc = tm_gorilla_open_append (&open, last_ts, last, ts, v);
+        if (rc != 0 && rc != TM_GORILLA_E_ORDER && rc != TM_GORILLA_E_FULL)
+            abort ();
+        if (rc == 0) {
+            last_ts = ts;
+            last = v;
+        }
+        if (exact[at] & 1)
+            tm_gorilla_open_flushed (&open);
+    }
+    //  The bytes loaded are not decoded by the loader (a checkpoint's own,
+    //  in the store's checksummed blocks): what is checked is that nothing
+    //  goes out of bounds whatever they and the point say.
+    uint32_t start;
+    size_t psize;
+    if (tm_gorilla_open_count (&open) && !tm_gorilla_open_pending (&open, &start, &psize))
+        abort ();
+    tm_gorilla_open_fini (&open);
+    free (exact);
+}
+
 //  The store of one chunk: pieces laid over each other at their start.
 typedef struct {
     uint8_t *bytes;                //  The chunk so far
@@ -403,6 +460,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     s_as_v1 (data, size);
     s_as_v2 (data, size);
     s_as_state (data, size);
+    s_as_open_state (data, size);
     s_as_points (data, size);
     return 0;
 }

@@ -679,7 +679,7 @@ s_save_load (tm_gorilla_enc_t *enc, bool as_flushed)
     assert_int_equal (tm_gorilla_enc_bits (&back), tm_gorilla_enc_bits (enc));
     assert_int_equal (tm_gorilla_enc_first_ts (&back), tm_gorilla_enc_first_ts (enc));
     assert_int_equal (tm_gorilla_enc_last_ts (&back), tm_gorilla_enc_last_ts (enc));
-    assert_int_equal (back.xor_only, enc->xor_only);
+    assert_int_equal (back.open.xor_only, enc->open.xor_only);
     //  Saved again, the same bytes.
     uint8_t *again = malloc (tm_gorilla_enc_save_size (&back, false));
     assert_non_null (again);
@@ -770,7 +770,7 @@ test_save_load (void **state)
     assert_int_equal (tm_gorilla_enc_save_size (&enc, false), 2);
     s_save_load (&enc, false);
     assert_int_equal (tm_gorilla_enc_count (&enc), 0);
-    assert_true (enc.xor_only);
+    assert_true (enc.open.xor_only);
     tm_gorilla_enc_fini (&enc);
 }
 
@@ -959,8 +959,11 @@ test_load_malformed (void **state)
     tm_gorilla_enc_fini (&enc);
 
     assert_int_equal (s_load_and_append (NULL, 0, &error), -1);
-    assert_int_equal (s_load_and_append ((const uint8_t *) "\x02\x00", 2, &error), -1);
+    assert_int_equal (s_load_and_append ((const uint8_t *) "\x03\x00", 2, &error), -1);
     assert_string_equal (error, "unknown state format");
+    //  An open chunk's state has no last point for a whole encoder.
+    assert_int_equal (s_load_and_append ((const uint8_t *) "\x02\x00", 2, &error), -1);
+    assert_string_equal (error, "state saved without its last point");
     assert_int_equal (s_load_and_append ((const uint8_t *) "\x01\x08", 2, &error), -1);
     assert_string_equal (error, "unknown state flags");
     assert_int_equal (s_load_and_append ((const uint8_t *) "\x01\x02", 2, &error), -1);
@@ -1341,6 +1344,102 @@ test_v1_fixture (void **state)
     tm_gorilla_enc_fini (&enc);
     s_series_free (&s);
 }
+
+//  An open chunk whose caller keeps the last point codes exactly what a
+//  whole encoder does, saves without the point and goes on from the one it
+//  is given; a point it cannot go on from is refused, never used.
+static void
+test_open_last_point (void **state)
+{
+    (void) state;
+    series_t s = s_mixed_series (500);
+    tm_gorilla_enc_t whole;
+    tm_gorilla_enc_init (&whole);
+    tm_gorilla_open_t open;
+    tm_gorilla_open_init (&open);
+    int64_t last_ts = 0;
+    double last = 0;
+    for (size_t i = 0; i < s.n; i++) {
+        assert_int_equal (tm_gorilla_enc_append (&whole, s.ts[i], s.v[i]), 0);
+        if (i == 250) {
+            //  Saved and loaded halfway, as a checkpoint blob and a restart do.
+            uint8_t *saved = malloc (tm_gorilla_open_save_size (&open, false));
+            assert_non_null (saved);
+            size_t n = tm_gorilla_open_save (&open, last_ts, false, saved);
+            assert_int_equal (saved[0], 2);
+            tm_gorilla_open_fini (&open);
+            size_t used = 0;
+            const char *error = NULL;
+            assert_int_equal (tm_gorilla_open_load (&open, last_ts, last, saved, n, &used, &error),
+                              0);
+            assert_int_equal (used, n);
+            free (saved);
+        }
+        assert_int_equal (tm_gorilla_open_append (&open, last_ts, last, s.ts[i], s.v[i]), 0);
+        last_ts = s.ts[i];
+        last = s.v[i];
+    }
+    assert_int_equal (tm_gorilla_open_first_ts (&open, last_ts), s.ts[0]);
+    size_t wsize, osize;
+    const uint8_t *wdata = tm_gorilla_enc_data (&whole, &wsize);
+    const uint8_t *odata = tm_gorilla_open_data (&open, &osize);
+    assert_int_equal (osize, wsize);
+    assert_memory_equal (odata, wdata, wsize);
+    s_expect_stream (odata, osize, tm_gorilla_open_bits (&open), &s, 0, s.n);
+
+    //  A whole encoder's state loads only at its own last point.
+    uint8_t *saved = malloc (tm_gorilla_enc_save_size (&whole, false));
+    assert_non_null (saved);
+    size_t n = tm_gorilla_enc_save (&whole, false, saved);
+    tm_gorilla_open_t back;
+    tm_gorilla_open_init (&back);
+    size_t used;
+    const char *error = NULL;
+    assert_int_equal (tm_gorilla_open_load (&back, last_ts + 1, last, saved, n, &used, &error), -1);
+    assert_string_equal (error, "the state does not end at the series' last point");
+    assert_int_equal (tm_gorilla_open_count (&back), 0);
+    assert_int_equal (tm_gorilla_open_load (&back, last_ts, last, saved, n, &used, &error), 0);
+    assert_int_equal (tm_gorilla_open_bits (&back), tm_gorilla_enc_bits (&whole));
+    tm_gorilla_open_fini (&back);
+    free (saved);
+
+    //  In decimal mode the given value must be a decimal at the scale: 2.5
+    //  is at scale 1, 2.5 + 2^-40 at none.
+    tm_gorilla_open_t dec;
+    tm_gorilla_open_init (&dec);
+    assert_int_equal (tm_gorilla_open_append (&dec, 0, 0, T0, 1.5), 0);
+    assert_int_equal (tm_gorilla_open_append (&dec, T0, 1.5, T0 + 1000, 2.5), 0);
+    uint8_t two[64];
+    n = tm_gorilla_open_save (&dec, T0 + 1000, false, two);
+    tm_gorilla_open_fini (&dec);
+    assert_int_equal (tm_gorilla_open_load (&dec, T0 + 1000, 2.5 + ldexp (1, -40), two, n, &used,
+                                            &error), -1);
+    assert_string_equal (error, "the last value is not a decimal at the chunk's scale");
+    assert_int_equal (tm_gorilla_open_load (&dec, T0 + 1000, NAN, two, n, &used, &error), -1);
+    assert_int_equal (tm_gorilla_open_load (&dec, T0 + 1000, 2.5, two, n, &used, &error), 0);
+    assert_int_equal (tm_gorilla_open_append (&dec, T0 + 1000, 2.5, T0 + 2000, 3.5), 0);
+    const uint8_t *ddata = tm_gorilla_open_data (&dec, &osize);
+    series_t three = s_series_new (3);
+    three.ts[0] = T0, three.ts[1] = T0 + 1000, three.ts[2] = T0 + 2000;
+    three.v[0] = 1.5, three.v[1] = 2.5, three.v[2] = 3.5;
+    s_expect_stream (ddata, osize, tm_gorilla_open_bits (&dec), &three, 0, 3);
+    s_series_free (&three);
+    tm_gorilla_open_fini (&dec);
+
+    //  A v1 chunk resumes only at its own last point.
+    size_t v1_size;
+    uint8_t *v1 = s_v1_of (wdata, wsize, (uint32_t) s.n, &v1_size);
+    assert_int_equal (tm_gorilla_open_resume (&back, last_ts, last + 1, v1, v1_size, &error), -1);
+    assert_string_equal (error, "the chunk does not end at the series' last point");
+    assert_int_equal (tm_gorilla_open_resume (&back, last_ts, last, v1, v1_size, &error), 0);
+    assert_int_equal (tm_gorilla_open_bits (&back), tm_gorilla_enc_bits (&whole));
+    tm_gorilla_open_fini (&back);
+    free (v1);
+    tm_gorilla_open_fini (&open);
+    tm_gorilla_enc_fini (&whole);
+    s_series_free (&s);
+}
+
 
 //  A v1 chunk resumed at any point gives the bytes of a v2 encoder that
 //  never stopped; flushing and saving go on from there.
@@ -1863,6 +1962,7 @@ main (void)
         cmocka_unit_test (test_order_errors),
         cmocka_unit_test (test_v1_fixture),
         cmocka_unit_test (test_resume),
+        cmocka_unit_test (test_open_last_point),
         cmocka_unit_test (test_truncated),
         cmocka_unit_test (test_stream_count_bits),
         cmocka_unit_test (test_corrupted),

@@ -85,8 +85,8 @@ test_chunks_close_and_query (void **state)
     const tm_prop_t *prop = s_prop (twins, "e-1", &twin);
     //  Two chunks closed at 120 points, 10 points open.
     assert_int_equal (tm_twins_pending_count (twins), 2);
-    assert_true (tm_gorilla_enc_count (&prop->hist) > 0);
-    assert_int_equal (tm_gorilla_enc_count (&prop->hist), 10);
+    assert_true (tm_gorilla_open_count (&prop->hist) > 0);
+    assert_int_equal (tm_gorilla_open_count (&prop->hist), 10);
     char dir[] = "/tmp/tm-test-history-XXXXXX";
     assert_non_null (mkdtemp (dir));
     tm_store_t *store = tm_store_open (dir);
@@ -131,7 +131,7 @@ test_blob_round_trip (void **state)
     for (int i = 1; i <= 130; i++)
         s_apply (twins, "e-1", i * 1000, s_value (i * 1000));
     tm_twin_t *twin;
-    uint32_t shard = tm_gorilla_enc_count (&s_prop (twins, "e-1", &twin)->hist)? twin->shard: 0;
+    uint32_t shard = tm_gorilla_open_count (&s_prop (twins, "e-1", &twin)->hist)? twin->shard: 0;
     uint8_t *buf = NULL, *buf2 = NULL;
     size_t cap = 0, cap2 = 0;
     size_t len = tm_twins_encode_shard (twins, shard, &buf, &cap);
@@ -140,14 +140,14 @@ test_blob_round_trip (void **state)
     tm_twins_t *again = tm_twins_new ();
     assert_int_equal (tm_twins_restore_shard (again, shard, buf, len), 1);
     const tm_prop_t *prop = s_prop (again, "e-1", &twin);
-    assert_true (tm_gorilla_enc_count (&prop->hist) > 0);
-    assert_int_equal (tm_gorilla_enc_count (&prop->hist), 10);
-    assert_int_equal (tm_gorilla_enc_first_ts (&prop->hist), 121000);
+    assert_true (tm_gorilla_open_count (&prop->hist) > 0);
+    assert_int_equal (tm_gorilla_open_count (&prop->hist), 10);
+    assert_int_equal (tm_gorilla_open_first_ts (&prop->hist, prop->an.ts_ms), 121000);
     assert_int_equal (tm_twins_encode_shard (again, shard, &buf2, &cap2), len);
     assert_memory_equal (buf, buf2, len);
     //  Appending goes on where it stopped.
     assert_int_equal (s_apply (again, "e-1", 131000, 1.5), TM_APPLY_APPLIED);
-    assert_int_equal (tm_gorilla_enc_count (&prop->hist), 11);
+    assert_int_equal (tm_gorilla_open_count (&prop->hist), 11);
     //  A damaged chunk is refused, not trusted.
     buf[len - 3] ^= 0xff;
     tm_twins_t *third = tm_twins_new ();
@@ -283,7 +283,7 @@ test_checkpoint_every_reading (void **state)
         tm_twin_t *twin;
         const tm_prop_t *prop = s_prop (twins, "e-1", &twin);
         if (!crash)
-            assert_int_equal (tm_gorilla_enc_heap (&prop->hist), 0);
+            assert_int_equal (tm_gorilla_open_heap (&prop->hist), 0);
         if (i % 11 == 0 || crash) {
             s_check_all (store, twins, "e-1", i, 1000);
             tm_wlog_destroy (&wlog);

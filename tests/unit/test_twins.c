@@ -166,8 +166,8 @@ test_attributes (void **state)
         const tm_twin_t *t4 = tm_twins_find (one, "v4", 2);
         uint32_t sh = t4->shard;
         uint8_t saved[64];
-        size_t slen = tm_gorilla_enc_save (&t4->props[0].hist,
-                                           tm_twins_flush_due (&t4->props[0]), saved);
+        size_t slen = tm_gorilla_open_save (&t4->props[0].hist, t4->props[0].an.ts_ms,
+                                            tm_twins_flush_due (&t4->props[0]), saved);
         assert_true (slen < 128);
         uint8_t *b4 = NULL;
         size_t c4 = 0;
@@ -693,14 +693,16 @@ s_assert_same_twins (tm_twins_t *a, tm_twins_t *b)
             assert_memory_equal (&u->props[k].an, &t->props[k].an, sizeof (tm_analytics_t));
             //  The open chunk: the same state, as the blob saved it (as if
             //  its bytes were stored).
-            const tm_gorilla_enc_t *ha = &t->props[k].hist, *hb = &u->props[k].hist;
-            assert_int_equal (tm_gorilla_enc_count (hb), tm_gorilla_enc_count (ha));
-            assert_int_equal (tm_gorilla_enc_bits (hb), tm_gorilla_enc_bits (ha));
-            assert_int_equal (tm_gorilla_enc_first_ts (hb), tm_gorilla_enc_first_ts (ha));
+            const tm_gorilla_open_t *ha = &t->props[k].hist, *hb = &u->props[k].hist;
+            int64_t last_ts = t->props[k].an.ts_ms;
+            assert_int_equal (tm_gorilla_open_count (hb), tm_gorilla_open_count (ha));
+            assert_int_equal (tm_gorilla_open_bits (hb), tm_gorilla_open_bits (ha));
+            assert_int_equal (tm_gorilla_open_first_ts (hb, last_ts),
+                              tm_gorilla_open_first_ts (ha, last_ts));
             uint8_t sa[64], sb[64];
-            assert_true (tm_gorilla_enc_save_size (ha, true) <= sizeof sa);
-            size_t na = tm_gorilla_enc_save (ha, true, sa);
-            size_t nb = tm_gorilla_enc_save (hb, true, sb);
+            assert_true (tm_gorilla_open_save_size (ha, true) <= sizeof sa);
+            size_t na = tm_gorilla_open_save (ha, last_ts, true, sa);
+            size_t nb = tm_gorilla_open_save (hb, last_ts, true, sb);
             assert_int_equal (na, nb);
             assert_memory_equal (sa, sb, na);
         }
