@@ -579,19 +579,19 @@ s_insert (tm_twins_t *self, const char *entity, size_t len, uint32_t shard)
         return NULL;
     //  The entity id just after the twin, in one allocation: a malloc
     //  header and a rounding less per twin, and no second cache miss.
-    tm_twin_t *t = calloc (1, sizeof *t + len + 1);
+    assert (len <= TM_WIRE_MAX_ENTITY);
+    tm_twin_t *t = calloc (1, offsetof (tm_twin_t, entity) + len + 1);
     if (!t)
         return NULL;
-    t->entity = (char *) (t + 1);
     memcpy (t->entity, entity, len);
     t->entity[len] = 0;
-    t->entity_len = (uint32_t) len;
+    t->entity_len = (uint8_t) len;
     t->hash = s_hash (entity, len);
-    t->shard = shard % TM_SHARDMAP_MAX_SHARDS;
+    t->shard = (uint16_t) (shard % TM_SHARDMAP_MAX_SHARDS);
     t->next_in_shard = self->shard_heads[t->shard];
     self->shard_heads[t->shard] = t;
     tm_analytics_sync_init (&t->sync);
-    t->models_gen = UINT64_MAX;    //  No table resolved yet
+    t->models_gen = TM_TWINS_GEN_NONE;    //  No table resolved yet
     if (self->on_created)          //  Its desired values, if it has some (tm_commands)
         self->on_created (self->hooks_arg, t, NULL);
     self->in_state[t->sync.state]++;
@@ -660,7 +660,7 @@ tm_twins_set_models (tm_twins_t *self, const tm_models_t *models)
     //  Twins resolved against another registry must look again.
     for (size_t i = 0; i < self->nslots; i++)
         if (self->slots[i])
-            self->slots[i]->models_gen = UINT64_MAX;
+            self->slots[i]->models_gen = TM_TWINS_GEN_NONE;
 }
 
 void
@@ -793,7 +793,11 @@ tm_twins_settings (tm_twins_t *self, const tm_twin_t *twin, const tm_prop_t *pro
     //  allocated mutable, so writing through them is well defined.
     tm_twin_t *t = (tm_twin_t *) twin;
     tm_prop_t *p = (tm_prop_t *) prop;
-    uint64_t gen = tm_models_generation (self->models);
+    //  Its low 32 bits (never the "not resolved" value): a twin's table
+    //  could be taken for current only after exactly 2^32 model loads.
+    uint32_t gen = (uint32_t) tm_models_generation (self->models);
+    if (gen == TM_TWINS_GEN_NONE)
+        gen = 0;
     if (t->models_gen != gen) {
         s_refresh_current (self);
         t->table = NULL;
@@ -1017,7 +1021,7 @@ tm_twins_ensure (tm_twins_t *self, const char *entity, size_t len, const char *m
     }
     if (model && *model && !t->model) {
         t->model = s_intern (self, model, strlen (model));
-        t->models_gen = UINT64_MAX;
+        t->models_gen = TM_TWINS_GEN_NONE;
         s_mark_dirty (self, t);
         s_touch (self, t, -1);
     }
@@ -1184,7 +1188,7 @@ tm_twins_apply_hashed (tm_twins_t *self, const tm_reading_t *r, uint64_t hash,
         //  Interned: a million twins of a few models share a few copies, and
         //  its length is at hand (queries read it per twin).
         t->model = s_intern (self, r->model, r->model_len);
-        t->models_gen = UINT64_MAX;    //  resolve its settings at the next lookup
+        t->models_gen = TM_TWINS_GEN_NONE;    //  resolve its settings at the next lookup
         s_mark_dirty (self, t);
         s_touch (self, t, -1);
     }
@@ -2118,7 +2122,7 @@ tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id,
                  size_t nderived, size_t *size)
 {
     Twinmesh__TwinState st = TWINMESH__TWIN_STATE__INIT;
-    st.entity = twin->entity;
+    st.entity = (char *) twin->entity;
     st.model = (char *) (twin->model? twin->model: "");
     st.shard = twin->shard;
     st.worker = (char *) (worker_id? worker_id: "");

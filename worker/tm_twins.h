@@ -67,31 +67,44 @@ _Static_assert (sizeof (void *) != 8 || sizeof (tm_prop_t) <= 120, "a property s
 //  A model's analytics settings, built once per model version (opaque).
 typedef struct _tm_twins_table_t tm_twins_table_t;
 
+//  120 bytes and the entity id, in one allocation (issue #3: a twin in
+//  1 KiB): pointers first, then the sync state, then the small fields
+//  packed, the id's bytes starting right after them (144 bytes with a
+//  16-byte id and malloc's header, where a separate id pointer, 64-bit
+//  generation and padding made 176).
 typedef struct _tm_twin_t {
-    char *entity;                  //  NUL-terminated entity id, in the twin's allocation
-    uint32_t entity_len;
-    uint32_t shard;                //  Shard of the entity (fixed per cluster)
+    uint64_t version;              //  Bumped on every change
     uint64_t hash;                 //  Table hash of the entity id
     const char *model;             //  Model name, interned like property names (its
                                    //  length in the byte before it), or NULL
-    uint64_t version;              //  Bumped on every change
-    uint16_t nprops;               //  Properties in use
-    uint16_t cap;                  //  Properties allocated
-    uint8_t nattrs;                //  Attributes in attrs (fills padding)
-    uint8_t changed;               //  In the changed-rows list (fills padding)
-    uint8_t flags;                 //  TM_TWIN_* (passivation; fills padding)
     tm_prop_t *props;              //  Owned array
     tm_attr_t *attrs;              //  Attributes (names interned), owned; NULL if none
     struct _tm_twin_t *next_in_shard;  //  The shard's twins, for checkpoints
-    tm_analytics_sync_t sync;      //  Sync status (initializing .. error)
-    uint32_t row;                  //  Its row for columnar scans (tm_twins_rows)
     const tm_twins_table_t *table; //  Its model's settings, NULL: defaults (a cache)
-    uint64_t models_gen;           //  Registry generation table was resolved at
     struct _tm_commands_twin_t *commands;  //  Desired values (tm_commands), NULL if none:
                                    //  the apply path's only cost for commands
     void *hier;                    //  The hierarchy's link (worker/tm_peers): NULL not
                                    //  looked at, TM_TWINS_NO_PARENT, or owned by tm_peers
+    tm_analytics_sync_t sync;      //  Sync status (initializing .. error)
+    uint32_t row;                  //  Its row for columnar scans (tm_twins_rows)
+    uint32_t models_gen;           //  Registry generation table was resolved at, its
+                                   //  low 32 bits (TM_TWINS_GEN_NONE: not resolved)
+    uint16_t shard;                //  Shard of the entity (fixed per cluster; < 65536)
+    uint8_t entity_len;            //  Bytes of the id (<= TM_WIRE_MAX_ENTITY)
+    uint8_t nprops;                //  Properties in use (<= TM_TWINS_MAX_PROPS)
+    uint8_t cap;                   //  Properties allocated
+    uint8_t nattrs;                //  Attributes in attrs
+    uint8_t changed;               //  In the changed-rows list
+    uint8_t flags;                 //  TM_TWIN_* (passivation)
+    char entity[];                 //  NUL-terminated entity id
 } tm_twin_t;
+_Static_assert (TM_WIRE_MAX_ENTITY <= UINT8_MAX && TM_TWINS_MAX_PROPS <= UINT8_MAX
+                    && TM_SHARDMAP_MAX_SHARDS <= UINT16_MAX + 1,
+                "a twin's small fields hold their limits");
+_Static_assert (sizeof (void *) != 8 || sizeof (tm_twin_t) <= 120, "a twin stays small");
+
+//  tm_twin_t.models_gen of a twin whose settings are not resolved yet.
+#define TM_TWINS_GEN_NONE UINT32_MAX
 
 //  tm_twin_t.flags.
 #define TM_TWIN_PINNED 0x01        //  Never passivated: something keeps its pointer

@@ -146,7 +146,7 @@ typedef struct {
 } s_prop_projected_t;
 
 typedef struct {
-    tm_twin_t twin;                //  Today's twin header
+    uint8_t twin[sizeof (tm_twin_t)];  //  Today's twin header (its id apart, below)
     tm_analytics_sync_t sync;      //  Sync status, per twin
 } s_twin_projected_t;
 

@@ -129,9 +129,7 @@ s_walk (tm_twins_t *twins, size_t n, s_parts_t *parts)
     for (size_t i = 0; i < nrows; i++) {
         const tm_twin_t *t = rows[i];
         twin += s_chunk (t);
-        //  An id kept inside the twin's own allocation is counted with it.
-        if (t->entity != (const char *) (t + 1))
-            twin += s_chunk (t->entity);
+        //  The id is inside the twin's own allocation: counted with it.
         props += s_chunk (t->props);
         //  The encoders live in the property array: counted apart from it.
         for (uint16_t k = 0; k < t->nprops; k++) {
