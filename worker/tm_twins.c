@@ -357,6 +357,22 @@ tm_twins_name_find (tm_twins_t *self, const char *name, size_t len)
     return NULL;
 }
 
+const char *
+tm_twins_prop_name (const tm_twins_t *self, const tm_prop_t *prop)
+{
+    (void) self;
+    return prop->name;
+}
+
+const tm_prop_t *
+tm_twins_prop (const tm_twin_t *twin, const char *interned)
+{
+    for (uint16_t i = 0; i < twin->nprops; i++)
+        if (twin->props[i].name == interned)
+            return &twin->props[i];
+    return NULL;
+}
+
 const tm_attr_t *
 tm_twins_attr (const tm_twin_t *twin, const char *interned)
 {

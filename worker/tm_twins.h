@@ -340,6 +340,14 @@ uint64_t tm_twins_attrs_refused (tm_twins_t *self);
 //  Length of a property name (interned names carry it).
 size_t tm_twins_name_len (const char *interned);
 
+//  A property's name, interned: borrowed, and the same pointer for the
+//  table's life (pending history, attributes and models keep it).
+const char *tm_twins_prop_name (const tm_twins_t *self, const tm_prop_t *prop);
+
+//  A twin's property by a name interned by the twin's own table (from
+//  tm_twins_name_find); NULL if the twin has no such property.
+const tm_prop_t *tm_twins_prop (const tm_twin_t *twin, const char *interned);
+
 //  Encode every twin of a shard into *buf (grown as needed; caller owns,
 //  reuse it across calls). Returns the encoded size, or 0 on allocation
 //  failure. The encoding is the worker's own checkpoint format: one value

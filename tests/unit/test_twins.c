@@ -54,7 +54,7 @@ test_apply_rules (void **state)
     //  The twin lives in its entity's shard under the cluster key.
     assert_int_equal (t->shard, tm_shardmap_hash (s_key, 1024, "milan/air-1", 11));
     assert_int_equal (t->nprops, 1);
-    assert_string_equal (t->props[0].name, "pm25");
+    assert_string_equal (tm_twins_prop_name (twins, &t->props[0]), "pm25");
     assert_true (t->props[0].an.value == 11.0);
     assert_int_equal (t->props[0].an.ts_ms, 1001);
     assert_int_equal (t->props[0].count, 2);
@@ -260,7 +260,7 @@ test_quality_classes (void **state)
         tm_twin_t *t = tm_twins_find (twins, cases[i].entity, strlen (cases[i].entity));
         const tm_prop_t *p = NULL;
         for (uint16_t k = 0; k < t->nprops; k++)
-            if (!strcmp (t->props[k].name, cases[i].prop))
+            if (!strcmp (tm_twins_prop_name (twins, &t->props[k]), cases[i].prop))
                 p = &t->props[k];
         assert_non_null (p);
         assert_int_equal (p->quality, cases[i].want);
@@ -342,7 +342,7 @@ test_against_reference (void **state)
         for (int p = 0; p < N_PROP; p++) {
             tm_prop_t *found = NULL;
             for (int i = 0; i < t->nprops; i++)
-                if (strcmp (t->props[i].name, props[p]) == 0)
+                if (strcmp (tm_twins_prop_name (twins, &t->props[i]), props[p]) == 0)
                     found = &t->props[i];
             if (!ref_count[e][p]) {
                 assert_null (found);
@@ -688,7 +688,8 @@ s_assert_same_twins (tm_twins_t *a, tm_twins_t *b)
         assert_int_equal (u->nprops, t->nprops);
         assert_int_equal (u->nattrs, t->nattrs);
         for (uint16_t k = 0; k < t->nprops; k++) {
-            assert_string_equal (u->props[k].name, t->props[k].name);
+            assert_string_equal (tm_twins_prop_name (b, &u->props[k]),
+                                 tm_twins_prop_name (a, &t->props[k]));
             assert_int_equal (u->props[k].count, t->props[k].count);
             assert_memory_equal (&u->props[k].an, &t->props[k].an, sizeof (tm_analytics_t));
             //  The open chunk: the same state, as the blob saved it (as if
