@@ -708,6 +708,95 @@ s_assert_same_twins (tm_twins_t *a, tm_twins_t *b)
     }
 }
 
+//  A property holds its name as a 16-bit id. Past 256 names (ids with a
+//  high byte, the id array grown, the name table rehashed) each property
+//  still reads its own name, at the pointer tm_twins_name_find gives for
+//  the table's life; and a twin restored into a table that numbered the
+//  names otherwise encodes to the same bytes (blobs hold names, not ids).
+static void
+test_name_ids (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    tm_reading_t r = s_reading ("e-0", "p-000", 0, 1000);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    const char *first = tm_twins_name_find (twins, "p-000", 5);
+    assert_non_null (first);
+    char ent[16], name[16];
+    for (int i = 1; i < 600; i++) {
+        snprintf (ent, sizeof ent, "e-%d", i / 60);
+        snprintf (name, sizeof name, "p-%03d", i);
+        r = s_reading (ent, name, i, 1000);
+        assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    }
+    for (int i = 0; i < 600; i++) {
+        snprintf (ent, sizeof ent, "e-%d", i / 60);
+        snprintf (name, sizeof name, "p-%03d", i);
+        const tm_twin_t *t = tm_twins_find (twins, ent, strlen (ent));
+        const char *interned = tm_twins_name_find (twins, name, strlen (name));
+        assert_non_null (interned);
+        assert_string_equal (interned, name);
+        const tm_prop_t *p = tm_twins_prop (t, interned);
+        assert_non_null (p);
+        assert_int_equal (p - t->props, i % 60);
+        assert_ptr_equal (tm_twins_prop_name (twins, p), interned);
+        assert_true (p->an.value == i);
+    }
+    const tm_twin_t *t0 = tm_twins_find (twins, "e-0", 3);
+    assert_ptr_equal (tm_twins_prop_name (twins, &t0->props[0]), first);
+    assert_null (tm_twins_prop (t0, tm_twins_name_find (twins, "p-599", 5)));
+
+    tm_twins_t *back = tm_twins_new ();
+    r = s_reading ("other", "zz", 1, 1000);
+    assert_int_equal (tm_twins_apply (back, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    const tm_twin_t *t9 = tm_twins_find (twins, "e-9", 3);
+    uint8_t *buf = NULL, *again = NULL;
+    size_t cap = 0, cap2 = 0;
+    size_t size = tm_twins_encode_twin (twins, t9, &buf, &cap);
+    assert_true (size > 0);
+    assert_int_equal (tm_twins_restore_shard (back, t9->shard, buf, size), 1);
+    const tm_twin_t *u9 = tm_twins_find (back, "e-9", 3);
+    assert_non_null (u9);
+    assert_int_equal (u9->nprops, 60);
+    assert_int_not_equal (u9->props[0].id, t9->props[0].id);
+    for (uint16_t k = 0; k < u9->nprops; k++)
+        assert_string_equal (tm_twins_prop_name (back, &u9->props[k]),
+                             tm_twins_prop_name (twins, &t9->props[k]));
+    assert_int_equal (tm_twins_encode_twin (back, u9, &again, &cap2), size);
+    assert_memory_equal (again, buf, size);
+    free (buf);
+    free (again);
+    tm_twins_destroy (&back);
+    tm_twins_destroy (&twins);
+}
+
+//  Every id is used: TM_TWINS_MAX_NAMES names, the last with id 65535, and
+//  a reading that needs one more name is refused.
+static void
+test_name_limit (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    char ent[16], name[16];
+    for (int i = 0; i < TM_TWINS_MAX_NAMES; i++) {
+        snprintf (ent, sizeof ent, "n-%d", i / TM_TWINS_MAX_PROPS);
+        snprintf (name, sizeof name, "q%05d", i);
+        tm_reading_t r = s_reading (ent, name, i, 1000);
+        assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    }
+    tm_reading_t r = s_reading ("n-0", "one-too-many", 1, 1000);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_REJECTED);
+    snprintf (ent, sizeof ent, "n-%d", (TM_TWINS_MAX_NAMES - 1) / TM_TWINS_MAX_PROPS);
+    snprintf (name, sizeof name, "q%05d", TM_TWINS_MAX_NAMES - 1);
+    const tm_twin_t *t = tm_twins_find (twins, ent, strlen (ent));
+    const tm_prop_t *p = tm_twins_prop (t, tm_twins_name_find (twins, name, strlen (name)));
+    assert_non_null (p);
+    assert_int_equal (p->id, TM_TWINS_MAX_NAMES - 1);
+    assert_string_equal (tm_twins_prop_name (twins, p), name);
+    assert_true (p->an.value == TM_TWINS_MAX_NAMES - 1);
+    tm_twins_destroy (&twins);
+}
+
 static void
 test_restore_two_phases_and_bulk (void **state)
 {
@@ -836,6 +925,8 @@ main (void)
         cmocka_unit_test (test_sync_tick_parts),
         cmocka_unit_test (test_model_settings),
         cmocka_unit_test (test_restore_two_phases_and_bulk),
+        cmocka_unit_test (test_name_ids),
+        cmocka_unit_test (test_name_limit),
     };
     return cmocka_run_group_tests (tests, NULL, NULL);
 }
