@@ -226,11 +226,12 @@ s_next_version (tm_commands_t *self, int64_t now_ms)
 
 //  The reported side of a desired value, from the twin's latest reading.
 static const tm_prop_t *
-s_reported (const tm_commands_twin_t *ct, const char *property)
+s_reported (const tm_commands_t *self, const tm_commands_twin_t *ct, const char *property)
 {
     tm_twin_t *t = ct? ct->twin: NULL;
     for (uint16_t i = 0; t && i < t->nprops; i++)
-        if (t->props[i].count && strcmp (t->props[i].name, property) == 0)
+        if (t->props[i].count
+            && strcmp (tm_twins_prop_name (self->twins, &t->props[i]), property) == 0)
             return &t->props[i];
     return NULL;
 }
@@ -318,7 +319,8 @@ s_on_reported (void *arg, tm_twin_t *twin, const tm_prop_t *prop)
     tm_commands_twin_t *ct = twin->commands;
     for (int i = ct->n - 1; i >= 0; i--) {
         tm_desired_t *d = &ct->items[i];
-        if (self->applying_seq <= d->set_seq || strcmp (d->property, prop->name) != 0
+        if (self->applying_seq <= d->set_seq
+            || strcmp (d->property, tm_twins_prop_name (self->twins, prop)) != 0
             || !tm_commands_matches (d, prop->an.value))
             continue;
         uint8_t key[S_KEY_MAX];
@@ -595,7 +597,8 @@ tm_commands_set (tm_commands_t *self, const char *entity, size_t len, uint32_t s
         const tm_desired_t *old = at >= 0? &ct->items[at]: NULL;
         const tm_prop_t *rep = NULL;
         for (uint16_t k = 0; twin && k < twin->nprops && !rep; k++)
-            if (twin->props[k].count && strcmp (twin->props[k].name, c->property) == 0)
+            if (twin->props[k].count
+                && strcmp (tm_twins_prop_name (self->twins, &twin->props[k]), c->property) == 0)
                 rep = &twin->props[k];
         tm_desired_t *d = &fresh[i];
         memset (d, 0, sizeof *d);
@@ -643,10 +646,12 @@ tm_commands_set (tm_commands_t *self, const char *entity, size_t len, uint32_t s
         tm_desired_t *d = &fresh[i];
         ct = s_twin_get (self, name, len, shard, outcomes[i] == TM_COMMAND_SET);
         int at = s_find_item (ct, d->property);
-        const tm_prop_t *rep = s_reported (ct, d->property);
+        const tm_prop_t *rep = s_reported (self, ct, d->property);
         if (!rep && twin)
             for (uint16_t k = 0; k < twin->nprops && !rep; k++)
-                if (twin->props[k].count && strcmp (twin->props[k].name, d->property) == 0)
+                if (twin->props[k].count
+                    && strcmp (tm_twins_prop_name (self->twins, &twin->props[k]),
+                               d->property) == 0)
                     rep = &twin->props[k];
         const char *event = NULL;
         if (outcomes[i] == TM_COMMAND_SET) {
@@ -795,7 +800,9 @@ s_handle_set (tm_commands_t *self, zsock_t *router, const tm_msg_t *msg,
         }
         const tm_prop_t *rep = NULL;
         for (uint16_t k = 0; twin && k < twin->nprops && !rep; k++)
-            if (twin->props[k].count && strcmp (twin->props[k].name, changes[i].property) == 0)
+            if (twin->props[k].count
+                && strcmp (tm_twins_prop_name (self->twins, &twin->props[k]),
+                           changes[i].property) == 0)
                 rep = &twin->props[k];
         s_fill (&shown[i], rep, &results[i]);
         results[i].outcome = (char *) outcome_name[outcomes[i]];
@@ -871,7 +878,7 @@ s_handle_deltas (tm_commands_t *self, zsock_t *router, const tm_msg_t *msg,
         td->as_of = self->clock;
         td->desired = &dptrs[nd];
         for (uint16_t k = 0; ct && k < ct->n; k++) {
-            s_fill (&ct->items[k], s_reported (ct, ct->items[k].property), &des[nd]);
+            s_fill (&ct->items[k], s_reported (self, ct, ct->items[k].property), &des[nd]);
             dptrs[nd] = &des[nd];
             nd++;
             td->n_desired++;

@@ -142,9 +142,9 @@ s_compute (tm_derived_t *self, s_entry_t *e, const tm_twin_t *twin, uint32_t upt
         if (e->derived_of[k] >= 0)
             continue;
         const char *interned = tm_twins_name_find (self->twins, e->names[k], strlen (e->names[k]));
-        for (uint16_t p = 0; interned && p < twin->nprops; p++)
-            if (twin->props[p].name == interned && twin->props[p].count)
-                values[k] = tm_expr_number (twin->props[p].an.value);
+        const tm_prop_t *p = interned? tm_twins_prop (twin, interned): NULL;
+        if (p && p->count)
+            values[k] = tm_expr_number (p->an.value);
         double v;
         if (values[k].type == TM_EXPR_NULL && self->series
             && self->series (self->series_arg, twin, e->names[k], &v))

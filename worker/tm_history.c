@@ -252,9 +252,10 @@ tm_history_stage (tm_store_batch_t *batch, tm_twins_t *twins, uint32_t shard,
                             .count = tm_gorilla_open_count (&pr->hist),
                             .bits = tm_gorilla_open_bits (&pr->hist)};
         seg.bytes = tm_gorilla_open_pending (&pr->hist, &seg.start, &seg.size);
-        seg.expires = s_stamp (twins, t, pr->name, seg.last_ts);
-        size_t n = s_prefix (key, 'H', shard, t->entity, t->entity_len, pr->name,
-                             tm_twins_name_len (pr->name));
+        const char *pname = tm_twins_prop_name (twins, pr);
+        seg.expires = s_stamp (twins, t, pname, seg.last_ts);
+        size_t n = s_prefix (key, 'H', shard, t->entity, t->entity_len, pname,
+                             tm_twins_name_len (pname));
         tm_segment_put_ts (key + n, tm_gorilla_open_first_ts (&pr->hist, pr->an.ts_ms));
         n += 8;
         size_t vlen = s_stage_chunk (batch, key, n, &seg, &val, &cap);
@@ -496,9 +497,10 @@ tm_history_query (tm_store_t *store, tm_twins_t *twins, const tm_twin_t *twin,
     if (pts.to <= pts.from)
         return 0;
     uint8_t prefix[S_KEY_MAX];
-    size_t nlen = tm_twins_name_len (prop->name);
+    const char *pname = tm_twins_prop_name (twins, prop);
+    size_t nlen = tm_twins_name_len (pname);
     size_t plen = s_prefix (prefix, 'H', twin->shard, twin->entity, twin->entity_len,
-                            prop->name, nlen);
+                            pname, nlen);
     //  Raw points: one more than the limit in range is enough to know the
     //  answer is truncated; with a step, every reading in range counts.
     //  Either way no more than TM_HISTORY_MAX_SCAN readings are decoded.
@@ -513,7 +515,7 @@ tm_history_query (tm_store_t *store, tm_twins_t *twins, const tm_twin_t *twin,
         held[nheld++] = tm_gorilla_open_first_ts (&prop->hist, prop->an.ts_ms);
     for (const tm_twins_pending_t *item = tm_twins_pending (twins, twin->shard); item;
          item = item->next)
-        if (item->twin == twin && item->property == prop->name && !item->late
+        if (item->twin == twin && item->property == pname && !item->late
             && nheld < sizeof held / sizeof *held)
             held[nheld++] = item->first_ts;
     if (s_scan_chunks (store, prefix, plen, &pts, budget, held, nheld, &truncated) != 0)
@@ -522,7 +524,7 @@ tm_history_query (tm_store_t *store, tm_twins_t *twins, const tm_twin_t *twin,
     //  then the open chunk.
     for (const tm_twins_pending_t *item = tm_twins_pending (twins, twin->shard); item;
          item = item->next) {
-        if (item->twin != twin || item->property != prop->name)
+        if (item->twin != twin || item->property != pname)
             continue;
         if (item->late)
             s_add (&pts, item->first_ts, item->value, true);

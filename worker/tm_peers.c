@@ -369,12 +369,12 @@ s_model_of (tm_peers_t *self, const tm_twin_t *t)
 //  at start are applied before the models arrive (quality unmodelled),
 //  and their values are as good as any once the model is there.
 static bool
-s_good (const tm_model_t *m, const tm_prop_t *p)
+s_good (tm_peers_t *self, const tm_model_t *m, const tm_prop_t *p)
 {
     if (!m || !p->count)
         return false;
-    const tm_model_property_t *mp =
-        tm_model_property_find (m, p->name, tm_twins_name_len (p->name));
+    const char *name = tm_twins_prop_name (self->twins, p);
+    const tm_model_property_t *mp = tm_model_property_find (m, name, tm_twins_name_len (name));
     return mp && tm_model_check_value (mp, p->an.value) == TM_MODEL_Q_GOOD;
 }
 
@@ -385,7 +385,7 @@ s_good_props (tm_peers_t *self, const tm_twin_t *t)
     const tm_model_t *m = s_model_of (self, t);
     uint64_t mask = 0;
     for (uint16_t i = 0; m && i < t->nprops && i < 64; i++)
-        if (s_good (m, &t->props[i]))
+        if (s_good (self, m, &t->props[i]))
             mask |= 1ULL << i;
     return mask;
 }
@@ -468,11 +468,12 @@ s_values (tm_peers_t *self, const tm_twin_t *t, uint64_t mask, tm_hier_value_t *
         const tm_prop_t *p = &t->props[i];
         //  Only good values count (docs/models.md): a property whose latest
         //  reading is not good keeps its last good contribution.
-        if (!s_good (m, p))
+        if (!s_good (self, m, p))
             continue;
         const tm_analytics_settings_t *st = tm_twins_settings (self->twins, t, p);
         unsigned flags = tm_analytics_flags (&p->an, st);
-        values[n++] = (tm_hier_value_t) {.property = p->name, .value = p->an.value,
+        values[n++] = (tm_hier_value_t) {.property = tm_twins_prop_name (self->twins, p),
+                                         .value = p->an.value,
                                          .ts_ms = p->an.ts_ms,
                                          .anomalous = (flags & TM_ANALYTICS_ANOMALOUS) != 0};
     }

@@ -12,9 +12,17 @@
 
 typedef struct {
     uint64_t hash;
-    char *name;                    //  Owned, NUL-terminated
+    char *name;                    //  Owned, NUL-terminated, S_NAME_HEAD bytes into
+                                   //  its block
     uint32_t len;
 } s_name_t;
+
+//  An interned name's block: its id (u16, little-endian) and its length
+//  (one byte: names are at most 64 bytes) before the name. The length, so
+//  that encoding a checkpoint never scans a name for its end; the id, so
+//  that a name found by tm_twins_name_find leads to the properties that
+//  hold it without a second lookup.
+#define S_NAME_HEAD 3
 
 //  One model version's settings, one entry per model property. Self-
 //  contained (names copied): it outlives the model it was built from, so
@@ -38,7 +46,11 @@ struct _tm_twins_t {
     size_t count;                  //  Twins in the table
     s_name_t *names;               //  Interned property names, open addressing
     size_t nnames_slots;           //  Power of two
-    size_t nnames;                 //  Names interned
+    size_t nnames;                 //  Names interned (the next one's id)
+    const char **by_id;            //  Interned names by id (tm_prop_t.id), borrowed
+                                   //  from names: the array moves as it grows, the
+                                   //  names never do
+    size_t by_id_cap;              //  Entries allocated in by_id
     tm_twin_t **shard_heads;       //  Per shard, its twins (TM_SHARDMAP_MAX_SHARDS)
     uint8_t *shard_dirty;          //  Bitmap: shard changed since take_dirty
     uint32_t *dirty;               //  The changed shards, in order of first change
@@ -189,6 +201,8 @@ tm_twins_new (void)
     self->slots = calloc (self->nslots, sizeof (tm_twin_t *));
     self->nnames_slots = 256;
     self->names = calloc (self->nnames_slots, sizeof (s_name_t));
+    self->by_id_cap = 256;
+    self->by_id = calloc (self->by_id_cap, sizeof (const char *));
     //  Sized for the largest cluster (512 KiB of heads): a worker learns
     //  its cluster's shard count only from the map, after the table exists.
     self->shard_heads = calloc (TM_SHARDMAP_MAX_SHARDS, sizeof (tm_twin_t *));
@@ -199,7 +213,7 @@ tm_twins_new (void)
     self->values = zhashx_new ();
     if (self->values)
         zhashx_set_destructor (self->values, s_value_destructor);
-    if (!self->slots || !self->names || !self->shard_heads || !self->shard_dirty
+    if (!self->slots || !self->names || !self->by_id || !self->shard_heads || !self->shard_dirty
         || !self->dirty || !self->pending || !self->values) {
         tm_twins_destroy (&self);
         return NULL;
@@ -233,7 +247,7 @@ tm_twins_destroy (tm_twins_t **self_p)
     if (self->names)
         for (size_t i = 0; i < self->nnames_slots; i++)
             if (self->names[i].name)
-                free (self->names[i].name - 1);
+                free (self->names[i].name - S_NAME_HEAD);
     if (self->pending)
         for (uint32_t shard = 0; shard < TM_SHARDMAP_MAX_SHARDS; shard++)
             if (self->pending[shard])
@@ -263,6 +277,7 @@ tm_twins_destroy (tm_twins_t **self_p)
     free (self->changed);
     free (self->slots);
     free (self->names);
+    free (self->by_id);
     free (self->shard_heads);
     free (self->shard_dirty);
     free (self->dirty);
@@ -328,16 +343,26 @@ s_intern (tm_twins_t *self, const char *name, size_t len)
     }
     if (self->nnames >= TM_TWINS_MAX_NAMES)
         return NULL;
-    //  A length byte before the name (names are at most 64 bytes), so that
-    //  encoding a checkpoint never scans a name for its end.
-    char *block = malloc (len + 2);
+    if (self->nnames == self->by_id_cap) {
+        size_t cap = self->by_id_cap * 2;
+        const char **grown = realloc (self->by_id, cap * sizeof *grown);
+        if (!grown)
+            return NULL;
+        self->by_id = grown;
+        self->by_id_cap = cap;
+    }
+    char *block = malloc (S_NAME_HEAD + len + 1);
     if (!block)
         return NULL;
-    block[0] = (char) len;
-    char *copy = block + 1;
+    uint16_t id = (uint16_t) self->nnames;
+    block[0] = (char) (id & 0xff);
+    block[1] = (char) (id >> 8);
+    block[2] = (char) len;
+    char *copy = block + S_NAME_HEAD;
     memcpy (copy, name, len);
     copy[len] = 0;
     self->names[j] = (s_name_t) {.hash = h, .name = copy, .len = (uint32_t) len};
+    self->by_id[id] = copy;
     self->nnames++;
     if (self->nnames * 10 > self->nnames_slots * 7)
         s_grow_names (self);   //  on failure the table stays usable, just fuller
@@ -355,6 +380,36 @@ tm_twins_name_find (tm_twins_t *self, const char *name, size_t len)
             return self->names[j].name;
         j = (j + 1) & (self->nnames_slots - 1);
     }
+    return NULL;
+}
+
+//  The id of an interned name, from the bytes before it.
+static inline uint16_t
+s_name_id (const char *interned)
+{
+    const unsigned char *head = (const unsigned char *) interned - S_NAME_HEAD;
+    return (uint16_t) (head[0] | head[1] << 8);
+}
+
+static inline const char *
+s_prop_name (const tm_twins_t *self, const tm_prop_t *p)
+{
+    return self->by_id[p->id];
+}
+
+const char *
+tm_twins_prop_name (const tm_twins_t *self, const tm_prop_t *prop)
+{
+    return s_prop_name (self, prop);
+}
+
+const tm_prop_t *
+tm_twins_prop (const tm_twin_t *twin, const char *interned)
+{
+    uint16_t id = s_name_id (interned);
+    for (uint16_t i = 0; i < twin->nprops; i++)
+        if (twin->props[i].id == id)
+            return &twin->props[i];
     return NULL;
 }
 
@@ -630,8 +685,9 @@ s_prop (tm_twins_t *self, tm_twin_t *t, const char *name, size_t len, bool creat
     const char *interned = s_intern (self, name, len);
     if (!interned)
         return NULL;
+    uint16_t id = s_name_id (interned);
     for (uint16_t i = 0; i < t->nprops; i++)
-        if (t->props[i].name == interned)
+        if (t->props[i].id == id)
             return &t->props[i];
     if (!create || t->nprops >= TM_TWINS_MAX_PROPS)
         return NULL;
@@ -644,7 +700,7 @@ s_prop (tm_twins_t *self, tm_twin_t *t, const char *name, size_t len, bool creat
         t->cap = cap;
     }
     tm_prop_t *p = &t->props[t->nprops++];
-    *p = (tm_prop_t) {.name = interned, .sidx = TM_TWINS_SIDX_UNRESOLVED};
+    *p = (tm_prop_t) {.id = id, .sidx = TM_TWINS_SIDX_UNRESOLVED};
     tm_analytics_init (&p->an);
     return p;
 }
@@ -816,7 +872,7 @@ tm_twins_settings (tm_twins_t *self, const tm_twin_t *twin, const tm_prop_t *pro
     if (p->sidx == TM_TWINS_SIDX_UNRESOLVED) {
         p->sidx = TM_TWINS_SIDX_NONE;
         for (uint32_t i = 0; i < tb->nprops && i < TM_TWINS_SIDX_NONE; i++)
-            if (strcmp (tb->names[i], p->name) == 0) {
+            if (strcmp (tb->names[i], s_prop_name (self, p)) == 0) {
                 p->sidx = (uint8_t) i;
                 break;
             }
@@ -831,7 +887,7 @@ s_pending_new (tm_twins_t *self, const tm_twin_t *t, const tm_prop_t *p, size_t 
     tm_twins_pending_t *item = malloc (sizeof *item + size);
     if (!item)
         return NULL;
-    *item = (tm_twins_pending_t) {.twin = t, .property = p->name, .size = size};
+    *item = (tm_twins_pending_t) {.twin = t, .property = s_prop_name (self, p), .size = size};
     item->next = self->pending[t->shard];
     self->pending[t->shard] = item;
     self->npending++;
@@ -1138,7 +1194,7 @@ s_prop_of (tm_twins_t *self, tm_twin_t *t, const tm_reading_t *r)
     for (unsigned k = 0; k < 2; k++) {
         unsigned i = self->last_prop + k;
         if (i < t->nprops) {
-            const char *name = t->props[i].name;
+            const char *name = s_prop_name (self, &t->props[i]);
             if (tm_twins_name_len (name) == r->property_len
                 && memcmp (name, r->property, r->property_len) == 0) {
                 self->last_prop = (uint16_t) i;
@@ -1426,7 +1482,7 @@ s_encode_twin (tm_twins_t *self, const tm_twin_t *t, uint8_t **buf, size_t *cap,
     //  Upper bound of this twin's bytes: 10 per varint.
     size_t need = n + 120 + t->entity_len + mlen;
     for (uint16_t i = 0; i < t->nprops; i++)
-        need += 150 + s_name_len (t->props[i].name)
+        need += 150 + s_name_len (s_prop_name (self, &t->props[i]))
                 + tm_gorilla_open_save_size (&t->props[i].hist, false);
     if (!s_reserve (buf, cap, need))
         return false;
@@ -1451,9 +1507,10 @@ s_encode_twin (tm_twins_t *self, const tm_twin_t *t, uint8_t **buf, size_t *cap,
     for (uint16_t i = 0; i < t->nprops; i++) {
         const tm_prop_t *pr = &t->props[i];
         const tm_analytics_t *a = &pr->an;
-        size_t nlen = s_name_len (pr->name);
+        const char *name = s_prop_name (self, pr);
+        size_t nlen = s_name_len (name);
         n += tm_varint_put (p + n, nlen);
-        memcpy (p + n, pr->name, nlen);
+        memcpy (p + n, name, nlen);
         n += nlen;
         n += tm_varint_put (p + n, pr->count);
         n += s_put_f64 (p + n, a->value);
@@ -1798,7 +1855,9 @@ s_restore_note (tm_twins_t *self, tm_twin_t *t)
 
 //  One twin of a blob, decoded but not in a table. Names point into the
 //  blob, at the name's bytes: a name is at most 64 bytes, so the varint
-//  before it is its length in one byte, as for interned names.
+//  before it is its length in one byte, as for interned names. A decoded
+//  property has no id yet (ids belong to the table), so its name waits in
+//  the blob's list of names, not in the property.
 typedef struct {
     const char *entity;            //  Into the blob, elen bytes
     uint32_t elen;
@@ -1808,7 +1867,9 @@ typedef struct {
     uint64_t version;              //  Twin version
     tm_analytics_sync_t sync;      //  Sync state
     uint16_t nprops;               //  Entries in props
-    tm_prop_t *props;              //  Owned until restored; each name into the blob
+    tm_prop_t *props;              //  Owned until restored; ids not set
+    size_t names_at;               //  Its properties' names: names[names_at ..] of
+                                   //  the decoded blob, in props order
     uint64_t nattrs;               //  Attributes, encoded at attrs .. attrs_end
     const uint8_t *attrs;
     const uint8_t *attrs_end;
@@ -1823,6 +1884,10 @@ struct _tm_twins_decoded_t {
     bool bad;                      //  The bytes after twins[n - 1] do not decode
     bool skip_hist;                //  Leave the open chunks out (tm_twins_restore_latest)
     uint64_t log_seq;              //  Log record the blob covers (format 6), else 0
+    const char **names;            //  Every decoded property's name, into the blob:
+                                   //  one array per blob, not one per twin
+    size_t nnames;                 //  Entries in names
+    size_t names_cap;              //  Allocated
 };
 
 static void
@@ -1862,11 +1927,14 @@ s_skip_attr (int format, const uint8_t **p, const uint8_t *end)
     return 0;
 }
 
-//  Decode one twin at *p into d (props owned by d on success). 0 or -1.
+//  Decode one twin at *p into d (props owned by d on success, their names
+//  appended to dec's). 0 or -1.
 static int
-s_decode_twin (int format, bool skip_hist, const uint8_t **pp, const uint8_t *end,
+s_decode_twin (tm_twins_decoded_t *dec, const uint8_t **pp, const uint8_t *end,
                s_decoded_twin_t *d)
 {
+    int format = dec->format;
+    bool skip_hist = dec->skip_hist;
     const uint8_t *p = *pp;
     uint64_t elen, mlen, version, nprops;
     memset (d, 0, sizeof *d);
@@ -1913,13 +1981,25 @@ s_decode_twin (int format, bool skip_hist, const uint8_t **pp, const uint8_t *en
         if (!d->props)
             return -1;
     }
+    if (dec->nnames + nprops > dec->names_cap) {
+        size_t cap = dec->names_cap? dec->names_cap: 1024;
+        while (cap < dec->nnames + nprops)
+            cap *= 2;
+        const char **grown = realloc (dec->names, cap * sizeof *grown);
+        if (!grown)
+            goto fail;
+        dec->names = grown;
+        dec->names_cap = cap;
+    }
+    d->names_at = dec->nnames;
     for (uint64_t i = 0; i < nprops; i++) {
         uint64_t nlen;
         if (tm_varint_get (&p, end, &nlen) != 0 || nlen == 0 || nlen > TM_WIRE_MAX_PROPERTY
             || nlen > (uint64_t) (end - p))
             goto fail;
         tm_prop_t *pr = &d->props[i];
-        *pr = (tm_prop_t) {.name = (const char *) p, .sidx = TM_TWINS_SIDX_UNRESOLVED};
+        *pr = (tm_prop_t) {.sidx = TM_TWINS_SIDX_UNRESOLVED};
+        dec->names[dec->nnames++] = (const char *) p;
         d->nprops++;
         tm_analytics_init (&pr->an);
         p += nlen;
@@ -1979,7 +2059,7 @@ s_decode (const uint8_t *data, size_t size, tm_twins_decoded_t *dec)
             dec->twins = grown;
             dec->cap = cap;
         }
-        if (s_decode_twin (dec->format, dec->skip_hist, &p, end, &dec->twins[dec->n]) != 0)
+        if (s_decode_twin (dec, &p, end, &dec->twins[dec->n]) != 0)
             return;
         dec->n++;
     }
@@ -1992,6 +2072,7 @@ s_decoded_fini (tm_twins_decoded_t *dec)
     for (size_t i = 0; i < dec->n; i++)
         s_free_props (dec->twins[i].props, dec->twins[i].nprops);
     free (dec->twins);
+    free (dec->names);
     free (dec->owned);
 }
 
@@ -2057,14 +2138,15 @@ s_restore (tm_twins_t *self, uint32_t shard, tm_twins_decoded_t *dec)
         if (d->mlen)
             t->model = s_intern (self, d->model, d->mlen);
         for (uint16_t i = 0; i < d->nprops; i++) {
-            tm_prop_t *pr = &d->props[i];
-            const char *interned = s_intern (self, pr->name, s_name_len (pr->name));
+            const char *name = dec->names[d->names_at + i];
+            const char *interned = s_intern (self, name, s_name_len (name));
             if (!interned)
                 return -1;
+            uint16_t id = s_name_id (interned);
             for (uint16_t j = 0; j < i; j++)
-                if (d->props[j].name == interned)
+                if (d->props[j].id == id)
                     return -1;     //  the same property twice
-            pr->name = interned;
+            d->props[i].id = id;
         }
         //  The properties move to the twin: the table frees them now.
         t->props = d->props;
@@ -2135,7 +2217,7 @@ tm_twins_encode (tm_twins_t *self, const tm_twin_t *twin, const char *worker_id,
         const tm_prop_t *pr = &twin->props[i];
         const tm_analytics_t *a = &pr->an;
         twinmesh__property_state__init (&props[i]);
-        props[i].name = (char *) pr->name;
+        props[i].name = (char *) s_prop_name (self, pr);
         props[i].value = a->value;
         props[i].ts_ms = a->ts_ms;
         props[i].count = pr->count;

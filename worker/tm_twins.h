@@ -5,8 +5,8 @@
     microsecond. czmq's zhashx costs about 1.5x an open-addressing table
     (measured for DESIGN.md), so twins live in a linear-probing table keyed
     by entity id, and property names are interned once per worker so that a
-    twin finds its property by comparing pointers. Nothing is allocated per
-    reading; a new twin or a new property allocates once.
+    twin finds its property by comparing 16-bit ids. Nothing is allocated
+    per reading; a new twin or a new property allocates once.
 
     A twin's state here is what issue #2 needs: per property the latest value
     and timestamp and how many readings it has applied. Idempotency lives
@@ -38,16 +38,16 @@
 //  larger ones make a range query decode more than it returns.
 #define TM_TWINS_CHUNK_POINTS 120
 
-//  120 bytes, eight properties 960, open chunks' state included (issue
+//  112 bytes, eight properties 896, open chunks' state included (issue
 //  #3: a twin in 1 KiB): the encoder lives in the property, not behind a
 //  pointer, which saved a malloc'd 48 bytes and its 16-byte header per
 //  series, an allocation per series at restore and a cache miss per
-//  reading; and it holds no last point of its own, the chunk's last point
-//  being the latest value and timestamp in an (16 bytes a series). The
-//  small fields last, together, so that they share padding.
+//  reading; it holds no last point of its own, the chunk's last point
+//  being the latest value and timestamp in an (16 bytes a series); and
+//  the name is a 16-bit intern id, not a pointer: with the other small
+//  fields it fills the 8 bytes after the encoder, where the pointer took 8
+//  of its own. The small fields last, together, so that they share padding.
 typedef struct {
-    const char *name;              //  Interned, NUL-terminated, owned by the table
-                                   //  (its length is in the byte before it)
     tm_analytics_t an;             //  Latest value and timestamp, and analytics
     tm_gorilla_open_t hist;        //  Open history chunk, its last point the latest
                                    //  in an (empty: no point since the last chunk
@@ -57,8 +57,11 @@ typedef struct {
     uint8_t sidx;                  //  Index in the twin's settings table, or a
                                    //  TM_TWINS_SIDX_* value (fills padding: no growth)
     uint8_t quality;               //  tm_model_quality_t of the latest reading (padding too)
+    uint16_t id;                   //  Interned name's id in the table: read the name
+                                   //  with tm_twins_prop_name (padding too)
 } tm_prop_t;
-_Static_assert (sizeof (void *) != 8 || sizeof (tm_prop_t) <= 120, "a property stays small");
+_Static_assert (sizeof (void *) != 8 || sizeof (tm_prop_t) <= 112, "a property stays small");
+_Static_assert (TM_TWINS_MAX_NAMES <= 65536, "a name's id fits tm_prop_t.id");
 
 //  Values of tm_prop_t.sidx besides an index into the settings table.
 #define TM_TWINS_SIDX_UNRESOLVED 0xff  //  Not looked up since the twin's table changed
@@ -356,6 +359,15 @@ uint64_t tm_twins_attrs_refused (tm_twins_t *self);
 
 //  Length of a property name (interned names carry it).
 size_t tm_twins_name_len (const char *interned);
+
+//  A property's name, interned: borrowed, and the same pointer for the
+//  table's life (pending history, attributes and models keep it).
+const char *tm_twins_prop_name (const tm_twins_t *self, const tm_prop_t *prop);
+
+//  A twin's property by a name interned by the twin's own table (from
+//  tm_twins_name_find: the id it carries means nothing to another table);
+//  NULL if the twin has no such property. Compares ids, not strings.
+const tm_prop_t *tm_twins_prop (const tm_twin_t *twin, const char *interned);
 
 //  Encode every twin of a shard into *buf (grown as needed; caller owns,
 //  reuse it across calls). Returns the encoded size, or 0 on allocation

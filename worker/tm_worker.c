@@ -482,7 +482,7 @@ s_handle_forecast (tm_worker_t *self, tm_msg_t *msg)
     tm_twin_t *twin = tm_twins_find (self->twins, req->entity, strlen (req->entity));
     const tm_prop_t *prop = NULL;
     for (uint16_t i = 0; twin && i < twin->nprops && !prop; i++)
-        if (strcmp (twin->props[i].name, req->property) == 0)
+        if (strcmp (tm_twins_prop_name (self->twins, &twin->props[i]), req->property) == 0)
             prop = &twin->props[i];
     if (!prop) {
         snprintf (detail, sizeof detail, "%s %.128s%s%.64s", twin? "twin": "no twin",
@@ -578,7 +578,7 @@ s_find_prop (tm_worker_t *self, tm_msg_t *msg, int type, const char *entity,
     tm_twin_t *twin = tm_twins_find (self->twins, entity, strlen (entity));
     const tm_prop_t *prop = NULL;
     for (uint16_t i = 0; twin && i < twin->nprops && !prop; i++)
-        if (strcmp (twin->props[i].name, property) == 0)
+        if (strcmp (tm_twins_prop_name (self->twins, &twin->props[i]), property) == 0)
             prop = &twin->props[i];
     if (!prop) {
         char detail[256];

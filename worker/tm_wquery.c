@@ -135,15 +135,6 @@ s_default (const tm_model_t *model, const char *name)
     }
 }
 
-static const tm_prop_t *
-s_prop (const tm_twin_t *t, const char *interned)
-{
-    for (uint16_t i = 0; i < t->nprops; i++)
-        if (t->props[i].name == interned)
-            return &t->props[i];
-    return NULL;
-}
-
 typedef struct {
     tm_twins_t *twins;
     const tm_models_t *models;
@@ -238,7 +229,7 @@ s_fill (s_ctx_t *ctx, const s_col_t *c, const tm_twin_t *t)
         }
         case S_COL_NAME: {
             if (c->interned) {
-                const tm_prop_t *p = s_prop (t, c->interned);
+                const tm_prop_t *p = tm_twins_prop (t, c->interned);
                 if (p && p->count)
                     return tm_expr_number (p->an.value);
                 const tm_attr_t *a = tm_twins_attr (t, c->interned);
@@ -252,7 +243,7 @@ s_fill (s_ctx_t *ctx, const s_col_t *c, const tm_twin_t *t)
             return c->has_default? s_default (s_model (ctx, t), c->name): tm_expr_null ();
         }
         case S_COL_FIELD: {
-            const tm_prop_t *p = s_prop (t, c->interned);
+            const tm_prop_t *p = tm_twins_prop (t, c->interned);
             return p && p->count? s_field (ctx, t, p, c->field): tm_expr_null ();
         }
     }

@@ -607,7 +607,7 @@ test_retention_per_model (void **state)
             tm_twin_t *twin = tm_twins_find (twins, series[s].entity, strlen (series[s].entity));
             const tm_prop_t *prop = NULL;
             for (uint16_t i = 0; i < twin->nprops; i++)
-                if (strcmp (twin->props[i].name, series[s].property) == 0)
+                if (strcmp (tm_twins_prop_name (twins, &twin->props[i]), series[s].property) == 0)
                     prop = &twin->props[i];
             assert_non_null (prop);
             tm_history_result_t res;

@@ -109,10 +109,10 @@ s_idle_twins (tm_twins_t *twins, const char *prefix, int n)
 }
 
 static const tm_prop_t *
-s_prop (const tm_twin_t *t, const char *name)
+s_prop (const tm_twins_t *twins, const tm_twin_t *t, const char *name)
 {
     for (uint16_t i = 0; i < t->nprops; i++)
-        if (strcmp (t->props[i].name, name) == 0)
+        if (strcmp (tm_twins_prop_name (twins, &t->props[i]), name) == 0)
             return &t->props[i];
     return NULL;
 }
@@ -190,7 +190,7 @@ test_passivate_and_reactivate (void **state)
     assert_true (t->flags & TM_TWIN_REACTIVATED);
     assert_int_equal (tm_twins_size (twins), 11);
     assert_int_equal (tm_twins_passive_total (twins), 99);
-    const tm_prop_t *p = s_prop (t, "pm25");
+    const tm_prop_t *p = s_prop (twins, t, "pm25");
     assert_non_null (p);
     assert_int_equal (p->count, 1);
     assert_true (p->an.value == 5.5);
@@ -203,8 +203,8 @@ test_passivate_and_reactivate (void **state)
     assert_int_equal (s_apply (twins, "e-7", "pm25", 99, 2000, 9000), TM_APPLY_DUPLICATE);
     t = tm_twins_find_active (twins, "e-7", 3);
     assert_non_null (t);
-    assert_int_equal (s_prop (t, "pm25")->count, 2);
-    assert_int_equal (s_prop (t, "no2")->count, 1);
+    assert_int_equal (s_prop (twins, t, "pm25")->count, 2);
+    assert_int_equal (s_prop (twins, t, "no2")->count, 1);
     //  An entity never seen is new, not passive.
     assert_null (tm_twins_find (twins, "nobody", 6));
     assert_int_equal (s_apply (twins, "new-1", "pm25", 1, 1000, 9000), TM_APPLY_APPLIED);
@@ -235,7 +235,7 @@ test_passivate_and_reactivate (void **state)
     assert_int_equal (tm_twins_passive_total (twins), 98);
     t = tm_twins_find (twins, "e-42", 4);
     assert_non_null (t);
-    assert_true (s_prop (t, "no2")->an.value == 84);
+    assert_true (s_prop (twins, t, "no2")->an.value == 84);
     assert_int_equal (tm_twins_passive_total (twins), 97);
     s_check_table (twins);
     s_close (&store, &wlog, &twins);
@@ -285,12 +285,12 @@ test_crash_after_reactivation (void **state)
     assert_int_equal (tm_twins_passive_total (twins), 19);
     tm_twin_t *t = tm_twins_find_active (twins, "c-2", 3);
     assert_non_null (t);
-    assert_int_equal (s_prop (t, "pm25")->count, 2);
-    assert_true (s_prop (t, "pm25")->an.value == 42);
+    assert_int_equal (s_prop (twins, t, "pm25")->count, 2);
+    assert_true (s_prop (twins, t, "pm25")->an.value == 42);
     //  c-1 is passive again (its copy is what it was: nothing changed it).
     t = tm_twins_find (twins, "c-1", 3);
     assert_non_null (t);
-    assert_int_equal (s_prop (t, "pm25")->count, 1);
+    assert_int_equal (s_prop (twins, t, "pm25")->count, 1);
     //  Once written, everything is in one place: 18 passive, 2 active.
     assert_int_equal (tm_wlog_checkpoint (wlog, twins), 0);
     s_close (&store, &wlog, &twins);

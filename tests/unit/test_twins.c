@@ -54,7 +54,7 @@ test_apply_rules (void **state)
     //  The twin lives in its entity's shard under the cluster key.
     assert_int_equal (t->shard, tm_shardmap_hash (s_key, 1024, "milan/air-1", 11));
     assert_int_equal (t->nprops, 1);
-    assert_string_equal (t->props[0].name, "pm25");
+    assert_string_equal (tm_twins_prop_name (twins, &t->props[0]), "pm25");
     assert_true (t->props[0].an.value == 11.0);
     assert_int_equal (t->props[0].an.ts_ms, 1001);
     assert_int_equal (t->props[0].count, 2);
@@ -260,7 +260,7 @@ test_quality_classes (void **state)
         tm_twin_t *t = tm_twins_find (twins, cases[i].entity, strlen (cases[i].entity));
         const tm_prop_t *p = NULL;
         for (uint16_t k = 0; k < t->nprops; k++)
-            if (!strcmp (t->props[k].name, cases[i].prop))
+            if (!strcmp (tm_twins_prop_name (twins, &t->props[k]), cases[i].prop))
                 p = &t->props[k];
         assert_non_null (p);
         assert_int_equal (p->quality, cases[i].want);
@@ -342,7 +342,7 @@ test_against_reference (void **state)
         for (int p = 0; p < N_PROP; p++) {
             tm_prop_t *found = NULL;
             for (int i = 0; i < t->nprops; i++)
-                if (strcmp (t->props[i].name, props[p]) == 0)
+                if (strcmp (tm_twins_prop_name (twins, &t->props[i]), props[p]) == 0)
                     found = &t->props[i];
             if (!ref_count[e][p]) {
                 assert_null (found);
@@ -688,7 +688,8 @@ s_assert_same_twins (tm_twins_t *a, tm_twins_t *b)
         assert_int_equal (u->nprops, t->nprops);
         assert_int_equal (u->nattrs, t->nattrs);
         for (uint16_t k = 0; k < t->nprops; k++) {
-            assert_string_equal (u->props[k].name, t->props[k].name);
+            assert_string_equal (tm_twins_prop_name (b, &u->props[k]),
+                                 tm_twins_prop_name (a, &t->props[k]));
             assert_int_equal (u->props[k].count, t->props[k].count);
             assert_memory_equal (&u->props[k].an, &t->props[k].an, sizeof (tm_analytics_t));
             //  The open chunk: the same state, as the blob saved it (as if
@@ -707,6 +708,95 @@ s_assert_same_twins (tm_twins_t *a, tm_twins_t *b)
             assert_memory_equal (sa, sb, na);
         }
     }
+}
+
+//  A property holds its name as a 16-bit id. Past 256 names (ids with a
+//  high byte, the id array grown, the name table rehashed) each property
+//  still reads its own name, at the pointer tm_twins_name_find gives for
+//  the table's life; and a twin restored into a table that numbered the
+//  names otherwise encodes to the same bytes (blobs hold names, not ids).
+static void
+test_name_ids (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    tm_reading_t r = s_reading ("e-0", "p-000", 0, 1000);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    const char *first = tm_twins_name_find (twins, "p-000", 5);
+    assert_non_null (first);
+    char ent[16], name[16];
+    for (int i = 1; i < 600; i++) {
+        snprintf (ent, sizeof ent, "e-%d", i / 60);
+        snprintf (name, sizeof name, "p-%03d", i);
+        r = s_reading (ent, name, i, 1000);
+        assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    }
+    for (int i = 0; i < 600; i++) {
+        snprintf (ent, sizeof ent, "e-%d", i / 60);
+        snprintf (name, sizeof name, "p-%03d", i);
+        const tm_twin_t *t = tm_twins_find (twins, ent, strlen (ent));
+        const char *interned = tm_twins_name_find (twins, name, strlen (name));
+        assert_non_null (interned);
+        assert_string_equal (interned, name);
+        const tm_prop_t *p = tm_twins_prop (t, interned);
+        assert_non_null (p);
+        assert_int_equal (p - t->props, i % 60);
+        assert_ptr_equal (tm_twins_prop_name (twins, p), interned);
+        assert_true (p->an.value == i);
+    }
+    const tm_twin_t *t0 = tm_twins_find (twins, "e-0", 3);
+    assert_ptr_equal (tm_twins_prop_name (twins, &t0->props[0]), first);
+    assert_null (tm_twins_prop (t0, tm_twins_name_find (twins, "p-599", 5)));
+
+    tm_twins_t *back = tm_twins_new ();
+    r = s_reading ("other", "zz", 1, 1000);
+    assert_int_equal (tm_twins_apply (back, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    const tm_twin_t *t9 = tm_twins_find (twins, "e-9", 3);
+    uint8_t *buf = NULL, *again = NULL;
+    size_t cap = 0, cap2 = 0;
+    size_t size = tm_twins_encode_twin (twins, t9, &buf, &cap);
+    assert_true (size > 0);
+    assert_int_equal (tm_twins_restore_shard (back, t9->shard, buf, size), 1);
+    const tm_twin_t *u9 = tm_twins_find (back, "e-9", 3);
+    assert_non_null (u9);
+    assert_int_equal (u9->nprops, 60);
+    assert_int_not_equal (u9->props[0].id, t9->props[0].id);
+    for (uint16_t k = 0; k < u9->nprops; k++)
+        assert_string_equal (tm_twins_prop_name (back, &u9->props[k]),
+                             tm_twins_prop_name (twins, &t9->props[k]));
+    assert_int_equal (tm_twins_encode_twin (back, u9, &again, &cap2), size);
+    assert_memory_equal (again, buf, size);
+    free (buf);
+    free (again);
+    tm_twins_destroy (&back);
+    tm_twins_destroy (&twins);
+}
+
+//  Every id is used: TM_TWINS_MAX_NAMES names, the last with id 65535, and
+//  a reading that needs one more name is refused.
+static void
+test_name_limit (void **state)
+{
+    (void) state;
+    tm_twins_t *twins = tm_twins_new ();
+    char ent[16], name[16];
+    for (int i = 0; i < TM_TWINS_MAX_NAMES; i++) {
+        snprintf (ent, sizeof ent, "n-%d", i / TM_TWINS_MAX_PROPS);
+        snprintf (name, sizeof name, "q%05d", i);
+        tm_reading_t r = s_reading (ent, name, i, 1000);
+        assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_APPLIED);
+    }
+    tm_reading_t r = s_reading ("n-0", "one-too-many", 1, 1000);
+    assert_int_equal (tm_twins_apply (twins, &r, s_key, 1024, 1000), TM_APPLY_REJECTED);
+    snprintf (ent, sizeof ent, "n-%d", (TM_TWINS_MAX_NAMES - 1) / TM_TWINS_MAX_PROPS);
+    snprintf (name, sizeof name, "q%05d", TM_TWINS_MAX_NAMES - 1);
+    const tm_twin_t *t = tm_twins_find (twins, ent, strlen (ent));
+    const tm_prop_t *p = tm_twins_prop (t, tm_twins_name_find (twins, name, strlen (name)));
+    assert_non_null (p);
+    assert_int_equal (p->id, TM_TWINS_MAX_NAMES - 1);
+    assert_string_equal (tm_twins_prop_name (twins, p), name);
+    assert_true (p->an.value == TM_TWINS_MAX_NAMES - 1);
+    tm_twins_destroy (&twins);
 }
 
 static void
@@ -837,6 +927,8 @@ main (void)
         cmocka_unit_test (test_sync_tick_parts),
         cmocka_unit_test (test_model_settings),
         cmocka_unit_test (test_restore_two_phases_and_bulk),
+        cmocka_unit_test (test_name_ids),
+        cmocka_unit_test (test_name_limit),
     };
     return cmocka_run_group_tests (tests, NULL, NULL);
 }
