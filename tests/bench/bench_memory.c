@@ -111,7 +111,7 @@ s_chunk (const void *p)
 
 typedef struct {
     double twin;                   //  tm_twin_t and its entity id
-    double props;                  //  Property arrays (name, count, analytics, hist pointer)
+    double props;                  //  Property arrays (name id, count, analytics; the encoders apart)
     double hist_state;             //  Encoder state of open chunks (with the bytes
                                    //  not yet stored that fit in it)
     double hist_bytes;             //  Bytes not yet stored, where they outgrew the state
