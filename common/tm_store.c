@@ -114,6 +114,24 @@ tm_store_open (const char *path)
     return tm_store_open_with (path, NULL);
 }
 
+int
+tm_store_release_compactions (tm_store_t *self)
+{
+    if (!self->settings.hold_compactions)
+        return 0;
+    const char *keys[] = {"disable_auto_compactions"};
+    const char *values[] = {"false"};
+    char *err = NULL;
+    rocksdb_set_options (self->db, 1, keys, values, &err);
+    if (err) {
+        tm_error ("store: cannot let compactions run again path=%s reason=%s", self->path, err);
+        rocksdb_free (err);
+        return -1;
+    }
+    self->settings.hold_compactions = false;
+    return 0;
+}
+
 tm_store_t *
 tm_store_open_with (const char *path, const tm_store_options_t *options)
 {
@@ -136,6 +154,11 @@ tm_store_open_with (const char *path, const tm_store_options_t *options)
     //  third of all CPU with a million twins being checkpointed (perf), and
     //  what we write is short-lived (the log) or rewritten often (state).
     rocksdb_options_set_compression (self->options, rocksdb_no_compression);
+    //  A worker restarted after a crash opens onto the memtables its log
+    //  replay flushed, and the compactions they start took one of the two
+    //  cores for the whole of the restore; they can wait a few seconds.
+    if (self->settings.hold_compactions)
+        rocksdb_options_set_disable_auto_compactions (self->options, 1);
     if (self->settings.filter) {
         self->filter = rocksdb_compactionfilter_create (self, s_filter_destroy, s_filter,
                                                         s_filter_name);
@@ -146,6 +169,24 @@ tm_store_open_with (const char *path, const tm_store_options_t *options)
                                                 s_partial_merge, s_merge_free, s_merge_name);
     rocksdb_options_set_merge_operator (self->options, self->merge);
     char *err = NULL;
+    if (self->settings.hold_compactions) {
+        //  Nor flush at open what the WAL gives back to the memtables (the
+        //  log records of the last seconds, tens of MB, which a checkpoint
+        //  deletes soon after): no option setter for it in the C API.
+        rocksdb_options_t *opened = rocksdb_options_create ();
+        rocksdb_get_options_from_string (self->options, "avoid_flush_during_recovery=true",
+                                         opened, &err);
+        if (err) {
+            tm_warn ("store: keeps flushing at open reason=%s", err);
+            rocksdb_free (err);
+            err = NULL;
+            rocksdb_options_destroy (opened);
+        }
+        else {
+            rocksdb_options_destroy (self->options);
+            self->options = opened;
+        }
+    }
     self->db = rocksdb_open (self->options, path, &err);
     if (!self->db) {
         tm_error ("store: cannot open path=%s reason=%s", path, err? err: "?");

@@ -36,10 +36,16 @@ typedef bool (tm_store_filter_fn) (void *arg, const void *key, size_t klen, cons
 typedef struct {
     tm_store_filter_fn *filter;    //  Compaction filter, or NULL for none
     void *filter_arg;              //  Its argument; must outlive the store
+    bool hold_compactions;         //  Start no compaction until tm_store_release_compactions
 } tm_store_options_t;
 
 //  Open with options (NULL = as tm_store_open).
 tm_store_t *tm_store_open_with (const char *path, const tm_store_options_t *options);
+
+//  Let RocksDB compact again, as it decides (a store opened with
+//  hold_compactions; otherwise nothing changes). 0, or -1 with a logged
+//  reason.
+int tm_store_release_compactions (tm_store_t *self);
 
 //  Close; nulls the pointer.
 void tm_store_destroy (tm_store_t **self_p);

@@ -1110,6 +1110,12 @@ tm_twins_covered (const tm_twins_t *self, uint32_t shard)
     return self->covered? self->covered[shard % TM_SHARDMAP_MAX_SHARDS]: 0;
 }
 
+const uint64_t *
+tm_twins_covered_all (const tm_twins_t *self)
+{
+    return self->covered;
+}
+
 //  A restored blob covers the log up to seq. -1 if memory is short (then
 //  nothing is skipped at replay: what the blob holds comes back as late
 //  readings, stored again, which queries drop as duplicates).

@@ -174,6 +174,11 @@ void tm_twins_replaying (tm_twins_t *self, uint64_t seq);
 //  The log seq the shard's restored blob covers (0: none).
 uint64_t tm_twins_covered (const tm_twins_t *self, uint32_t shard);
 
+//  All of them: TM_SHARDMAP_MAX_SHARDS entries, or NULL if no blob covers
+//  any record. Written only by restores, so another thread may read it
+//  while the apply thread replays (tm_wreplay).
+const uint64_t *tm_twins_covered_all (const tm_twins_t *self);
+
 //  True if a checkpoint writes the series' bytes not yet stored as a
 //  segment now (tm_history_stage), rather than keeping them in the shard's
 //  blob: once they outgrow the room the encoder has for them inside the

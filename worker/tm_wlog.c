@@ -369,9 +369,10 @@ tm_wlog_checkpointing (tm_wlog_t *self)
 
 long
 tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void *arg,
-                 size_t *bad_twins)
+                 const tm_wreplay_filter_t *filter, size_t *bad_twins, uint64_t *skipped)
 {
     *bad_twins = 0;
+    *skipped = 0;
     //  Read and decoded on a helper thread, restored here (tm_wrestore).
     tm_wrestore_t *loader = tm_wrestore_new (self->store);
     if (!loader)
@@ -409,24 +410,34 @@ tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void
     size_t n;
     free (tm_twins_take_dirty (twins, &n));
 
+    //  Read, and left out what the blobs hold, on a helper thread.
     uint8_t start[10];
     s_log_key (start, self->checkpoint_seq + 1);
-    tm_store_iter_t *it = tm_store_iter_new_at (self->store, S_LOG_PREFIX, 2, start, sizeof start);
-    if (!it)
+    tm_wreplay_filter_t f = {0};
+    if (filter) {
+        f = *filter;
+        f.covered = tm_twins_covered_all (twins);
+    }
+    tm_wreplay_t *reader = tm_wreplay_new (self->store, (const uint8_t *) S_LOG_PREFIX, start,
+                                           filter? &f: NULL);
+    if (!reader)
         return -1;
     long replayed = 0;
-    const char *k, *v;
-    size_t kl, vl;
-    while (tm_store_iter_next (it, &k, &kl, &v, &vl)) {
-        if (kl != 10)
-            continue;
-        fn (arg, tm_be64_get ((const uint8_t *) k + 2), (const uint8_t *) v, vl);
+    uint64_t seq;
+    const uint8_t *data;
+    size_t size;
+    while ((rc = tm_wreplay_next (reader, &seq, &data, &size)) == 1) {
+        fn (arg, seq, data, size);
         replayed++;
     }
-    tm_store_iter_destroy (&it);
+    *skipped = tm_wreplay_skipped (reader);
+    tm_wreplay_destroy (&reader);
+    if (rc < 0)
+        return -1;
     tm_info ("wlog: recovery shards=%zu load_ms=%lld (restore_ms=%lld) replay_ms=%lld "
-             "records=%ld", shards, (long long) (t1 - t0), (long long) restore_ms,
-             (long long) (tm_util_mono_ms () - t1), replayed);
+             "records=%ld readings_skipped=%llu", shards, (long long) (t1 - t0),
+             (long long) restore_ms, (long long) (tm_util_mono_ms () - t1), replayed,
+             (unsigned long long) *skipped);
     return replayed;
 }
 

@@ -47,6 +47,7 @@
 
 #include "tm_store.h"
 #include "tm_twins.h"
+#include "tm_wreplay.h"
 
 typedef struct _tm_wlog_t tm_wlog_t;
 
@@ -101,12 +102,16 @@ typedef void (tm_wlog_replay_fn) (void *arg, uint64_t seq, const uint8_t *data, 
 
 //  Recovery: load every stored shard's twins, then call fn for each log
 //  record after the checkpoint, in order. Loading ends a bulk restore the
-//  caller may have begun (tm_twins_restore_begin) before the replay. Returns the number of records
-//  replayed, or -1 on a store error. Shards whose stored state does not
-//  decode are counted in *bad_twins (their twins decoded before the fault
-//  are kept; the rest come back only from the log).
+//  caller may have begun (tm_twins_restore_begin) before the replay. With
+//  filter (its key and num_shards; its covered is ignored), the readings
+//  of shards whose restored blob holds them already (tm_twins_covered) are
+//  left out of the records fn gets, and counted in *skipped: only for a
+//  caller to which such readings mean nothing (tm_wreplay). Returns the
+//  number of records replayed, or -1 on a store error. Shards whose stored
+//  state does not decode are counted in *bad_twins (their twins decoded
+//  before the fault are kept; the rest come back only from the log).
 long tm_wlog_recover (tm_wlog_t *self, tm_twins_t *twins, tm_wlog_replay_fn *fn, void *arg,
-                      size_t *bad_twins);
+                      const tm_wreplay_filter_t *filter, size_t *bad_twins, uint64_t *skipped);
 
 //  History written by checkpoints since open (tm_history_counts_t).
 void tm_wlog_history_counts (tm_wlog_t *self, uint64_t *chunks, uint64_t *points,

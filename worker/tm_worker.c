@@ -1018,7 +1018,8 @@ tm_worker_new (const tm_worker_config_t *config)
         goto fail;
     }
     self->retention.retention_ms = config->history_retention_ms;
-    tm_store_options_t so = {.filter = tm_history_filter, .filter_arg = &self->retention};
+    tm_store_options_t so = {.filter = tm_history_filter, .filter_arg = &self->retention,
+                             .hold_compactions = true};     //  until recovered
     self->store = tm_store_open_with (config->data_dir, &so);
     if (!self->store)
         goto fail;
@@ -1052,7 +1053,18 @@ tm_worker_new (const tm_worker_config_t *config)
     //  The saved map's key lets the restore check each twin's shard
     //  instead of searching the table for it (tm_twins_restore_begin).
     tm_twins_restore_begin (self->twins, self->shard_key, self->num_shards, self->owned);
-    replayed = tm_wlog_recover (self->wlog, self->twins, s_replay_record, self, &bad);
+    //  Readings of shards whose blob holds them change nothing: the log
+    //  reader leaves them out (tm_wreplay), unless one may be what clears a
+    //  desired value (tm_twins_apply calls tm_commands for those).
+    tm_wreplay_filter_t filter = {.num_shards = self->num_shards};
+    memcpy (filter.key, self->shard_key, sizeof filter.key);
+    bool filtered = self->num_shards && tm_commands_count (self->commands) == 0;
+    uint64_t skipped = 0;
+    replayed = tm_wlog_recover (self->wlog, self->twins, s_replay_record, self,
+                                filtered? &filter: NULL, &bad, &skipped);
+    self->stats.duplicates += skipped;
+    if (tm_store_release_compactions (self->store) != 0)
+        goto fail;
     tm_commands_replaying (self->commands, UINT64_MAX);
     tm_twins_replaying (self->twins, 0);
     if (replayed < 0)

@@ -232,6 +232,24 @@ test_reopen (void **state)
     assert_null (tm_store_open (fx->path));
 }
 
+//  A store opened holding its compactions reads and writes as any other,
+//  and lets them go once (again: nothing to do).
+static void
+test_hold_compactions (void **state)
+{
+    fixture_t *fx = *state;
+    tm_store_destroy (&fx->store);
+    tm_store_options_t opts = {.hold_compactions = true};
+    fx->store = tm_store_open_with (fx->path, &opts);
+    assert_non_null (fx->store);
+    assert_int_equal (tm_store_put (fx->store, "k", 1, "v", 1, false), 0);
+    s_expect (fx->store, "k", "v");
+    assert_int_equal (tm_store_release_compactions (fx->store), 0);
+    assert_int_equal (tm_store_release_compactions (fx->store), 0);
+    assert_int_equal (tm_store_compact (fx->store), 0);
+    s_expect (fx->store, "k", "v");
+}
+
 int
 main (void)
 {
@@ -241,6 +259,7 @@ main (void)
         cmocka_unit_test_setup_teardown (test_iterate_prefix, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown (test_fail_after, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown (test_reopen, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown (test_hold_compactions, s_setup, s_teardown),
     };
     return cmocka_run_group_tests (tests, NULL, NULL);
 }
