@@ -1,10 +1,10 @@
 /*  tm_wreplay - recovery's log reader on a helper thread  */
 #include "tm_wreplay.h"
+#include "tm_handoff.h"
 #include "tm_log.h"
 #include "tm_varint.h"
 #include "tm_wire.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,7 +12,7 @@
 
 typedef struct {
     uint64_t seq;
-    uint8_t *data;                 //  Owned while in the queue
+    uint8_t *data;                 //  Owned by whoever holds the item
     size_t size;
     size_t skipped;                //  Readings left out of it
 } s_item_t;
@@ -22,37 +22,15 @@ struct _tm_wreplay_t {
     uint8_t prefix[2];
     uint8_t start[10];
     tm_wreplay_filter_t filter;
-    pthread_t thread;              //  The helper
-    pthread_mutex_t lock;          //  Guards everything below
-    pthread_cond_t changed;        //  Signalled on every put, take and stop
-    s_item_t queue[S_QUEUE];       //  Ring of records read
-    size_t head;                   //  Next to take
-    size_t count;                  //  In the ring
-    bool done;                     //  The helper has put its last record
-    bool failed;                   //  It ran out of memory, or the store failed
-    bool stop;                     //  Asked to stop early (destroy)
+    tm_handoff_t *handoff;         //  The helper and its queue
     uint8_t *given;                //  Bytes of the record last given, owned
     uint64_t skipped;              //  Readings left out of records given
 };
 
-//  Hand a record to the apply thread (its bytes go with it); false if
-//  asked to stop (then they are freed here).
-static bool
-s_put (tm_wreplay_t *self, s_item_t item)
+static void
+s_item_free (void *item)
 {
-    pthread_mutex_lock (&self->lock);
-    while (self->count == S_QUEUE && !self->stop)
-        pthread_cond_wait (&self->changed, &self->lock);
-    bool stop = self->stop;
-    if (!stop) {
-        self->queue[(self->head + self->count) % S_QUEUE] = item;
-        self->count++;
-        pthread_cond_broadcast (&self->changed);
-    }
-    pthread_mutex_unlock (&self->lock);
-    if (stop)
-        free (item.data);
-    return !stop;
+    free (((s_item_t *) item)->data);
 }
 
 //  The readings of a record the apply thread must see, into out (at least
@@ -87,22 +65,22 @@ s_filter (const tm_wreplay_filter_t *f, uint64_t seq, const uint8_t *data, size_
     return n;
 }
 
-static void *
-s_helper (void *arg)
+static bool
+s_helper (tm_handoff_t *handoff, void *arg)
 {
     tm_wreplay_t *self = (tm_wreplay_t *) arg;
-    bool failed = false;
     tm_store_iter_t *it = tm_store_iter_new_at (self->store, (const char *) self->prefix, 2,
                                                 self->start, sizeof self->start);
+    bool ok = it != NULL;
     const char *k, *v;
     size_t kl, vl;
-    while (it && tm_store_iter_next (it, &k, &kl, &v, &vl)) {
+    while (ok && tm_store_iter_next (it, &k, &kl, &v, &vl)) {
         if (kl != 10)
             continue;
         s_item_t item = {.seq = tm_be64_get ((const uint8_t *) k + 2)};
         item.data = malloc (vl? vl: 1);
         if (!item.data) {
-            failed = true;
+            ok = false;
             break;
         }
         if (self->filter.covered)
@@ -112,18 +90,11 @@ s_helper (void *arg)
             memcpy (item.data, v, vl);
             item.size = vl;
         }
-        if (!s_put (self, item))
+        if (!tm_handoff_put (handoff, &item))
             break;
     }
-    if (!it)
-        failed = true;
     tm_store_iter_destroy (&it);
-    pthread_mutex_lock (&self->lock);
-    self->done = true;
-    self->failed = failed;
-    pthread_cond_broadcast (&self->changed);
-    pthread_mutex_unlock (&self->lock);
-    return NULL;
+    return ok;
 }
 
 tm_wreplay_t *
@@ -138,12 +109,8 @@ tm_wreplay_new (tm_store_t *store, const uint8_t *prefix, const uint8_t start[10
     memcpy (self->start, start, sizeof self->start);
     if (filter && filter->covered && filter->num_shards)
         self->filter = *filter;
-    pthread_mutex_init (&self->lock, NULL);
-    pthread_cond_init (&self->changed, NULL);
-    if (pthread_create (&self->thread, NULL, s_helper, self) != 0) {
-        tm_error ("wreplay: cannot start the log reader thread");
-        pthread_cond_destroy (&self->changed);
-        pthread_mutex_destroy (&self->lock);
+    self->handoff = tm_handoff_new (sizeof (s_item_t), S_QUEUE, s_helper, self, s_item_free);
+    if (!self->handoff) {
         free (self);
         return NULL;
     }
@@ -153,27 +120,17 @@ tm_wreplay_new (tm_store_t *store, const uint8_t *prefix, const uint8_t start[10
 int
 tm_wreplay_next (tm_wreplay_t *self, uint64_t *seq, const uint8_t **data, size_t *size)
 {
-    int rc;
-    pthread_mutex_lock (&self->lock);
-    while (self->count == 0 && !self->done)
-        pthread_cond_wait (&self->changed, &self->lock);
     free (self->given);
     self->given = NULL;
-    if (self->count) {
-        s_item_t *item = &self->queue[self->head];
-        *seq = item->seq;
-        *data = self->given = item->data;
-        *size = item->size;
-        self->skipped += item->skipped;
-        item->data = NULL;
-        self->head = (self->head + 1) % S_QUEUE;
-        self->count--;
-        pthread_cond_broadcast (&self->changed);
-        rc = 1;
+    s_item_t item;
+    int rc = tm_handoff_take (self->handoff, &item);
+    if (rc == 1) {
+        *seq = item.seq;
+        *data = self->given = item.data;
+        *size = item.size;
+        self->skipped += item.skipped;
     }
     else
-        rc = self->failed? -1: 0;
-    pthread_mutex_unlock (&self->lock);
     if (rc < 0)
         tm_error ("wreplay: the log could not be read to its end (memory or store)");
     return rc;
@@ -182,10 +139,7 @@ tm_wreplay_next (tm_wreplay_t *self, uint64_t *seq, const uint8_t **data, size_t
 uint64_t
 tm_wreplay_skipped (tm_wreplay_t *self)
 {
-    pthread_mutex_lock (&self->lock);
-    uint64_t n = self->skipped;
-    pthread_mutex_unlock (&self->lock);
-    return n;
+    return self->skipped;
 }
 
 void
@@ -194,19 +148,8 @@ tm_wreplay_destroy (tm_wreplay_t **self_p)
     if (!self_p || !*self_p)
         return;
     tm_wreplay_t *self = *self_p;
-    pthread_mutex_lock (&self->lock);
-    self->stop = true;
-    pthread_cond_broadcast (&self->changed);
-    pthread_mutex_unlock (&self->lock);
-    pthread_join (self->thread, NULL);
+    tm_handoff_destroy (&self->handoff);
     free (self->given);
-    while (self->count) {
-        free (self->queue[self->head].data);
-        self->head = (self->head + 1) % S_QUEUE;
-        self->count--;
-    }
-    pthread_cond_destroy (&self->changed);
-    pthread_mutex_destroy (&self->lock);
     free (self);
     *self_p = NULL;
 }

@@ -1,8 +1,8 @@
 /*  tm_wrestore - recovery's shard loader on a helper thread  */
 #include "tm_wrestore.h"
+#include "tm_handoff.h"
 #include "tm_log.h"
 
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +11,7 @@
 
 typedef struct {
     uint32_t shard;
-    tm_twins_decoded_t *decoded;   //  Owned by the queue while in it; NULL if the
+    tm_twins_decoded_t *decoded;   //  Owned by whoever holds the item; NULL if the
                                    //  shard has passive twins only
     uint8_t *passive;              //  Its passive set ('Q' value), NULL if none
     size_t passive_size;
@@ -19,43 +19,29 @@ typedef struct {
 
 struct _tm_wrestore_t {
     tm_store_t *store;             //  Borrowed; read by the helper only
-    pthread_t thread;              //  The helper
-    pthread_mutex_t lock;          //  Guards everything below
-    pthread_cond_t changed;        //  Signalled on every put, take and stop
-    s_item_t queue[S_QUEUE];       //  Ring of decoded shards
-    size_t head;                   //  Next to take
-    size_t count;                  //  In the ring
-    bool done;                     //  The helper has put its last shard
-    bool failed;                   //  The helper ran out of memory
-    bool stop;                     //  Asked to stop early (destroy)
-    size_t bad_keys;               //  Keys that are not ours
+    tm_handoff_t *handoff;         //  The helper and its queue
+    size_t bad_keys;               //  Keys that are not ours (helper's, until it ends)
     uint8_t *given;                //  Passive set of the item last given, owned
     size_t given_size;
 };
 
+static void
+s_item_free (void *item)
+{
+    s_item_t *it = (s_item_t *) item;
+    tm_twins_decoded_destroy (&it->decoded);
+    free (it->passive);
+}
+
 //  Hand a decoded shard to the apply thread (ownership moves with it);
-//  false if asked to stop (then it is freed here).
+//  false if asked to stop (then it is freed).
 static bool
-s_put (tm_wrestore_t *self, uint32_t shard, tm_twins_decoded_t *decoded, uint8_t *passive,
+s_put (tm_handoff_t *handoff, uint32_t shard, tm_twins_decoded_t *decoded, uint8_t *passive,
        size_t passive_size)
 {
-    pthread_mutex_lock (&self->lock);
-    while (self->count == S_QUEUE && !self->stop)
-        pthread_cond_wait (&self->changed, &self->lock);
-    bool stop = self->stop;
-    if (!stop) {
-        self->queue[(self->head + self->count) % S_QUEUE] =
-            (s_item_t) {.shard = shard, .decoded = decoded, .passive = passive,
-                        .passive_size = passive_size};
-        self->count++;
-        pthread_cond_broadcast (&self->changed);
-    }
-    pthread_mutex_unlock (&self->lock);
-    if (stop) {
-        tm_twins_decoded_destroy (&decoded);
-        free (passive);
-    }
-    return !stop;
+    s_item_t item = {.shard = shard, .decoded = decoded, .passive = passive,
+                     .passive_size = passive_size};
+    return tm_handoff_put (handoff, &item);
 }
 
 static uint32_t
@@ -67,8 +53,8 @@ s_shard_of (const uint8_t *key)
 //  A shard's keys sort H (history), L (late readings), P (passive twins),
 //  Q (the passive set), T (the twins): history and passive copies are read
 //  only on demand, so the scan seeks over them; Q rides with T.
-static void *
-s_helper (void *arg)
+static bool
+s_helper (tm_handoff_t *handoff, void *arg)
 {
     tm_wrestore_t *self = (tm_wrestore_t *) arg;
     bool failed = false, stopped = false;
@@ -84,7 +70,7 @@ s_helper (void *arg)
         uint32_t shard = kl >= 6? s_shard_of (key): 0;
         if (q && shard != qshard) {
             //  A shard whose twins are all passive has no T.
-            bool ok = s_put (self, qshard, NULL, q, qlen);
+            bool ok = s_put (handoff, qshard, NULL, q, qlen);
             q = NULL;
             if (!ok) {
                 stopped = true;
@@ -126,7 +112,7 @@ s_helper (void *arg)
             failed = true;
             break;
         }
-        bool ok = s_put (self, shard, decoded, q, q? qlen: 0);
+        bool ok = s_put (handoff, shard, decoded, q, q? qlen: 0);
         q = NULL;
         if (!ok) {
             stopped = true;
@@ -134,19 +120,16 @@ s_helper (void *arg)
         }
     }
     if (q && !failed && !stopped)
-        s_put (self, qshard, NULL, q, qlen);
+        s_put (handoff, qshard, NULL, q, qlen);
     else
         free (q);
     if (!it)
         failed = true;
     tm_store_iter_destroy (&it);
-    pthread_mutex_lock (&self->lock);
-    self->done = true;
-    self->failed = failed;
+    //  Read by the apply thread once take says the end: after the handoff's
+    //  lock has passed between the two threads.
     self->bad_keys = bad;
-    pthread_cond_broadcast (&self->changed);
-    pthread_mutex_unlock (&self->lock);
-    return NULL;
+    return !failed;
 }
 
 tm_wrestore_t *
@@ -156,12 +139,8 @@ tm_wrestore_new (tm_store_t *store)
     if (!self)
         return NULL;
     self->store = store;
-    pthread_mutex_init (&self->lock, NULL);
-    pthread_cond_init (&self->changed, NULL);
-    if (pthread_create (&self->thread, NULL, s_helper, self) != 0) {
-        tm_error ("wrestore: cannot start the loader thread");
-        pthread_cond_destroy (&self->changed);
-        pthread_mutex_destroy (&self->lock);
+    self->handoff = tm_handoff_new (sizeof (s_item_t), S_QUEUE, s_helper, self, s_item_free);
+    if (!self->handoff) {
         free (self);
         return NULL;
     }
@@ -171,27 +150,17 @@ tm_wrestore_new (tm_store_t *store)
 int
 tm_wrestore_next (tm_wrestore_t *self, uint32_t *shard, tm_twins_decoded_t **decoded)
 {
-    int rc;
-    pthread_mutex_lock (&self->lock);
-    while (self->count == 0 && !self->done)
-        pthread_cond_wait (&self->changed, &self->lock);
-    if (self->count) {
+    s_item_t item;
+    int rc = tm_handoff_take (self->handoff, &item);
+    if (rc == 1) {
         //  Ownership of the decoded shard moves to the caller here.
-        *shard = self->queue[self->head].shard;
-        *decoded = self->queue[self->head].decoded;
-        self->queue[self->head].decoded = NULL;
+        *shard = item.shard;
+        *decoded = item.decoded;
         free (self->given);
-        self->given = self->queue[self->head].passive;
-        self->given_size = self->queue[self->head].passive_size;
-        self->queue[self->head].passive = NULL;
-        self->head = (self->head + 1) % S_QUEUE;
-        self->count--;
-        pthread_cond_broadcast (&self->changed);
-        rc = 1;
+        self->given = item.passive;
+        self->given_size = item.passive_size;
     }
     else
-        rc = self->failed? -1: 0;
-    pthread_mutex_unlock (&self->lock);
     if (rc < 0)
         tm_error ("wrestore: out of memory reading the stored shards");
     return rc;
@@ -207,10 +176,7 @@ tm_wrestore_passive (tm_wrestore_t *self, size_t *size)
 size_t
 tm_wrestore_bad_keys (tm_wrestore_t *self)
 {
-    pthread_mutex_lock (&self->lock);
-    size_t bad = self->bad_keys;
-    pthread_mutex_unlock (&self->lock);
-    return bad;
+    return self->bad_keys;
 }
 
 void
@@ -219,20 +185,8 @@ tm_wrestore_destroy (tm_wrestore_t **self_p)
     if (!self_p || !*self_p)
         return;
     tm_wrestore_t *self = *self_p;
-    pthread_mutex_lock (&self->lock);
-    self->stop = true;
-    pthread_cond_broadcast (&self->changed);
-    pthread_mutex_unlock (&self->lock);
-    pthread_join (self->thread, NULL);
+    tm_handoff_destroy (&self->handoff);
     free (self->given);
-    while (self->count) {
-        tm_twins_decoded_destroy (&self->queue[self->head].decoded);
-        free (self->queue[self->head].passive);
-        self->head = (self->head + 1) % S_QUEUE;
-        self->count--;
-    }
-    pthread_cond_destroy (&self->changed);
-    pthread_mutex_destroy (&self->lock);
     free (self);
     *self_p = NULL;
 }

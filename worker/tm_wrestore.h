@@ -39,7 +39,8 @@ int tm_wrestore_next (tm_wrestore_t *self, uint32_t *shard, tm_twins_decoded_t *
 //  the next call of tm_wrestore_next.
 const uint8_t *tm_wrestore_passive (tm_wrestore_t *self, size_t *size);
 
-//  Keys under 'S' that are neither shard state nor history (counted as bad).
+//  Keys under 'S' that are neither shard state nor history (counted as bad),
+//  once tm_wrestore_next has returned 0 or -1.
 size_t tm_wrestore_bad_keys (tm_wrestore_t *self);
 
 //  Stop the helper (if still reading), join it, free what it decoded and
