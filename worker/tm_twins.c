@@ -141,6 +141,16 @@ s_hash (const void *data, size_t len)
     return h;
 }
 
+//  A twin's table hash, from its id: not kept in the twin (8 bytes of
+//  every twin, issue #3), it is needed only where a twin moves or leaves
+//  (growth, removal) or is passivated, never by a lookup, which compares
+//  the id's length and bytes of the twins on its probe path.
+static uint64_t
+s_twin_hash (const tm_twin_t *t)
+{
+    return s_hash (t->entity, t->entity_len);
+}
+
 //  One attribute string value shared by every twin that has it: a city's
 //  million twins have a few dozen districts, so one copy each instead of a
 //  million saves memory, and a query grouping by district reads the same
@@ -296,7 +306,7 @@ s_grow_twins (tm_twins_t *self)
         tm_twin_t *t = self->slots[i];
         if (!t)
             continue;
-        size_t j = t->hash & (nslots - 1);
+        size_t j = s_twin_hash (t) & (nslots - 1);
         while (slots[j])
             j = (j + 1) & (nslots - 1);
         slots[j] = t;
@@ -560,7 +570,7 @@ tm_twins_prefetch_twin (tm_twins_t *self, uint64_t hash)
     //  most often the one (reading its fields here would wait for it).
     const tm_twin_t *t = self->slots[hash & (self->nslots - 1)];
     if (t) {
-        //  An apply reads all of it: 144 bytes and the entity id after them.
+        //  An apply reads all of it: 112 bytes and the entity id after them.
         __builtin_prefetch (t);
         __builtin_prefetch ((const char *) t + 64);
         __builtin_prefetch ((const char *) t + 128);
@@ -581,7 +591,7 @@ s_find_hashed (tm_twins_t *self, const char *entity, size_t len, uint64_t h)
     size_t j = h & (self->nslots - 1);
     tm_twin_t *t;
     while ((t = self->slots[j])) {
-        if (t->hash == h && t->entity_len == len && memcmp (t->entity, entity, len) == 0)
+        if (t->entity_len == len && memcmp (t->entity, entity, len) == 0)
             return t;
         j = (j + 1) & (self->nslots - 1);
     }
@@ -641,7 +651,6 @@ s_insert (tm_twins_t *self, const char *entity, size_t len, uint32_t shard)
     memcpy (t->entity, entity, len);
     t->entity[len] = 0;
     t->entity_len = (uint8_t) len;
-    t->hash = s_hash (entity, len);
     t->shard = (uint16_t) (shard % TM_SHARDMAP_MAX_SHARDS);
     t->next_in_shard = self->shard_heads[t->shard];
     self->shard_heads[t->shard] = t;
@@ -650,7 +659,7 @@ s_insert (tm_twins_t *self, const char *entity, size_t len, uint32_t shard)
     if (self->on_created)          //  Its desired values, if it has some (tm_commands)
         self->on_created (self->hooks_arg, t, NULL);
     self->in_state[t->sync.state]++;
-    size_t j = t->hash & (self->nslots - 1);
+    size_t j = s_hash (entity, len) & (self->nslots - 1);
     while (self->slots[j])
         j = (j + 1) & (self->nslots - 1);
     self->slots[j] = t;
@@ -1835,7 +1844,7 @@ s_restore_seen (tm_twins_t *self, uint32_t shard, bool local, const char *entity
         tm_twin_t *t = self->bulk.seen[j];
         if (!t)
             return false;
-        if (t->hash == h && t->entity_len == len && memcmp (t->entity, entity, len) == 0)
+        if (t->entity_len == len && memcmp (t->entity, entity, len) == 0)
             return true;
     }
 }
@@ -1844,7 +1853,7 @@ static void
 s_restore_note (tm_twins_t *self, tm_twin_t *t)
 {
     size_t mask = self->bulk.nseen - 1;
-    size_t j = t->hash & mask;
+    size_t j = s_twin_hash (t) & mask;
     while (self->bulk.seen[j])
         j = (j + 1) & mask;
     self->bulk.seen[j] = t;
@@ -2496,7 +2505,7 @@ tm_twins_passive_encode (tm_twins_t *self, uint32_t shard, size_t *size, bool *o
         tm_be64_put (out + 8 * k++, self->passive.set[shard][i]);
     for (tm_twin_t *t = self->shard_heads[shard]; t; t = t->next_in_shard)
         if (t->flags & TM_TWIN_PASSIVATING)
-            tm_be64_put (out + 8 * k++, t->hash);
+            tm_be64_put (out + 8 * k++, s_twin_hash (t));
     *size = n * 8;
     return out;
 }
@@ -2508,12 +2517,12 @@ static void
 s_remove (tm_twins_t *self, tm_twin_t *t)
 {
     size_t mask = self->nslots - 1;
-    size_t i = t->hash & mask;
+    size_t i = s_twin_hash (t) & mask;
     while (self->slots[i] != t)
         i = (i + 1) & mask;
     self->slots[i] = NULL;
     for (size_t j = (i + 1) & mask; self->slots[j]; j = (j + 1) & mask) {
-        size_t home = self->slots[j]->hash & mask;
+        size_t home = s_twin_hash (self->slots[j]) & mask;
         //  Stays if its home is cyclically in (i, j]: the hole is not on its probe path.
         bool stays = i <= j? (home > i && home <= j): (home > i || home <= j);
         if (stays)
@@ -2557,7 +2566,7 @@ tm_twins_passivate_commit (tm_twins_t *self, uint32_t shard)
             self->passive.set[shard] = grown;
             self->passive.cap[shard] = cap;
         }
-        self->passive.set[shard][self->passive.n[shard]++] = t->hash;
+        self->passive.set[shard][self->passive.n[shard]++] = s_twin_hash (t);
         *pp = t->next_in_shard;
         s_remove (self, t);
         s_twin_free (self, t);

@@ -70,14 +70,13 @@ _Static_assert (TM_TWINS_MAX_NAMES <= 65536, "a name's id fits tm_prop_t.id");
 //  A model's analytics settings, built once per model version (opaque).
 typedef struct _tm_twins_table_t tm_twins_table_t;
 
-//  120 bytes and the entity id, in one allocation (issue #3: a twin in
+//  112 bytes and the entity id, in one allocation (issue #3: a twin in
 //  1 KiB): pointers first, then the sync state, then the small fields
 //  packed, the id's bytes starting right after them (144 bytes with a
-//  16-byte id and malloc's header, where a separate id pointer, 64-bit
-//  generation and padding made 176).
+//  16-byte id and malloc's header, where a separate id pointer, a stored
+//  hash, 64-bit generation and padding made 176).
 typedef struct _tm_twin_t {
     uint64_t version;              //  Bumped on every change
-    uint64_t hash;                 //  Table hash of the entity id
     const char *model;             //  Model name, interned like property names (its
                                    //  length in the byte before it), or NULL
     tm_prop_t *props;              //  Owned array
@@ -104,7 +103,7 @@ typedef struct _tm_twin_t {
 _Static_assert (TM_WIRE_MAX_ENTITY <= UINT8_MAX && TM_TWINS_MAX_PROPS <= UINT8_MAX
                     && TM_SHARDMAP_MAX_SHARDS <= UINT16_MAX + 1,
                 "a twin's small fields hold their limits");
-_Static_assert (sizeof (void *) != 8 || sizeof (tm_twin_t) <= 120, "a twin stays small");
+_Static_assert (sizeof (void *) != 8 || sizeof (tm_twin_t) <= 112, "a twin stays small");
 
 //  tm_twin_t.models_gen of a twin whose settings are not resolved yet.
 #define TM_TWINS_GEN_NONE UINT32_MAX
