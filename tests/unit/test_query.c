@@ -336,12 +336,31 @@ test_errors (void **state)
     assert_null (tm_query_parse (NULL, NULL));
 }
 
+#define S_TEXT_CAP (TM_QUERY_MAX_TEXT + 64)    //  test_limits' query text buffer
+
+//  Append to test_limits' query text at *n, bounded by the buffer: a test
+//  that outgrows it fails instead of writing past it.
+static void __attribute__ ((format (printf, 3, 4)))
+s_add (char *text, size_t *n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start (ap, fmt);
+    int rc = vsnprintf (text + *n, S_TEXT_CAP - *n, fmt, ap);
+    va_end (ap);
+    assert_true (rc >= 0 && (size_t) rc < S_TEXT_CAP - *n);
+    *n += (size_t) rc;
+}
+
+//  The same at n, which stays where it is (a tail tried more than once).
+#define s_add_at(text, n, ...) \
+    do { size_t at_ = (n); s_add ((text), &at_, __VA_ARGS__); } while (0)
+
 static void
 test_limits (void **state)
 {
     (void) state;
     tm_expr_error_t err;
-    char *text = (char *) malloc (TM_QUERY_MAX_TEXT + 64);
+    char *text = (char *) malloc (S_TEXT_CAP);
     assert_non_null (text);
     //  Over the text limit.
     memset (text, ' ', TM_QUERY_MAX_TEXT + 10);
@@ -350,49 +369,55 @@ test_limits (void **state)
     assert_null (tm_query_parse (text, &err));
     assert_int_equal (err.code, TM_EXPR_E_LIMIT);
     //  65 select items, 64 fine.
-    size_t n = (size_t) sprintf (text, "SELECT c0");
+    size_t n = 0;
+    s_add (text, &n, "SELECT c0");
     for (int i = 1; i < TM_QUERY_MAX_SELECT; i++)
-        n += (size_t) sprintf (text + n, ", c%d", i);
-    sprintf (text + n, " FROM twins");
+        s_add (text, &n, ", c%d", i);
+    s_add_at (text, n, " FROM twins");
     tm_query_t *q = tm_query_parse (text, &err);
     assert_non_null (q);
     assert_int_equal (tm_query_outputs (q), TM_QUERY_MAX_SELECT);
     tm_query_destroy (&q);
-    sprintf (text + n, ", extra FROM twins");
+    s_add_at (text, n, ", extra FROM twins");
     assert_null (tm_query_parse (text, &err));
     assert_int_equal (err.code, TM_EXPR_E_LIMIT);
     assert_non_null (strstr (err.message, "more than 64 select items"));
     //  257 distinct names.
-    n = (size_t) sprintf (text, "SELECT c0 FROM twins WHERE c0 IS NULL");
+    n = 0;
+    s_add (text, &n, "SELECT c0 FROM twins WHERE c0 IS NULL");
     for (int i = 1; i <= TM_QUERY_MAX_COLUMNS; i++)
-        n += (size_t) sprintf (text + n, " OR c%d IS NULL", i);
+        s_add (text, &n, " OR c%d IS NULL", i);
     assert_null (tm_query_parse (text, &err));
     assert_int_equal (err.code, TM_EXPR_E_LIMIT);
     assert_non_null (strstr (err.message, "more than 256 distinct names"));
     //  17 GROUP BY keys.
-    n = (size_t) sprintf (text, "SELECT count(*) FROM twins GROUP BY k0");
+    n = 0;
+    s_add (text, &n, "SELECT count(*) FROM twins GROUP BY k0");
     for (int i = 1; i <= TM_QUERY_MAX_GROUP_KEYS; i++)
-        n += (size_t) sprintf (text + n, ", k%d", i);
+        s_add (text, &n, ", k%d", i);
     assert_null (tm_query_parse (text, &err));
     assert_non_null (strstr (err.message, "more than 16 GROUP BY keys"));
     //  9 ORDER BY keys.
-    n = (size_t) sprintf (text, "SELECT x FROM twins ORDER BY k0");
+    n = 0;
+    s_add (text, &n, "SELECT x FROM twins ORDER BY k0");
     for (int i = 1; i <= TM_QUERY_MAX_ORDER; i++)
-        n += (size_t) sprintf (text + n, ", k%d", i);
+        s_add (text, &n, ", k%d", i);
     assert_null (tm_query_parse (text, &err));
     assert_non_null (strstr (err.message, "more than 8 ORDER BY keys"));
     //  65 distinct aggregates.
-    n = (size_t) sprintf (text, "SELECT sum(a0)");
+    n = 0;
+    s_add (text, &n, "SELECT sum(a0)");
     for (int i = 1; i <= TM_QUERY_MAX_AGGREGATES; i++)
-        n += (size_t) sprintf (text + n, " + sum(a%d)", i);
-    sprintf (text + n, " FROM twins");
+        s_add (text, &n, " + sum(a%d)", i);
+    s_add_at (text, n, " FROM twins");
     assert_null (tm_query_parse (text, &err));
     assert_non_null (strstr (err.message, "more than 64 distinct aggregates"));
     //  17 sites.
-    n = (size_t) sprintf (text, "SELECT x FROM twins AT SITES (s0");
+    n = 0;
+    s_add (text, &n, "SELECT x FROM twins AT SITES (s0");
     for (int i = 1; i <= TM_QUERY_MAX_SITES; i++)
-        n += (size_t) sprintf (text + n, ", s%d", i);
-    sprintf (text + n, ")");
+        s_add (text, &n, ", s%d", i);
+    s_add_at (text, n, ")");
     assert_null (tm_query_parse (text, &err));
     assert_non_null (strstr (err.message, "more than 16 sites"));
     //  Largest LIMIT.
@@ -401,17 +426,19 @@ test_limits (void **state)
     assert_int_equal (tm_query_limit (q), TM_QUERY_MAX_LIMIT);
     tm_query_destroy (&q);
     //  An aggregate's canonical text over 128 bytes.
-    n = (size_t) sprintf (text, "SELECT sum(a");
+    n = 0;
+    s_add (text, &n, "SELECT sum(a");
     for (int i = 0; i < 40; i++)
-        n += (size_t) sprintf (text + n, " + b%d", i);
-    sprintf (text + n, ") FROM twins");
+        s_add (text, &n, " + b%d", i);
+    s_add_at (text, n, ") FROM twins");
     assert_null (tm_query_parse (text, &err));
     assert_int_equal (err.code, TM_EXPR_E_LIMIT);
     //  Deep nesting comes back as tm_expr's limit error, not a crash.
-    n = (size_t) sprintf (text, "SELECT ");
+    n = 0;
+    s_add (text, &n, "SELECT ");
     for (int i = 0; i < 2000; i++)
         text[n++] = '(';
-    sprintf (text + n, "x");
+    s_add_at (text, n, "x");
     assert_null (tm_query_parse (text, &err));
     assert_int_equal (err.code, TM_EXPR_E_LIMIT);
     free (text);
