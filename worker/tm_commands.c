@@ -224,16 +224,19 @@ s_next_version (tm_commands_t *self, int64_t now_ms)
     return self->clock;
 }
 
+//  The twin's property of that name if it has a reading, else NULL.
+static const tm_prop_t *
+s_read_prop (const tm_commands_t *self, const tm_twin_t *twin, const char *property)
+{
+    const tm_prop_t *p = tm_twins_prop_named (self->twins, twin, property);
+    return p && p->count? p: NULL;
+}
+
 //  The reported side of a desired value, from the twin's latest reading.
 static const tm_prop_t *
 s_reported (const tm_commands_t *self, const tm_commands_twin_t *ct, const char *property)
 {
-    tm_twin_t *t = ct? ct->twin: NULL;
-    for (uint16_t i = 0; t && i < t->nprops; i++)
-        if (t->props[i].count
-            && strcmp (tm_twins_prop_name (self->twins, &t->props[i]), property) == 0)
-            return &t->props[i];
-    return NULL;
+    return s_read_prop (self, ct? ct->twin: NULL, property);
 }
 
 static void
@@ -595,11 +598,7 @@ tm_commands_set (tm_commands_t *self, const char *entity, size_t len, uint32_t s
         const tm_command_change_t *c = &changes[i];
         int at = s_find_item (ct, c->property);
         const tm_desired_t *old = at >= 0? &ct->items[at]: NULL;
-        const tm_prop_t *rep = NULL;
-        for (uint16_t k = 0; twin && k < twin->nprops && !rep; k++)
-            if (twin->props[k].count
-                && strcmp (tm_twins_prop_name (self->twins, &twin->props[k]), c->property) == 0)
-                rep = &twin->props[k];
+        const tm_prop_t *rep = s_read_prop (self, twin, c->property);
         tm_desired_t *d = &fresh[i];
         memset (d, 0, sizeof *d);
         snprintf (d->property, sizeof d->property, "%s", c->property);
@@ -647,12 +646,8 @@ tm_commands_set (tm_commands_t *self, const char *entity, size_t len, uint32_t s
         ct = s_twin_get (self, name, len, shard, outcomes[i] == TM_COMMAND_SET);
         int at = s_find_item (ct, d->property);
         const tm_prop_t *rep = s_reported (self, ct, d->property);
-        if (!rep && twin)
-            for (uint16_t k = 0; k < twin->nprops && !rep; k++)
-                if (twin->props[k].count
-                    && strcmp (tm_twins_prop_name (self->twins, &twin->props[k]),
-                               d->property) == 0)
-                    rep = &twin->props[k];
+        if (!rep)
+            rep = s_read_prop (self, twin, d->property);
         const char *event = NULL;
         if (outcomes[i] == TM_COMMAND_SET) {
             tm_desired_t *slot = at >= 0? &ct->items[at]: ct? s_add_item (ct): NULL;
@@ -798,12 +793,7 @@ s_handle_set (tm_commands_t *self, zsock_t *router, const tm_msg_t *msg,
             shown[i].value = changes[i].value;
             shown[i].tolerance = changes[i].tolerance;
         }
-        const tm_prop_t *rep = NULL;
-        for (uint16_t k = 0; twin && k < twin->nprops && !rep; k++)
-            if (twin->props[k].count
-                && strcmp (tm_twins_prop_name (self->twins, &twin->props[k]),
-                           changes[i].property) == 0)
-                rep = &twin->props[k];
+        const tm_prop_t *rep = s_read_prop (self, twin, changes[i].property);
         s_fill (&shown[i], rep, &results[i]);
         results[i].outcome = (char *) outcome_name[outcomes[i]];
         ptrs[i] = &results[i];

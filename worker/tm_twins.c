@@ -423,6 +423,13 @@ tm_twins_prop (const tm_twin_t *twin, const char *interned)
     return NULL;
 }
 
+const tm_prop_t *
+tm_twins_prop_named (tm_twins_t *self, const tm_twin_t *twin, const char *name)
+{
+    const char *interned = tm_twins_name_find (self, name, strlen (name));
+    return twin && interned? tm_twins_prop (twin, interned): NULL;
+}
+
 const tm_attr_t *
 tm_twins_attr (const tm_twin_t *twin, const char *interned)
 {

@@ -373,6 +373,11 @@ const char *tm_twins_prop_name (const tm_twins_t *self, const tm_prop_t *prop);
 //  NULL if the twin has no such property. Compares ids, not strings.
 const tm_prop_t *tm_twins_prop (const tm_twin_t *twin, const char *interned);
 
+//  The same by any name (NUL-terminated): NULL also if no twin of the
+//  table has such a property. For requests, which name it as text.
+const tm_prop_t *tm_twins_prop_named (tm_twins_t *self, const tm_twin_t *twin,
+                                      const char *name);
+
 //  Encode every twin of a shard into *buf (grown as needed; caller owns,
 //  reuse it across calls). Returns the encoded size, or 0 on allocation
 //  failure. The encoding is the worker's own checkpoint format: one value

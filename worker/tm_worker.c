@@ -480,10 +480,7 @@ s_handle_forecast (tm_worker_t *self, tm_msg_t *msg)
     }
     char detail[256];
     tm_twin_t *twin = tm_twins_find (self->twins, req->entity, strlen (req->entity));
-    const tm_prop_t *prop = NULL;
-    for (uint16_t i = 0; twin && i < twin->nprops && !prop; i++)
-        if (strcmp (tm_twins_prop_name (self->twins, &twin->props[i]), req->property) == 0)
-            prop = &twin->props[i];
+    const tm_prop_t *prop = tm_twins_prop_named (self->twins, twin, req->property);
     if (!prop) {
         snprintf (detail, sizeof detail, "%s %.128s%s%.64s", twin? "twin": "no twin",
                   req->entity, twin? " has no property ": "", twin? req->property: "");
@@ -576,10 +573,7 @@ s_find_prop (tm_worker_t *self, tm_msg_t *msg, int type, const char *entity,
              const char *property, tm_twin_t **twin_p)
 {
     tm_twin_t *twin = tm_twins_find (self->twins, entity, strlen (entity));
-    const tm_prop_t *prop = NULL;
-    for (uint16_t i = 0; twin && i < twin->nprops && !prop; i++)
-        if (strcmp (tm_twins_prop_name (self->twins, &twin->props[i]), property) == 0)
-            prop = &twin->props[i];
+    const tm_prop_t *prop = tm_twins_prop_named (self->twins, twin, property);
     if (!prop) {
         char detail[256];
         snprintf (detail, sizeof detail, "%s %.128s%s%.64s", twin? "twin": "no twin", entity,
